@@ -1,0 +1,204 @@
+//! Building, signing and sending one request, and turning what happened into an [`Attempt`].
+//!
+//! Destination safety: the HTTP client resolves names through [`GuardedResolver`], which drops
+//! every address the [`DestinationPolicy`] forbids, so the address checked is the address
+//! connected to (no second lookup an attacker's DNS could answer differently). Literal IPs never
+//! reach a resolver, so they are checked here before sending.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use herald_shared::model::{Attempt, Auth, Connection, Event};
+use herald_shared::netguard::DestinationPolicy;
+use herald_shared::signing::{signature_header, SigningKey};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::outcome::{classify_status, Verdict};
+
+/// How much of a response body is kept in the history.
+pub const EXCERPT_BYTES: usize = 1024;
+
+/// A resolver that refuses addresses the policy forbids.
+pub struct GuardedResolver {
+    policy: DestinationPolicy,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| policy.allows(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let err: Box<dyn std::error::Error + Send + Sync> = if all.is_empty() {
+                    format!("{host} did not resolve").into()
+                } else {
+                    format!("{host} resolves only to forbidden (private or special) addresses")
+                        .into()
+                };
+                return Err(err);
+            }
+            let addrs: Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Sends signed requests.
+#[derive(Clone)]
+pub struct Dispatcher {
+    client: reqwest::Client,
+    policy: DestinationPolicy,
+}
+
+impl Dispatcher {
+    /// A client that never follows redirects and resolves through the guard.
+    pub fn new(policy: DestinationPolicy) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            .user_agent(herald_shared::USER_AGENT)
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self { client, policy })
+    }
+
+    /// Sends the event to the connection once. Never fails: every problem is an attempt with
+    /// an error.
+    pub async fn send(
+        &self,
+        conn: &Connection,
+        event: &Event,
+        timeout: Duration,
+    ) -> (Attempt, Verdict) {
+        let sent_ms = herald_shared::now_ms();
+        let started = Instant::now();
+        let fail = |error: String, started: Instant| {
+            (
+                Attempt {
+                    at: sent_ms,
+                    status_code: None,
+                    latency_ms: started.elapsed().as_millis() as u64,
+                    error: Some(error.clone()),
+                    response_excerpt: None,
+                    url: conn.url.clone(),
+                },
+                Verdict::Failed {
+                    error,
+                    retry_after: None,
+                },
+            )
+        };
+        let url = match reqwest::Url::parse(&conn.url) {
+            Ok(u) => u,
+            Err(e) => return fail(format!("invalid URL: {e}"), started),
+        };
+        if let Some(host) = url.host_str() {
+            let literal = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = literal.parse::<IpAddr>() {
+                if !self.policy.allows(ip) {
+                    return fail(
+                        format!("destination {ip} is a forbidden (private or special) address"),
+                        started,
+                    );
+                }
+            }
+        }
+
+        let body = event.body(sent_ms);
+        let timestamp = sent_ms / 1000;
+        let keys: Vec<SigningKey> = conn
+            .signing_secrets(sent_ms)
+            .filter_map(|s| SigningKey::parse(s).ok())
+            .collect();
+        let signature = signature_header(&keys, &event.uuid, timestamp, &body);
+        let method = reqwest::Method::from_bytes(conn.method.as_str().as_bytes())
+            .unwrap_or(reqwest::Method::POST);
+        let mut request = self
+            .client
+            .request(method, url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.uuid)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature);
+        for (name, value) in &conn.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request = match &conn.auth {
+            Some(Auth::Bearer { token }) => {
+                request.header("authorization", format!("Bearer {token}"))
+            }
+            Some(Auth::Basic { username, password }) => {
+                let raw = format!("{username}:{password}");
+                let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+                request.header("authorization", format!("Basic {b64}"))
+            }
+            None => request,
+        };
+
+        let mut response = match request.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => return fail(describe(&e, timeout), started),
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut excerpt = Vec::new();
+        while excerpt.len() < EXCERPT_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => excerpt
+                    .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
+                _ => break,
+            }
+        }
+        let verdict = classify_status(status, retry_after.as_deref());
+        let error = match &verdict {
+            Verdict::Success => None,
+            Verdict::Failed { error, .. } | Verdict::Stop { error } => Some(error.clone()),
+        };
+        (
+            Attempt {
+                at: sent_ms,
+                status_code: Some(status),
+                latency_ms,
+                error,
+                response_excerpt: (!excerpt.is_empty())
+                    .then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+                url: conn.url.clone(),
+            },
+            verdict,
+        )
+    }
+}
+
+/// A reqwest error in words support staff understand, with its root cause.
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if e.is_timeout() {
+        format!("timed out after {} ms", timeout.as_millis())
+    } else if e.is_connect() {
+        format!("connection failed: {root}")
+    } else {
+        format!("request failed: {root}")
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Makes sure RabbitMQ and Redis are installed (from Debian's packages) and running on localhost.
+# Safe to run again: it installs and starts only what is missing.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "==> starting Redis"
+  $SUDO redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+
+if ! $SUDO rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+  echo "==> starting RabbitMQ"
+  $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
+fi
+# The node may be up with the app stopped (after `rabbitmqctl stop_app`): start it.
+for _ in $(seq 1 60); do
+  if $SUDO rabbitmq-diagnostics -q check_running >/dev/null 2>&1; then break; fi
+  $SUDO rabbitmqctl start_app >/dev/null 2>&1 || true
+  sleep 1
+done
+$SUDO rabbitmq-diagnostics -q check_running >/dev/null
+for _ in $(seq 1 30); do
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then break; fi
+  sleep 0.5
+done
+redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+echo "==> RabbitMQ and Redis are running on 127.0.0.1"

@@ -1,0 +1,1 @@
+//! End-to-end tests of Herald (in `tests/it`) and an example receiver (in `examples/`).

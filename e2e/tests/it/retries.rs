@@ -1,0 +1,256 @@
+//! Retries through the broker's delay ladder, dead letters, replay, redirects, rotation.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{verify, Behaviour, Stack, TestReceiver};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_fails_twice_gets_three_attempts_in_the_history() {
+    let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
+    let receiver = TestReceiver::start().await;
+    receiver.set("flaky", Behaviour::FailFirst(2, 500));
+    let (_, sk, pk) = stack.workspace().await;
+    let (con, secret) = stack
+        .connection(&sk, &receiver.url("flaky"), json!({}))
+        .await;
+    stack.rule(&sk, "*", "*", &con).await;
+
+    let uuid = stack
+        .send(&pk, "order.completed", "order", json!({"n": 1}))
+        .await;
+
+    let history = stack
+        .event_when(&sk, &uuid, "delivered on the third attempt", |b| {
+            b["status"] == "delivered"
+        })
+        .await;
+    let attempts = history["deliveries"][0]["attempts"]
+        .as_array()
+        .expect("attempts")
+        .clone();
+    let codes: Vec<i64> = attempts
+        .iter()
+        .map(|a| a["status_code"].as_i64().expect("code"))
+        .collect();
+    assert_eq!(codes, vec![500, 500, 200]);
+    assert_eq!(attempts[0]["error"], "status 500");
+    let got = receiver.received("flaky");
+    assert_eq!(got.len(), 3);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| {
+            verify(&secret, r)["uuid"]
+                .as_str()
+                .expect("uuid")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == uuid),
+        "the same webhook-id on every retry"
+    );
+    // The waits happened in the broker: at least about a second between attempts.
+    let at: Vec<i64> = attempts
+        .iter()
+        .map(|a| a["at"].as_i64().expect("at"))
+        .collect();
+    assert!(at[1] - at[0] >= 700 && at[2] - at[1] >= 700, "{at:?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_destination_is_dead_lettered_then_replayed_once_fixed() {
+    let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
+    let receiver = TestReceiver::start().await;
+    receiver.set("down", Behaviour::Always(503));
+    let (_, sk, pk) = stack.workspace().await;
+    let (con, secret) = stack
+        .connection(&sk, &receiver.url("down"), json!({}))
+        .await;
+    stack.rule(&sk, "*", "*", &con).await;
+
+    let uuid = stack
+        .send(&pk, "invoice.paid", "invoice", json!({"amount": 5}))
+        .await;
+
+    // Exactly schedule length + 1 attempts, then dead.
+    let history = stack
+        .event_when(&sk, &uuid, "dead", |b| b["status"] == "dead")
+        .await;
+    let delivery = &history["deliveries"][0];
+    assert_eq!(delivery["status"], "dead");
+    assert_eq!(delivery["attempts"].as_array().expect("attempts").len(), 4);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.received("down").len(),
+        4,
+        "no attempt after the schedule ran out"
+    );
+
+    let (status, listed) = stack
+        .call(
+            "GET",
+            &format!("/v1/dead-letters?connection_id={con}"),
+            &sk,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let letters = listed["data"].as_array().expect("data");
+    assert_eq!(letters.len(), 1);
+    let id = letters[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        letters[0]["attempts"].as_array().expect("attempts").len(),
+        4
+    );
+    let (status, _) = stack
+        .call("GET", "/v1/dead-letters?event=other.type", &sk, None)
+        .await;
+    assert_eq!(status, 200);
+
+    // Fix the destination and replay: delivered, and the dead letter leaves the list.
+    let (status, _) = stack
+        .call(
+            "PATCH",
+            &format!("/v1/connections/{con}"),
+            &sk,
+            Some(json!({"url": receiver.url("fixed")})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = stack
+        .call("POST", &format!("/v1/dead-letters/{id}/replay"), &sk, None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let got = receiver.wait_for("fixed", 1).await;
+    assert_eq!(verify(&secret, &got[0])["uuid"], uuid.as_str());
+    let history = stack
+        .event_when(&sk, &uuid, "delivered after replay", |b| {
+            b["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(
+        history["deliveries"][0]["attempts"]
+            .as_array()
+            .expect("attempts")
+            .len(),
+        5
+    );
+    let (_, listed) = stack.call("GET", "/v1/dead-letters", &sk, None).await;
+    assert_eq!(listed["data"], json!([]));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redirect_counts_as_success_and_is_not_followed() {
+    let stack = Stack::start().await;
+    let receiver = TestReceiver::start().await;
+    receiver.set("moved", Behaviour::RedirectTo("target".into()));
+    let (_, sk, pk) = stack.workspace().await;
+    let (con, _) = stack
+        .connection(&sk, &receiver.url("moved"), json!({}))
+        .await;
+    stack.rule(&sk, "*", "*", &con).await;
+
+    let uuid = stack.send(&pk, "a.b", "r", json!({})).await;
+
+    let history = stack
+        .event_when(&sk, &uuid, "delivered", |b| b["status"] == "delivered")
+        .await;
+    assert_eq!(history["deliveries"][0]["attempts"][0]["status_code"], 302);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        receiver.received("target").is_empty(),
+        "the redirect target is never called"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_waiting_in_the_broker_survive_the_deliverer_going_away() {
+    let mut stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "3s")]).await;
+    let receiver = TestReceiver::start().await;
+    receiver.set("later", Behaviour::FailFirst(5, 500));
+    let (_, sk, pk) = stack.workspace().await;
+    let (con, _) = stack
+        .connection(&sk, &receiver.url("later"), json!({}))
+        .await;
+    stack.rule(&sk, "*", "*", &con).await;
+
+    let mut uuids = Vec::new();
+    for i in 0..5 {
+        uuids.push(stack.send(&pk, "a.b", "r", json!({"i": i})).await);
+    }
+    receiver.wait_for("later", 5).await;
+    // Every first attempt failed; the retries now wait in the delay ladder. No deliverer runs.
+    stack.stop_deliverer().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(receiver.received("later").len(), 5);
+    stack.start_deliverer().await;
+
+    for uuid in &uuids {
+        stack
+            .event_when(&sk, uuid, "delivered after restart", |b| {
+                b["status"] == "delivered"
+            })
+            .await;
+    }
+    assert_eq!(receiver.received("later").len(), 10);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_secret_signs_alongside_the_new_one_and_test_events_flow() {
+    let stack = Stack::start().await;
+    let receiver = TestReceiver::start().await;
+    let (_, sk, _) = stack.workspace().await;
+    let (con, old) = stack.connection(&sk, &receiver.url("rot"), json!({})).await;
+    let rule = stack.rule(&sk, "order.*", "order", &con).await;
+
+    let (status, rotated) = stack
+        .call(
+            "POST",
+            &format!("/v1/connections/{con}/rotate-secret"),
+            &sk,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().expect("secret").to_string();
+    assert_ne!(new, old);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, sent) = stack
+        .call(
+            "POST",
+            &format!("/v1/rules/{rule}/test"),
+            &sk,
+            Some(json!({"hello": "world"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let uuid = sent["uuid"].as_str().expect("uuid").to_string();
+    let got = receiver.wait_for("rot", 1).await;
+    assert_eq!(
+        got[0].headers["webhook-signature"]
+            .to_str()
+            .expect("sig")
+            .split(' ')
+            .count(),
+        2
+    );
+    let body = verify(&new, &got[0]);
+    verify(&old, &got[0]);
+    assert_eq!(body["uuid"], uuid.as_str());
+    assert_eq!(body["event"], "order.test");
+    assert_eq!(body["payload"], json!({"hello": "world"}));
+    stack
+        .event_when(&sk, &uuid, "test event delivered", |b| {
+            b["status"] == "delivered"
+        })
+        .await;
+    stack.stop().await;
+}

@@ -1,0 +1,261 @@
+//! Extractors: JSON bodies and query strings whose errors name the field, and the caller.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use herald_shared::model::KeyScope;
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// A JSON body. Errors come back as `invalid_json` or `invalid_field` with the field's path.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge
+            } else {
+                ApiError::BadJson(e.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON, naming the offending field when the shape is wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadJson(
+            "the request body is empty; send a JSON object".into(),
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::BadJson(format!("the body is not valid JSON: {inner}"));
+        }
+        let message = strip_position(&inner.to_string());
+        // A missing field is reported at its parent; name the field itself.
+        let field = backticked(&message)
+            .filter(|_| message.starts_with("missing field"))
+            .map(|f| {
+                if path == "." {
+                    f.to_string()
+                } else {
+                    format!("{path}.{f}")
+                }
+            })
+            .unwrap_or(path);
+        ApiError::field(
+            if field == "." {
+                "body".to_string()
+            } else {
+                field
+            },
+            message,
+        )
+    })
+}
+
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// A query string; errors name the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let message = err.into_inner().to_string();
+                let field = backticked(&message)
+                    .filter(|_| message.starts_with("missing field"))
+                    .map(str::to_string)
+                    .unwrap_or(path);
+                ApiError::field(field, message)
+            })
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The operator's admin token.
+    Admin,
+    /// A workspace key.
+    Workspace {
+        /// The workspace.
+        id: String,
+        /// What the key may do.
+        scope: KeyScope,
+    },
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        if let Some(admin) = &state.settings.admin_token {
+            let admin = admin.expose_secret().as_bytes();
+            if subtle::ConstantTimeEq::ct_eq(admin, token.as_bytes()).into() {
+                return Ok(Caller::Admin);
+            }
+        }
+        if !(token.starts_with("sk_") || token.starts_with("pk_")) {
+            return Err(ApiError::Unauthorized);
+        }
+        // Keys are looked up by their SHA-256: the comparison is of hashes inside Redis, so
+        // timing reveals nothing about the key.
+        match state.store.lookup_key(token).await? {
+            Some(key) => Ok(Caller::Workspace {
+                id: key.workspace_id,
+                scope: key.scope,
+            }),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A caller holding a workspace's secret key: may manage everything in it.
+pub struct SecretKey(pub String);
+
+impl FromRequestParts<AppState> for SecretKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace {
+                id,
+                scope: KeyScope::Secret,
+            } => Ok(SecretKey(id)),
+            Caller::Workspace { .. } => Err(ApiError::Forbidden(
+                "a publishable key may only send events; use the workspace's secret key",
+            )),
+            Caller::Admin => Err(ApiError::Forbidden(
+                "the admin token manages workspaces only; use the workspace's secret key",
+            )),
+        }
+    }
+}
+
+/// A caller holding a workspace key of either scope: may send events.
+pub struct AnyKey(pub String);
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace { id, .. } => Ok(AnyKey(id)),
+            Caller::Admin => Err(ApiError::Forbidden(
+                "the admin token manages workspaces only; send events with a workspace key",
+            )),
+        }
+    }
+}
+
+/// The operator.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.settings.admin_token.is_none() {
+            return Err(ApiError::Forbidden(
+                "the admin API is disabled: set HERALD_ADMIN_TOKEN",
+            ));
+        }
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(Admin),
+            Caller::Workspace { .. } => {
+                Err(ApiError::Forbidden("this endpoint needs the admin token"))
+            }
+        }
+    }
+}
+
+/// `limit` and `cursor` of a list.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// 1 to 250; 50 by default.
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Checks `limit` and decodes `cursor`.
+pub fn page(
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> Result<(usize, Option<herald_shared::store::Cursor>), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=250).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 250"));
+    }
+    let cursor = match cursor.filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            herald_shared::store::Cursor::decode(c)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API returned"))?,
+        ),
+    };
+    Ok((limit, cursor))
+}
+
+/// `{"data": [...], "next_cursor": ...}`.
+pub fn list<T: serde::Serialize>(
+    data: Vec<T>,
+    next: Option<herald_shared::store::Cursor>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"data": data, "next_cursor": next.map(|c| c.encode())}))
+}

@@ -1,0 +1,277 @@
+//! Connections: create, list, read, change, delete, and rotate the signing secret.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_shared::model::connection::{validate_url, PreviousSecret, DEFAULT_TIMEOUT_MS};
+use herald_shared::model::{Auth, Connection, HttpMethod};
+use herald_shared::signing::generate_secret;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, SecretKey};
+
+/// `POST /v1/connections` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConnection {
+    name: String,
+    url: String,
+    secret: Option<String>,
+    method: Option<HttpMethod>,
+    headers: Option<BTreeMap<String, String>>,
+    auth: Option<Auth>,
+    timeout_ms: Option<u64>,
+    rate_limit_per_s: Option<u32>,
+    enabled: Option<bool>,
+}
+
+/// `PATCH /v1/connections/{id}` body: only what changes. `null` clears `auth` and
+/// `rate_limit_per_s`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    name: Option<String>,
+    url: Option<String>,
+    secret: Option<String>,
+    method: Option<HttpMethod>,
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "some")]
+    auth: Option<Option<Auth>>,
+    timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "some")]
+    rate_limit_per_s: Option<Option<u32>>,
+    enabled: Option<bool>,
+}
+
+fn some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A connection as the API shows it: the secret is never shown after creation (use
+/// `GET /v1/connections/{id}/secret`) and auth credentials are masked.
+pub fn view(c: &Connection) -> Value {
+    let auth = c.auth.as_ref().map(|a| match a {
+        Auth::Bearer { .. } => json!({"type": "bearer", "token": "********"}),
+        Auth::Basic { username, .. } => {
+            json!({"type": "basic", "username": username, "password": "********"})
+        }
+    });
+    json!({
+        "id": c.id,
+        "kind": c.kind,
+        "name": c.name,
+        "url": c.url,
+        "method": c.method,
+        "headers": c.headers,
+        "auth": auth,
+        "timeout_ms": c.timeout_ms,
+        "rate_limit_per_s": c.rate_limit_per_s,
+        "enabled": c.enabled,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    })
+}
+
+fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError> {
+    c.validate(state.settings.allow_http)?;
+    // Literal IPs are checked now; names are checked at send time against what they resolve to.
+    let url = validate_url(&c.url, state.settings.allow_http)?;
+    if let Some(host) = url.host_str() {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            if !state.settings.destinations.allows(ip) {
+                return Err(ApiError::field(
+                    "url",
+                    "points at a private, loopback or otherwise special address; allowed only with HERALD_ALLOW_PRIVATE_DESTINATIONS or HERALD_DESTINATION_ALLOWLIST",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load(state: &AppState, ws: &str, id: &str) -> Result<Connection, ApiError> {
+    state
+        .store
+        .get_connection(ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("connection"))
+}
+
+/// Creates a connection. The response carries the signing secret (generated when not given).
+pub async fn create(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    ApiJson(body): ApiJson<NewConnection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let now = herald_shared::now_ms();
+    let conn = Connection {
+        id: herald_shared::ids::new_id("con"),
+        workspace_id: ws,
+        kind: "webhook".into(),
+        name: body.name,
+        url: body.url,
+        secret: body.secret.unwrap_or_else(generate_secret),
+        previous_secrets: Vec::new(),
+        method: body.method.unwrap_or_default(),
+        headers: body.headers.unwrap_or_default(),
+        auth: body.auth,
+        timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        rate_limit_per_s: body.rate_limit_per_s,
+        enabled: body.enabled.unwrap_or(true),
+        created_at: now,
+        updated_at: now,
+    };
+    validate(&state, &conn)?;
+    state.store.put_connection(&conn).await?;
+    let mut out = view(&conn);
+    out["secret"] = json!(conn.secret);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Lists the workspace's connections, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+) -> Result<Json<Value>, ApiError> {
+    let data: Vec<Value> = state
+        .store
+        .list_connections(&ws)
+        .await?
+        .iter()
+        .map(view)
+        .collect();
+    Ok(Json(json!({"data": data, "next_cursor": null})))
+}
+
+/// One connection.
+pub async fn get(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&load(&state, &ws, &id).await?)))
+}
+
+/// The current signing secret (and any still in their grace period).
+pub async fn secret(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = load(&state, &ws, &id).await?;
+    let now = herald_shared::now_ms();
+    let previous: Vec<&PreviousSecret> = c
+        .previous_secrets
+        .iter()
+        .filter(|p| p.expires_at > now)
+        .collect();
+    Ok(Json(
+        json!({"secret": c.secret, "previous_secrets": previous}),
+    ))
+}
+
+/// Changes the given fields.
+pub async fn update(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<ConnectionPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let mut c = load(&state, &ws, &id).await?;
+    if let Some(v) = patch.name {
+        c.name = v;
+    }
+    if let Some(v) = patch.url {
+        c.url = v;
+    }
+    if let Some(v) = patch.secret {
+        c.secret = v;
+    }
+    if let Some(v) = patch.method {
+        c.method = v;
+    }
+    if let Some(v) = patch.headers {
+        c.headers = v;
+    }
+    if let Some(v) = patch.auth {
+        c.auth = v;
+    }
+    if let Some(v) = patch.timeout_ms {
+        c.timeout_ms = v;
+    }
+    if let Some(v) = patch.rate_limit_per_s {
+        c.rate_limit_per_s = v;
+    }
+    if let Some(v) = patch.enabled {
+        c.enabled = v;
+    }
+    c.updated_at = herald_shared::now_ms();
+    validate(&state, &c)?;
+    state.store.put_connection(&c).await?;
+    Ok(Json(view(&c)))
+}
+
+/// Deletes a connection and the rules that point at it.
+pub async fn delete(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_connection(&ws, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("connection"))
+    }
+}
+
+/// `POST /v1/connections/{id}/rotate-secret` body (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    secret: Option<String>,
+}
+
+/// Makes a new signing secret; the old one keeps signing alongside it for the grace period
+/// (`HERALD_SECRET_GRACE`, 24 h by default).
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
+        Rotate::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let mut c = load(&state, &ws, &id).await?;
+    let now = herald_shared::now_ms();
+    let expires_at = now + state.settings.secret_grace.as_millis() as i64;
+    let old = std::mem::replace(&mut c.secret, body.secret.unwrap_or_else(generate_secret));
+    c.previous_secrets.retain(|p| p.expires_at > now);
+    c.previous_secrets.insert(
+        0,
+        PreviousSecret {
+            secret: old,
+            expires_at,
+        },
+    );
+    c.previous_secrets.truncate(5);
+    c.updated_at = now;
+    validate(&state, &c)?;
+    state.store.put_connection(&c).await?;
+    Ok(Json(
+        json!({"id": c.id, "secret": c.secret, "previous_secret_expires_at": expires_at}),
+    ))
+}

@@ -1,0 +1,185 @@
+//! Event intake and history.
+//!
+//! Intake answers 202 only after the broker confirmed the message to disk. Requests share one
+//! confirm-mode channel, so their confirms pipeline instead of queueing behind each other; a
+//! bulk request goes to the broker as a few large messages, not one per event.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use futures::future::try_join_all;
+use herald_shared::amqp::topology::EVENTS_EXCHANGE;
+use herald_shared::amqp::{headers, WORKSPACE_HEADER};
+use herald_shared::model::{Envelope, Event};
+use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
+use lapin::BasicProperties;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{list as list_body, page, parse_json, AnyKey, ApiQuery, SecretKey};
+
+/// Most events in one broker message.
+const EVENTS_PER_MESSAGE: usize = 500;
+
+/// Publishes events of a workspace and waits for every confirm.
+pub async fn publish(state: &AppState, ws: &str, events: &[Event]) -> Result<(), ApiError> {
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers([(WORKSPACE_HEADER, ws.to_string())]));
+    try_join_all(events.chunks(EVENTS_PER_MESSAGE).map(|chunk| {
+        let body = serde_json::to_vec(chunk).unwrap_or_default();
+        let props = props.clone();
+        async move {
+            state
+                .broker
+                .publish(EVENTS_EXCHANGE, ws, &body, props)
+                .await
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
+fn validate(envelope: Envelope) -> Result<Event, ApiError> {
+    Ok(envelope.into_event(herald_shared::ids::new_event_id, herald_shared::now_ms())?)
+}
+
+/// `POST /v1/events`: one envelope.
+pub async fn create(
+    State(state): State<AppState>,
+    AnyKey(ws): AnyKey,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let envelope: Envelope = parse_json(&body).inspect_err(|_| reject("invalid"))?;
+    if envelope.time_created.is_some() {
+        reject("invalid");
+        return Err(ApiError::field("time_created", "is set by Herald"));
+    }
+    let event = validate(envelope).inspect_err(|_| reject("invalid"))?;
+    publish(&state, &ws, std::slice::from_ref(&event))
+        .await
+        .inspect_err(|_| reject("broker_unavailable"))?;
+    metrics::counter!("herald_events_accepted_total").increment(1);
+    Ok((StatusCode::ACCEPTED, Json(json!({"uuid": event.uuid}))))
+}
+
+fn reject(reason: &'static str) {
+    metrics::counter!("herald_events_rejected_total", "reason" => reason).increment(1);
+}
+
+/// `POST /v1/events/bulk` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bulk {
+    events: Vec<Box<RawValue>>,
+}
+
+/// `POST /v1/events/bulk`: each valid event is accepted, each invalid one answered with its
+/// error, in order. Nothing is accepted if the broker does not confirm.
+pub async fn bulk(
+    State(state): State<AppState>,
+    AnyKey(ws): AnyKey,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let bulk: Bulk = parse_json(&body)?;
+    if bulk.events.is_empty() {
+        return Err(ApiError::field("events", "must hold at least one event"));
+    }
+    if bulk.events.len() > state.settings.max_bulk_events {
+        return Err(ApiError::field(
+            "events",
+            format!(
+                "must hold at most {} events (HERALD_MAX_BULK_EVENTS)",
+                state.settings.max_bulk_events
+            ),
+        ));
+    }
+    let mut results = Vec::with_capacity(bulk.events.len());
+    let mut accepted = Vec::with_capacity(bulk.events.len());
+    for (i, raw) in bulk.events.iter().enumerate() {
+        let parsed = if raw.get().len() > state.settings.max_event_bytes {
+            Err(ApiError::TooLarge)
+        } else {
+            parse_json::<Envelope>(raw.get().as_bytes()).and_then(|env| {
+                if env.time_created.is_some() {
+                    return Err(ApiError::field("time_created", "is set by Herald"));
+                }
+                validate(env)
+            })
+        };
+        match parsed {
+            Ok(event) => {
+                results.push(json!({"uuid": event.uuid}));
+                accepted.push(event);
+            }
+            Err(e) => {
+                reject("invalid");
+                let mut err = e.body();
+                if let Some(field) = err["field"].as_str() {
+                    err["field"] = json!(format!("events[{i}].{field}"));
+                }
+                results.push(json!({"error": err}));
+            }
+        }
+    }
+    if !accepted.is_empty() {
+        publish(&state, &ws, &accepted)
+            .await
+            .inspect_err(|_| reject("broker_unavailable"))?;
+        metrics::counter!("herald_events_accepted_total").increment(accepted.len() as u64);
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"results": results}))))
+}
+
+/// `GET /v1/events` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    event: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Events of the workspace, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, cursor) = page(q.limit, q.cursor.as_deref())?;
+    if let Some(s) = &q.status {
+        if !EVENT_STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::field(
+                "status",
+                format!("must be one of {}", EVENT_STATUSES.join(", ")),
+            ));
+        }
+    }
+    let filter = EventFilter {
+        status: q.status.filter(|s| !s.is_empty()),
+        event: q.event.filter(|s| !s.is_empty()),
+    };
+    let (data, next) = state.store.list_events(&ws, &filter, cursor, limit).await?;
+    Ok(list_body(data, next))
+}
+
+/// One event with its deliveries and every attempt.
+pub async fn get(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .store
+        .get_event(&ws, &uuid)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    Ok(Json(
+        serde_json::to_value(record).map_err(anyhow::Error::from)?,
+    ))
+}

@@ -1,0 +1,209 @@
+//! Rules: create, list, read, change, delete, and send a test event.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_shared::amqp::topology::JOBS_EXCHANGE;
+use herald_shared::model::rule::SEND_WEBHOOK;
+use herald_shared::model::{Event, JobGroup, JobItem, Rule};
+use herald_shared::store::history::Routed;
+use lapin::BasicProperties;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, SecretKey};
+
+/// `POST /v1/rules` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRule {
+    event: String,
+    resource: String,
+    connection_id: String,
+    action: String,
+    enabled: Option<bool>,
+}
+
+/// `PATCH /v1/rules/{id}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulePatch {
+    event: Option<String>,
+    resource: Option<String>,
+    connection_id: Option<String>,
+    action: Option<String>,
+    enabled: Option<bool>,
+}
+
+async fn check_connection(state: &AppState, ws: &str, id: &str) -> Result<(), ApiError> {
+    if state.store.get_connection(ws, id).await?.is_none() {
+        return Err(ApiError::field(
+            "connection_id",
+            "no such connection in this workspace",
+        ));
+    }
+    Ok(())
+}
+
+async fn load(state: &AppState, ws: &str, id: &str) -> Result<Rule, ApiError> {
+    state
+        .store
+        .get_rule(ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("rule"))
+}
+
+/// Creates a rule.
+pub async fn create(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    ApiJson(body): ApiJson<NewRule>,
+) -> Result<(StatusCode, Json<Rule>), ApiError> {
+    let now = herald_shared::now_ms();
+    let rule = Rule {
+        id: herald_shared::ids::new_id("rul"),
+        workspace_id: ws.clone(),
+        event: body.event,
+        resource: body.resource,
+        connection_id: body.connection_id,
+        action: body.action,
+        enabled: body.enabled.unwrap_or(true),
+        created_at: now,
+        updated_at: now,
+    };
+    rule.validate()?;
+    check_connection(&state, &ws, &rule.connection_id).await?;
+    state.store.put_rule(&rule).await?;
+    Ok((StatusCode::CREATED, Json(rule)))
+}
+
+/// Lists the workspace's rules, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+) -> Result<Json<Value>, ApiError> {
+    let data = state.store.list_rules(&ws).await?;
+    Ok(Json(json!({"data": data, "next_cursor": null})))
+}
+
+/// One rule.
+pub async fn get(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+) -> Result<Json<Rule>, ApiError> {
+    Ok(Json(load(&state, &ws, &id).await?))
+}
+
+/// Changes the given fields.
+pub async fn update(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<RulePatch>,
+) -> Result<Json<Rule>, ApiError> {
+    let mut rule = load(&state, &ws, &id).await?;
+    if let Some(v) = patch.event {
+        rule.event = v;
+    }
+    if let Some(v) = patch.resource {
+        rule.resource = v;
+    }
+    if let Some(v) = patch.action {
+        rule.action = v;
+    }
+    if let Some(v) = patch.enabled {
+        rule.enabled = v;
+    }
+    if let Some(v) = patch.connection_id {
+        check_connection(&state, &ws, &v).await?;
+        rule.connection_id = v;
+    }
+    rule.updated_at = herald_shared::now_ms();
+    rule.validate()?;
+    state.store.put_rule(&rule).await?;
+    Ok(Json(rule))
+}
+
+/// Deletes a rule.
+pub async fn delete(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_rule(&ws, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("rule"))
+    }
+}
+
+/// The event type a test of this rule carries: the rule's own type, `prefix.test` for a
+/// wildcard, `herald.test` for `*`.
+fn test_event_type(pattern: &str) -> String {
+    match pattern {
+        "*" => "herald.test".into(),
+        p => match p.strip_suffix(".*") {
+            Some(prefix) => format!("{prefix}.test"),
+            None => p.to_string(),
+        },
+    }
+}
+
+/// `POST /v1/rules/{id}/test`: sends the body (any JSON; `{}` when empty) as the payload of a
+/// test event to this rule's connection only, through the broker and a deliverer like any
+/// other delivery. Answers 202 with the event's uuid, whose history shows the outcome.
+pub async fn test(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let rule = load(&state, &ws, &id).await?;
+    let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
+        RawValue::from_string("{}".into()).map_err(anyhow::Error::from)?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadJson(format!("the payload is not valid JSON: {e}")))?
+    };
+    let event = Event {
+        uuid: herald_shared::ids::new_event_id(),
+        event: test_event_type(&rule.event),
+        resource: if rule.resource == "*" {
+            "test".into()
+        } else {
+            rule.resource.clone()
+        },
+        resource_id: "test".into(),
+        payload,
+        time_created: herald_shared::now_ms(),
+    };
+    debug_assert_eq!(rule.action, SEND_WEBHOOK);
+    state
+        .store
+        .record_routed(&[Routed {
+            workspace_id: &ws,
+            event: &event,
+            connection_ids: vec![rule.connection_id.clone()],
+        }])
+        .await?;
+    let group = JobGroup {
+        workspace_id: ws.clone(),
+        event: event.clone(),
+        jobs: vec![JobItem::new(rule.connection_id.clone())],
+    };
+    let body = serde_json::to_vec(&[group]).map_err(anyhow::Error::from)?;
+    let props = BasicProperties::default().with_content_type("application/json".into());
+    state
+        .broker
+        .publish(JOBS_EXCHANGE, "test", &body, props)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"uuid": event.uuid, "event": event.event})),
+    ))
+}

@@ -1,0 +1,74 @@
+//! Workspaces (admin token) and rolling a workspace's keys (its secret key).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use herald_shared::model::KeyScope;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{list as list_body, page, Admin, ApiJson, ApiQuery, Page, SecretKey};
+
+/// `POST /v1/workspaces` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    name: String,
+}
+
+/// Creates a workspace; its keys are shown this once.
+pub async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(body): ApiJson<NewWorkspace>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if body.name.trim().is_empty() || body.name.chars().count() > 200 {
+        return Err(ApiError::field("name", "must be 1 to 200 characters"));
+    }
+    let created = state.store.create_workspace(body.name.trim()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": created.workspace.id,
+            "name": created.workspace.name,
+            "created_at": created.workspace.created_at,
+            "secret_key": created.secret_key,
+            "publishable_key": created.publishable_key,
+        })),
+    ))
+}
+
+/// Lists workspaces, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, cursor) = page(q.limit, q.cursor.as_deref())?;
+    let (data, next) = state.store.list_workspaces(cursor, limit).await?;
+    Ok(list_body(data, next))
+}
+
+/// `POST /v1/keys/roll` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roll {
+    scope: KeyScope,
+}
+
+/// Replaces the workspace's key of a scope (`secret` or `publishable`); the old one stops
+/// working at once.
+pub async fn roll_key(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    ApiJson(body): ApiJson<Roll>,
+) -> Result<Json<Value>, ApiError> {
+    let key = state.store.roll_key(&ws, body.scope).await?;
+    let name = match body.scope {
+        KeyScope::Secret => "secret_key",
+        KeyScope::Publishable => "publishable_key",
+    };
+    Ok(Json(json!({ name: key })))
+}

@@ -1,0 +1,213 @@
+//! Rule matching and job expansion: pure functions, no I/O.
+
+use herald_shared::model::{Event, JobGroup, JobItem, Rule};
+use herald_shared::store::WorkspaceConfig;
+
+/// Whether an enabled rule's event pattern and resource match the event.
+pub fn rule_matches(rule: &Rule, event: &Event) -> bool {
+    rule.enabled
+        && event_matches(&rule.event, &event.event)
+        && resource_matches(&rule.resource, &event.resource)
+}
+
+/// `*` matches everything; `order.*` matches `order.completed` and `order.item.added` (not
+/// `order` itself); anything else matches exactly.
+pub fn event_matches(pattern: &str, event: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('.') => {
+            event.len() > prefix.len() && event.starts_with(prefix)
+        }
+        _ => pattern == event,
+    }
+}
+
+fn resource_matches(pattern: &str, resource: &str) -> bool {
+    pattern == "*" || pattern == resource
+}
+
+/// The connections an event goes to: those of matching rules that exist and are enabled, each
+/// once however many rules point at it, in a stable order.
+pub fn connections_for(config: &WorkspaceConfig, event: &Event) -> Vec<String> {
+    let mut ids: Vec<String> = config
+        .rules
+        .iter()
+        .filter(|r| rule_matches(r, event))
+        .filter(|r| {
+            config
+                .connections
+                .get(&r.connection_id)
+                .is_some_and(|c| c.enabled)
+        })
+        .map(|r| r.connection_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Packs groups into broker messages of at most `max_jobs` jobs each. A group bigger than that
+/// is split, so one message never carries an unbounded amount of work.
+pub fn pack(groups: Vec<JobGroup>, max_jobs: usize) -> Vec<Vec<JobGroup>> {
+    let max_jobs = max_jobs.max(1);
+    let mut messages = Vec::new();
+    let mut current: Vec<JobGroup> = Vec::new();
+    let mut count = 0;
+    for group in groups {
+        let mut jobs = group.jobs;
+        while !jobs.is_empty() {
+            if count == max_jobs {
+                messages.push(std::mem::take(&mut current));
+                count = 0;
+            }
+            let take = (max_jobs - count).min(jobs.len());
+            let rest = jobs.split_off(take);
+            count += jobs.len();
+            current.push(JobGroup {
+                workspace_id: group.workspace_id.clone(),
+                event: group.event.clone(),
+                jobs,
+            });
+            jobs = rest;
+        }
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    messages
+}
+
+/// One group per event with a job per connection.
+pub fn group(workspace_id: &str, event: &Event, connection_ids: &[String]) -> JobGroup {
+    JobGroup {
+        workspace_id: workspace_id.to_string(),
+        event: event.clone(),
+        jobs: connection_ids.iter().map(JobItem::new).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn event(kind: &str, resource: &str) -> Event {
+        Event {
+            uuid: "evt_1".into(),
+            event: kind.into(),
+            resource: resource.into(),
+            resource_id: "r1".into(),
+            payload: serde_json::value::RawValue::from_string("{}".into()).expect("json"),
+            time_created: 1,
+        }
+    }
+
+    fn rule(id: &str, pattern: &str, resource: &str, conn: &str) -> Rule {
+        Rule {
+            id: id.into(),
+            workspace_id: "ws".into(),
+            event: pattern.into(),
+            resource: resource.into(),
+            connection_id: conn.into(),
+            action: "send_webhook".into(),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn config(rules: Vec<Rule>, conns: &[(&str, bool)]) -> WorkspaceConfig {
+        let connections = conns
+            .iter()
+            .map(|(id, enabled)| {
+                let c = herald_shared::model::Connection {
+                    id: id.to_string(),
+                    workspace_id: "ws".into(),
+                    kind: "webhook".into(),
+                    name: "n".into(),
+                    url: "https://example.com".into(),
+                    secret: "whsec_x".into(),
+                    previous_secrets: vec![],
+                    method: Default::default(),
+                    headers: Default::default(),
+                    auth: None,
+                    timeout_ms: 1000,
+                    rate_limit_per_s: None,
+                    enabled: *enabled,
+                    created_at: 0,
+                    updated_at: 0,
+                };
+                (id.to_string(), Arc::new(c))
+            })
+            .collect::<HashMap<_, _>>();
+        WorkspaceConfig {
+            exists: true,
+            connections,
+            rules,
+        }
+    }
+
+    #[test]
+    fn patterns_match_exactly_by_prefix_or_all() {
+        assert!(event_matches("order.completed", "order.completed"));
+        assert!(!event_matches("order.completed", "order.created"));
+        assert!(event_matches("order.*", "order.completed"));
+        assert!(event_matches("order.*", "order.item.added"));
+        assert!(!event_matches("order.*", "order"));
+        assert!(!event_matches("order.*", "orders.completed"));
+        assert!(event_matches("*", "anything.at.all"));
+    }
+
+    #[test]
+    fn one_event_fans_out_to_each_matching_connection_once() {
+        let c = config(
+            vec![
+                rule("r1", "order.*", "order", "con_a"),
+                rule("r2", "*", "*", "con_b"),
+                rule("r3", "order.completed", "order", "con_a"),
+                rule("r4", "order.completed", "invoice", "con_c"),
+            ],
+            &[("con_a", true), ("con_b", true), ("con_c", true)],
+        );
+        assert_eq!(
+            connections_for(&c, &event("order.completed", "order")),
+            vec!["con_a", "con_b"]
+        );
+        assert_eq!(
+            connections_for(&c, &event("user.created", "user")),
+            vec!["con_b"]
+        );
+    }
+
+    #[test]
+    fn disabled_rules_and_connections_and_dangling_rules_match_nothing() {
+        let mut off = rule("r1", "*", "*", "con_a");
+        off.enabled = false;
+        let c = config(
+            vec![
+                off,
+                rule("r2", "*", "*", "con_off"),
+                rule("r3", "*", "*", "con_gone"),
+            ],
+            &[("con_a", true), ("con_off", false)],
+        );
+        assert!(connections_for(&c, &event("a", "b")).is_empty());
+    }
+
+    #[test]
+    fn packing_bounds_jobs_per_message_and_keeps_every_job() {
+        let e = event("a", "b");
+        let ids: Vec<String> = (0..7).map(|i| format!("con_{i}")).collect();
+        let groups = vec![group("ws", &e, &ids), group("ws", &e, &ids[..2])];
+        let messages = pack(groups, 3);
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|m| m.iter().map(|g| g.jobs.len()).sum())
+            .collect();
+        assert_eq!(sizes, vec![3, 3, 3]);
+        assert_eq!(pack(Vec::new(), 3).len(), 0);
+    }
+}

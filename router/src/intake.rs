@@ -1,0 +1,109 @@
+//! Reading an events message. Ingest publishes batches (a JSON array of complete events);
+//! direct producers publish one envelope (or an array of them) with the workspace in the
+//! `herald-workspace-id` header. Whatever cannot be read is quarantined with its reason.
+
+use herald_shared::model::{Envelope, Event};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Events read from one message, and the parts of it that were not valid.
+pub struct Parsed {
+    /// The valid events.
+    pub events: Vec<Event>,
+    /// Invalid parts: the raw JSON and why.
+    pub rejected: Vec<(Vec<u8>, String)>,
+}
+
+/// Why a whole message is quarantined.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejection {
+    /// No workspace header.
+    #[error("missing header herald-workspace-id")]
+    NoWorkspace,
+    /// The body is not JSON.
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    /// The workspace does not exist.
+    #[error("unknown workspace {0}")]
+    UnknownWorkspace(String),
+}
+
+/// Reads a message body. `message_id` (the AMQP property) makes the ids of events without a
+/// `uuid` stable across redeliveries; without it the body's hash does.
+pub fn parse(
+    workspace_id: &str,
+    body: &[u8],
+    message_id: Option<&str>,
+    now_ms: i64,
+) -> Result<Parsed, Rejection> {
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
+    let items: Vec<Box<RawValue>> = match trimmed.map(|i| body[i]) {
+        Some(b'[') => {
+            serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?
+        }
+        _ => vec![serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?],
+    };
+    let mut seed = Sha256::new();
+    seed.update(workspace_id.as_bytes());
+    seed.update([0]);
+    match message_id {
+        Some(id) => seed.update(id.as_bytes()),
+        None => seed.update(body),
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, raw) in items.into_iter().enumerate() {
+        let derived = || {
+            let mut h = seed.clone();
+            h.update((index as u64).to_be_bytes());
+            format!("evt_{}", &hex::encode(h.finalize())[..32])
+        };
+        let parsed = serde_json::from_str::<Envelope>(raw.get())
+            .map_err(|e| format!("invalid envelope: {e}"))
+            .and_then(|env| env.into_event(derived, now_ms).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(event) => events.push(event),
+            Err(reason) => rejected.push((raw.get().as_bytes().to_vec(), reason)),
+        }
+    }
+    Ok(Parsed { events, rejected })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"{"event":"a.b","resource":"r","resource_id":"1","payload":{"x":1}}"#;
+
+    #[test]
+    fn a_direct_envelope_gets_a_stable_id() {
+        let a = parse("ws", ONE.as_bytes(), None, 5).expect("valid");
+        let b = parse("ws", ONE.as_bytes(), None, 9).expect("valid");
+        assert_eq!(a.events.len(), 1);
+        assert_eq!(
+            a.events[0].uuid, b.events[0].uuid,
+            "redelivery keeps the id"
+        );
+        assert_eq!(a.events[0].time_created, 5);
+        let c = parse("ws", ONE.as_bytes(), Some("m-2"), 9).expect("valid");
+        assert_ne!(a.events[0].uuid, c.events[0].uuid);
+    }
+
+    #[test]
+    fn a_batch_keeps_the_valid_and_sets_aside_the_invalid() {
+        let body = format!(r#"[{ONE}, {{"event":"a"}}, {ONE}]"#);
+        let p = parse("ws", body.as_bytes(), None, 1).expect("array");
+        assert_eq!(p.events.len(), 2);
+        assert_ne!(p.events[0].uuid, p.events[1].uuid);
+        assert_eq!(p.rejected.len(), 1);
+        assert!(p.rejected[0].1.contains("resource"), "{}", p.rejected[0].1);
+    }
+
+    #[test]
+    fn garbage_is_rejected_whole() {
+        assert!(matches!(
+            parse("ws", b"{nope", None, 1),
+            Err(Rejection::NotJson(_))
+        ));
+    }
+}

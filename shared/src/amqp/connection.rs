@@ -1,0 +1,243 @@
+//! One broker connection per process, re-established with backoff when it drops, and a
+//! confirm-mode channel that many tasks publish on at once (their confirms pipeline instead of
+//! waiting for each other).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CommonSettings, QueueType};
+
+/// How long a connection attempt may take before the broker counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker could not take a message or a command.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection right now (the supervisor keeps trying).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused a publish (negative acknowledgement).
+    #[error("broker did not confirm the message")]
+    Nacked,
+    /// No queue is bound for the message.
+    #[error("message was unroutable on exchange {0}")]
+    Unroutable(String),
+    /// A protocol or I/O error.
+    #[error("broker: {0}")]
+    Lapin(#[from] lapin::Error),
+    /// Declaring the topology failed.
+    #[error(transparent)]
+    Topology(#[from] super::topology::TopologyError),
+}
+
+struct Live {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+/// A reconnecting broker connection.
+pub struct Broker {
+    url: SecretString,
+    queue_type: QueueType,
+    dead_retention: Duration,
+    name: String,
+    live: Mutex<Option<Live>>,
+    ready: AtomicBool,
+}
+
+impl Broker {
+    /// A broker handle; nothing is connected until first use or [`Broker::supervise`].
+    pub fn new(settings: &CommonSettings, name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            url: settings.amqp_url.clone(),
+            queue_type: settings.queue_type,
+            dead_retention: settings.retention,
+            name: name.to_string(),
+            live: Mutex::new(None),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// True while connected with the topology declared.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn connect(&self) -> Result<Live, BrokerError> {
+        let props = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio)
+            .with_connection_name(self.name.clone().into());
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(self.url.expose_secret(), props),
+        )
+        .await
+        .map_err(|_| BrokerError::Unavailable("connection attempt timed out".into()))??;
+        let setup = connection.create_channel().await?;
+        super::topology::declare(&setup, self.queue_type, self.dead_retention).await?;
+        let _ = setup.close(200, "topology declared").await;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Live {
+            connection: Arc::new(connection),
+            publisher,
+        })
+    }
+
+    /// The live connection and publisher channel, connecting once if there is none.
+    async fn live(&self) -> Result<(Arc<Connection>, Channel), BrokerError> {
+        let mut guard = self.live.lock().await;
+        if let Some(live) = guard.as_ref() {
+            if live.connection.status().connected() && live.publisher.status().connected() {
+                return Ok((live.connection.clone(), live.publisher.clone()));
+            }
+            if live.connection.status().connected() {
+                // Only the publisher channel died (e.g. a refused publish): open another.
+                let publisher = live.connection.create_channel().await?;
+                publisher
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                let connection = live.connection.clone();
+                *guard = Some(Live {
+                    connection: connection.clone(),
+                    publisher: publisher.clone(),
+                });
+                return Ok((connection, publisher));
+            }
+            tracing::warn!("broker connection lost");
+            metrics::counter!("herald_broker_disconnects_total").increment(1);
+            self.set_ready(false);
+            *guard = None;
+        }
+        match self.connect().await {
+            Ok(live) => {
+                let out = (live.connection.clone(), live.publisher.clone());
+                *guard = Some(live);
+                self.set_ready(true);
+                tracing::info!("connected to the broker, topology declared");
+                Ok(out)
+            }
+            Err(e) => {
+                self.set_ready(false);
+                Err(e)
+            }
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        metrics::gauge!("herald_broker_connected").set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// The current connection (to open consumer channels on).
+    pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        self.live().await.map(|(c, _)| c)
+    }
+
+    /// Publishes a persistent message and waits for the broker's confirm. With `mandatory`,
+    /// a message no queue takes is an error instead of silently dropped.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let (_, channel) = self.live().await?;
+        let confirm = channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await?;
+        match confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable(exchange.into())),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            Confirmation::NotRequested => Err(BrokerError::Unavailable(
+                "publisher channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    /// Keeps the connection up until cancelled: checks it every second and reconnects with
+    /// exponential backoff (500 ms up to 10 s) while the broker is away.
+    pub async fn supervise(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = backoff::ExponentialBackoff {
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(10),
+            max_elapsed_time: None,
+            ..Default::default()
+        };
+        loop {
+            let wait = match self.live().await {
+                Ok(_) => {
+                    backoff.reset();
+                    Duration::from_secs(1)
+                }
+                Err(e) => {
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker unreachable");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let live = self.live.lock().await.take();
+        if let Some(live) = live {
+            let _ = live.publisher.close(200, "shutting down").await;
+            let _ = live.connection.close(200, "shutting down").await;
+        }
+        self.set_ready(false);
+    }
+
+    /// A channel with a prefetch limit, for consuming.
+    pub async fn consumer_channel(&self, prefetch: u16) -> Result<Channel, BrokerError> {
+        let connection = self.connection().await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+            .await?;
+        Ok(channel)
+    }
+
+    /// Messages waiting in a queue, for metrics (None when the broker is unreachable).
+    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let connection = self.connection().await.ok()?;
+        let channel = connection.create_channel().await.ok()?;
+        let q = channel
+            .queue_declare(
+                queue,
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .ok();
+        let _ = channel.close(200, "depth read").await;
+        q.map(|q| q.message_count())
+    }
+}

@@ -1,0 +1,279 @@
+//! The broker topology, in one place. Every service declares all of it at start-up and after
+//! every reconnect; declarations are idempotent, so the order services start in does not matter.
+//!
+//! ```text
+//! herald.events (topic) --#--> [herald.events] --> router
+//! herald.jobs   (topic) --#--> [herald.jobs]   --> deliverer
+//! herald.retry  (topic) --bits of the delay--> [herald.delay.<2^k>s] --TTL--> herald.retry.after.<k>
+//!     ... down the ladder, lowest set bit last ...  --> [herald.jobs]
+//! herald.dead   (fanout) --> [herald.dead]        jobs whose schedule ran out (archive)
+//! herald.quarantine (fanout) --> [herald.quarantine]  messages that are not valid input
+//! ```
+//!
+//! Queue type: classic version 2 on one node (`HERALD_QUEUE_TYPE=classic`, the default: the
+//! fastest there), quorum queues for a cluster (`quorum`: replicated, and dead-lettering between
+//! delay rungs becomes at-least-once). Queue arguments cannot change on a live queue: moving an
+//! installation from one type to the other means new queues (a new vhost), see the runbook.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::QueueType;
+use crate::retry::LADDER_BITS;
+
+/// Producers publish events here (routing key free; workspace in [`super::WORKSPACE_HEADER`]).
+pub const EVENTS_EXCHANGE: &str = "herald.events";
+/// The router consumes events from here.
+pub const EVENTS_QUEUE: &str = "herald.events";
+/// The router publishes delivery jobs here.
+pub const JOBS_EXCHANGE: &str = "herald.jobs";
+/// Deliverers consume jobs from here.
+pub const JOBS_QUEUE: &str = "herald.jobs";
+/// A delayed job enters the delay ladder here, with [`crate::retry::ladder_routing_key`].
+pub const RETRY_EXCHANGE: &str = "herald.retry";
+/// Jobs whose schedule ran out.
+pub const DEAD_EXCHANGE: &str = "herald.dead";
+/// The dead-letter archive queue.
+pub const DEAD_QUEUE: &str = "herald.dead";
+/// Messages that are not valid input, set aside with their reason.
+pub const QUARANTINE_EXCHANGE: &str = "herald.quarantine";
+/// The quarantine queue.
+pub const QUARANTINE_QUEUE: &str = "herald.quarantine";
+
+/// The delay queue of rung `bit` (TTL 2^bit seconds).
+pub fn delay_queue(bit: u32) -> String {
+    format!("herald.delay.{}s", 1u64 << bit)
+}
+
+/// The exchange a rung's expired messages go to. `after(LADDER_BITS)` is the ladder's entry.
+fn after_exchange(bit: u32) -> String {
+    if bit == LADDER_BITS {
+        RETRY_EXCHANGE.to_string()
+    } else {
+        format!("herald.retry.after.{bit}")
+    }
+}
+
+/// Every queue whose depth an operator watches.
+pub fn all_queues() -> Vec<String> {
+    let mut q = vec![
+        EVENTS_QUEUE.to_string(),
+        JOBS_QUEUE.to_string(),
+        DEAD_QUEUE.to_string(),
+        QUARANTINE_QUEUE.to_string(),
+    ];
+    q.extend((0..LADDER_BITS).map(delay_queue));
+    q
+}
+
+/// A declaration the broker refused.
+#[derive(Debug, thiserror::Error)]
+#[error("declaring {what}: {source}")]
+pub struct TopologyError {
+    what: String,
+    #[source]
+    source: lapin::Error,
+}
+
+/// Binding patterns of the ladder: on exchange `after(k)`, rung j < k gets the messages whose
+/// bit j is the highest set bit below k; the jobs queue gets those with no bit set below k.
+/// Returns (exchange, queue, pattern) triples.
+pub fn ladder_bindings() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for k in 0..=LADDER_BITS {
+        let exchange = after_exchange(k);
+        for j in 0..k {
+            let pattern = (0..LADDER_BITS)
+                .rev()
+                .map(|b| match b {
+                    b if b >= k => "*",
+                    b if b > j => "0",
+                    b if b == j => "1",
+                    _ => "*",
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            out.push((exchange.clone(), delay_queue(j), pattern));
+        }
+        let pattern = (0..LADDER_BITS)
+            .rev()
+            .map(|b| if b >= k { "*" } else { "0" })
+            .collect::<Vec<_>>()
+            .join(".");
+        out.push((exchange, JOBS_QUEUE.to_string(), pattern));
+    }
+    out
+}
+
+fn queue_args(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    match queue_type {
+        QueueType::Classic => args.insert("x-queue-version".into(), AMQPValue::LongInt(2)),
+        QueueType::Quorum => args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        ),
+    }
+    args
+}
+
+/// Declares every exchange, queue and binding. Safe to call again at any time.
+pub async fn declare(
+    channel: &Channel,
+    queue_type: QueueType,
+    dead_retention: Duration,
+) -> Result<(), TopologyError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| TopologyError { what, source }
+    };
+    for (name, kind) in [
+        (EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (JOBS_EXCHANGE, ExchangeKind::Topic),
+        (DEAD_EXCHANGE, ExchangeKind::Fanout),
+        (QUARANTINE_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(name, kind, durable, FieldTable::default())
+            .await
+            .map_err(err(name))?;
+    }
+    for k in 0..=LADDER_BITS {
+        let name = after_exchange(k);
+        channel
+            .exchange_declare(&name, ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .map_err(err(&name))?;
+    }
+
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for name in [EVENTS_QUEUE, JOBS_QUEUE, QUARANTINE_QUEUE] {
+        channel
+            .queue_declare(name, queue, queue_args(queue_type))
+            .await
+            .map_err(err(name))?;
+    }
+    let mut dead_args = queue_args(queue_type);
+    dead_args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(dead_retention.as_millis().min(i64::MAX as u128) as i64),
+    );
+    channel
+        .queue_declare(DEAD_QUEUE, queue, dead_args)
+        .await
+        .map_err(err(DEAD_QUEUE))?;
+    for bit in 0..LADDER_BITS {
+        let name = delay_queue(bit);
+        let mut args = queue_args(queue_type);
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(1000 * (1i64 << bit)),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(after_exchange(bit).into()),
+        );
+        if queue_type == QueueType::Quorum {
+            // Without these, a quorum queue dead-letters at most once; with them, at least once.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+        channel
+            .queue_declare(&name, queue, args)
+            .await
+            .map_err(err(&name))?;
+    }
+
+    let bind = |queue: String, exchange: String, key: String| async move {
+        channel
+            .queue_bind(
+                &queue,
+                &exchange,
+                &key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err(&format!("binding {queue} to {exchange}")))
+    };
+    bind(EVENTS_QUEUE.into(), EVENTS_EXCHANGE.into(), "#".into()).await?;
+    bind(JOBS_QUEUE.into(), JOBS_EXCHANGE.into(), "#".into()).await?;
+    bind(DEAD_QUEUE.into(), DEAD_EXCHANGE.into(), String::new()).await?;
+    bind(
+        QUARANTINE_QUEUE.into(),
+        QUARANTINE_EXCHANGE.into(),
+        String::new(),
+    )
+    .await?;
+    for (exchange, queue, pattern) in ladder_bindings() {
+        bind(queue, exchange, pattern).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{ladder_path, ladder_routing_key};
+
+    /// Follows a routing key through the bindings as the broker would (topic `*` matches one
+    /// word), returning the queues visited until the jobs queue.
+    fn walk(key: &str) -> Vec<String> {
+        let bindings = ladder_bindings();
+        let words: Vec<&str> = key.split('.').collect();
+        let mut exchange = RETRY_EXCHANGE.to_string();
+        let mut visited = Vec::new();
+        loop {
+            let targets: Vec<&(String, String, String)> = bindings
+                .iter()
+                .filter(|(e, _, p)| {
+                    *e == exchange
+                        && p.split('.')
+                            .zip(&words)
+                            .all(|(pw, w)| pw == "*" || pw == *w)
+                })
+                .collect();
+            assert_eq!(
+                targets.len(),
+                1,
+                "exactly one route from {exchange} for {key}"
+            );
+            let queue = targets[0].1.clone();
+            visited.push(queue.clone());
+            if queue == JOBS_QUEUE {
+                return visited;
+            }
+            let bit: u32 = (0..LADDER_BITS)
+                .find(|b| delay_queue(*b) == queue)
+                .expect("a rung");
+            exchange = after_exchange(bit);
+        }
+    }
+
+    #[test]
+    fn every_delay_walks_its_bits_down_to_the_jobs_queue() {
+        for secs in [0u64, 1, 2, 3, 5, 8, 300, 1800, 7200, 36_000, 131_071] {
+            let d = Duration::from_secs(secs);
+            let visited = walk(&ladder_routing_key(d));
+            let mut expected: Vec<String> = ladder_path(d).into_iter().map(delay_queue).collect();
+            expected.push(JOBS_QUEUE.to_string());
+            assert_eq!(visited, expected, "delay {secs}s");
+        }
+    }
+}

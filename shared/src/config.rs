@@ -1,0 +1,447 @@
+//! Typed settings for each service, layered: built-in defaults, then an optional file named by
+//! `HERALD_CONFIG` (lines of `HERALD_X=value`), then the `HERALD_*` environment variables.
+//! Everything is parsed and validated once at start-up; an error names the setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::retry::RetrySchedule;
+
+/// A setting that could not be read, with the variable's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The value is not of the expected form.
+    #[error("setting {name}: {message} (got {value:?})")]
+    Invalid {
+        /// The variable, e.g. `HERALD_INGEST_ADDR`.
+        name: &'static str,
+        /// What was expected.
+        message: String,
+        /// What was given.
+        value: String,
+    },
+    /// The file named by `HERALD_CONFIG` could not be read.
+    #[error("setting HERALD_CONFIG: cannot read {path}: {source}")]
+    File {
+        /// The path given.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Where settings come from: the file's lines under the environment's variables.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    values: HashMap<String, String>,
+}
+
+impl Source {
+    /// Reads `HERALD_CONFIG` (if set) and then the process environment on top of it.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut values = HashMap::new();
+        if let Ok(path) = std::env::var("HERALD_CONFIG") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::File { path, source })?;
+            values.extend(parse_file(&text));
+        }
+        values.extend(std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")));
+        Ok(Self { values })
+    }
+
+    /// A source made of the given pairs only (tests, embedding).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &'static str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_string()
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| invalid(name, expected, v)),
+        }
+    }
+
+    fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(invalid(name, "true or false", &v)),
+            },
+        }
+    }
+
+    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => parse_duration(v)
+                .ok_or_else(|| invalid(name, "a duration such as 500ms, 30s, 5m, 2h or 7d", v)),
+        }
+    }
+
+    fn addr(&self, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let v = self.string(name, default);
+        v.parse()
+            .map_err(|_| invalid(name, "an address such as 127.0.0.1:8080", &v))
+    }
+
+    fn policy(&self) -> Result<crate::netguard::DestinationPolicy, ConfigError> {
+        let allowlist = match self.get("HERALD_DESTINATION_ALLOWLIST") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(|s| {
+                    s.parse().map_err(|m: String| ConfigError::Invalid {
+                        name: "HERALD_DESTINATION_ALLOWLIST",
+                        message: m,
+                        value: v.to_string(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(crate::netguard::DestinationPolicy {
+            allow_private: self.bool("HERALD_ALLOW_PRIVATE_DESTINATIONS", false)?,
+            allowlist,
+        })
+    }
+
+    fn positive(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+        let v = self.parse(name, default, "a positive whole number")?;
+        if v == 0 {
+            return Err(invalid(name, "a positive whole number", "0"));
+        }
+        Ok(v)
+    }
+}
+
+fn invalid(name: &'static str, expected: &str, value: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        message: format!("expected {expected}"),
+        value: value.to_string(),
+    }
+}
+
+fn parse_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim().trim_matches('"').to_string();
+            (k.trim().to_string(), v)
+        })
+        .collect()
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `7d` (and a bare number of seconds).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// `text` logs for people, `json` (one object per line) for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which RabbitMQ queue type Herald declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Classic queues, version 2: the fastest choice on one broker node.
+    Classic,
+    /// Quorum queues: replicated, for a RabbitMQ cluster.
+    Quorum,
+}
+
+/// What every service needs: the broker, Redis, logging, retry and retention policy.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    /// `HERALD_AMQP_URL`; its vhost isolates one installation.
+    pub amqp_url: SecretString,
+    /// `HERALD_REDIS_URL`.
+    pub redis_url: SecretString,
+    /// `HERALD_REDIS_PREFIX`: prefix of every Redis key.
+    pub redis_prefix: String,
+    /// `HERALD_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `HERALD_QUEUE_TYPE`: `classic` (default) or `quorum`.
+    pub queue_type: QueueType,
+    /// `HERALD_RETRY_SCHEDULE`: the delays between attempts.
+    pub retry_schedule: RetrySchedule,
+    /// `HERALD_RETENTION`: how long history, dead letters and idempotency keys are kept.
+    pub retention: Duration,
+    /// `HERALD_CONFIG_REFRESH`: how often cached configuration is checked for changes.
+    pub config_refresh: Duration,
+}
+
+impl CommonSettings {
+    /// Reads the shared settings.
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let log_format = match src.string("HERALD_LOG_FORMAT", "text").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("HERALD_LOG_FORMAT", "text or json", other)),
+        };
+        let queue_type = match src.string("HERALD_QUEUE_TYPE", "classic").as_str() {
+            "classic" => QueueType::Classic,
+            "quorum" => QueueType::Quorum,
+            other => return Err(invalid("HERALD_QUEUE_TYPE", "classic or quorum", other)),
+        };
+        let retry_schedule = match src.get("HERALD_RETRY_SCHEDULE") {
+            None => RetrySchedule::default(),
+            Some(v) => RetrySchedule::parse(v).map_err(|message| ConfigError::Invalid {
+                name: "HERALD_RETRY_SCHEDULE",
+                message,
+                value: v.to_string(),
+            })?,
+        };
+        let amqp_url = src.string("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
+            return Err(invalid(
+                "HERALD_AMQP_URL",
+                "an amqp:// or amqps:// URL",
+                &amqp_url,
+            ));
+        }
+        let redis_url = src.string("HERALD_REDIS_URL", "redis://127.0.0.1:6379");
+        if redis::parse_redis_url(&redis_url).is_none() {
+            return Err(invalid("HERALD_REDIS_URL", "a redis:// URL", &redis_url));
+        }
+        let redis_prefix = src.string("HERALD_REDIS_PREFIX", "herald");
+        if redis_prefix.contains(char::is_whitespace) {
+            return Err(invalid("HERALD_REDIS_PREFIX", "no spaces", &redis_prefix));
+        }
+        Ok(Self {
+            amqp_url: amqp_url.into(),
+            redis_url: redis_url.into(),
+            redis_prefix,
+            log_format,
+            queue_type,
+            retry_schedule,
+            retention: src.duration("HERALD_RETENTION", Duration::from_secs(30 * 86_400))?,
+            config_refresh: src.duration("HERALD_CONFIG_REFRESH", Duration::from_millis(250))?,
+        })
+    }
+}
+
+/// Settings of `herald-ingest`.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Shared settings.
+    pub common: CommonSettings,
+    /// `HERALD_INGEST_ADDR`.
+    pub addr: SocketAddr,
+    /// `HERALD_ADMIN_TOKEN`; the admin API is disabled without it.
+    pub admin_token: Option<SecretString>,
+    /// `HERALD_ALLOW_HTTP`: accept `http://` destinations (development only).
+    pub allow_http: bool,
+    /// `HERALD_ALLOW_PRIVATE_DESTINATIONS` and `HERALD_DESTINATION_ALLOWLIST`.
+    pub destinations: crate::netguard::DestinationPolicy,
+    /// `HERALD_MAX_EVENT_BYTES`: largest single event body.
+    pub max_event_bytes: usize,
+    /// `HERALD_MAX_BULK_BYTES`: largest bulk request body.
+    pub max_bulk_bytes: usize,
+    /// `HERALD_MAX_BULK_EVENTS`: most events in one bulk request.
+    pub max_bulk_events: usize,
+    /// `HERALD_SECRET_GRACE`: how long a rotated-out secret keeps signing.
+    pub secret_grace: Duration,
+}
+
+impl IngestSettings {
+    /// Reads the environment (and `HERALD_CONFIG`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Source::from_env()?)
+    }
+
+    /// Reads the given source.
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let admin_token = src.get("HERALD_ADMIN_TOKEN").map(|t| t.to_string());
+        if let Some(t) = &admin_token {
+            if t.len() < 16 {
+                return Err(invalid(
+                    "HERALD_ADMIN_TOKEN",
+                    "at least 16 characters",
+                    "(hidden)",
+                ));
+            }
+        }
+        Ok(Self {
+            common: CommonSettings::from_source(src)?,
+            addr: src.addr("HERALD_INGEST_ADDR", "127.0.0.1:8080")?,
+            admin_token: admin_token.map(Into::into),
+            allow_http: src.bool("HERALD_ALLOW_HTTP", false)?,
+            destinations: src.policy()?,
+            max_event_bytes: src.positive("HERALD_MAX_EVENT_BYTES", 1_048_576)?,
+            max_bulk_bytes: src.positive("HERALD_MAX_BULK_BYTES", 16 * 1_048_576)?,
+            max_bulk_events: src.positive("HERALD_MAX_BULK_EVENTS", 1_000)?,
+            secret_grace: src.duration("HERALD_SECRET_GRACE", Duration::from_secs(86_400))?,
+        })
+    }
+}
+
+/// Settings of `herald-router`.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Shared settings.
+    pub common: CommonSettings,
+    /// `HERALD_ROUTER_ADDR`: health and metrics.
+    pub addr: SocketAddr,
+    /// `HERALD_ROUTER_PREFETCH`: unacknowledged event messages held at once.
+    pub prefetch: u16,
+    /// `HERALD_ROUTER_JOBS_PER_MESSAGE`: most delivery jobs put in one broker message.
+    pub jobs_per_message: usize,
+}
+
+impl RouterSettings {
+    /// Reads the environment (and `HERALD_CONFIG`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Source::from_env()?)
+    }
+
+    /// Reads the given source.
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonSettings::from_source(src)?,
+            addr: src.addr("HERALD_ROUTER_ADDR", "127.0.0.1:8081")?,
+            prefetch: src.parse("HERALD_ROUTER_PREFETCH", 64, "a number 1-65535")?,
+            jobs_per_message: src.positive("HERALD_ROUTER_JOBS_PER_MESSAGE", 100)?,
+        })
+    }
+}
+
+/// Settings of `herald-deliverer`.
+#[derive(Debug, Clone)]
+pub struct DelivererSettings {
+    /// Shared settings.
+    pub common: CommonSettings,
+    /// `HERALD_DELIVERER_ADDR`: health and metrics.
+    pub addr: SocketAddr,
+    /// `HERALD_DELIVERER_PREFETCH`: unacknowledged job messages held at once.
+    pub prefetch: u16,
+    /// `HERALD_DELIVERER_CONCURRENCY`: most HTTP requests in flight.
+    pub concurrency: usize,
+    /// `HERALD_CONNECTION_CONCURRENCY`: most requests in flight to one connection.
+    pub connection_concurrency: usize,
+    /// `HERALD_ALLOW_PRIVATE_DESTINATIONS` and `HERALD_DESTINATION_ALLOWLIST`.
+    pub destinations: crate::netguard::DestinationPolicy,
+    /// `HERALD_DRAIN_TIMEOUT`: how long shutdown waits for in-flight deliveries.
+    pub drain_timeout: Duration,
+    /// `HERALD_DEFAULT_TIMEOUT`: request timeout of a connection that sets none.
+    pub default_timeout: Duration,
+}
+
+impl DelivererSettings {
+    /// Reads the environment (and `HERALD_CONFIG`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Source::from_env()?)
+    }
+
+    /// Reads the given source.
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonSettings::from_source(src)?,
+            addr: src.addr("HERALD_DELIVERER_ADDR", "127.0.0.1:8082")?,
+            prefetch: src.parse("HERALD_DELIVERER_PREFETCH", 64, "a number 1-65535")?,
+            concurrency: src.positive("HERALD_DELIVERER_CONCURRENCY", 512)?,
+            connection_concurrency: src.positive("HERALD_CONNECTION_CONCURRENCY", 64)?,
+            destinations: src.policy()?,
+            drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            default_timeout: src.duration("HERALD_DEFAULT_TIMEOUT", Duration::from_secs(15))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_one_machine() {
+        let s = IngestSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.max_event_bytes, 1_048_576);
+        assert_eq!(s.common.redis_prefix, "herald");
+        assert!(s.admin_token.is_none());
+        assert_eq!(s.common.retry_schedule.retries(), 7);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        let src = Source::from_pairs([("HERALD_ALLOW_HTTP", "maybe")]);
+        let err = IngestSettings::from_source(&src).expect_err("must fail");
+        assert!(err.to_string().contains("HERALD_ALLOW_HTTP"), "{err}");
+        let src = Source::from_pairs([("HERALD_RETRY_SCHEDULE", "5s,soon")]);
+        let err = RouterSettings::from_source(&src).expect_err("must fail");
+        assert!(err.to_string().contains("HERALD_RETRY_SCHEDULE"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn file_lines_are_read_and_comments_skipped() {
+        let pairs = parse_file("# c\nHERALD_INGEST_ADDR=0.0.0.0:9\n\nHERALD_LOG_FORMAT=\"json\"\n");
+        assert_eq!(
+            pairs,
+            vec![
+                ("HERALD_INGEST_ADDR".into(), "0.0.0.0:9".into()),
+                ("HERALD_LOG_FORMAT".into(), "json".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! What two or more Herald services share, and nothing else.
+//!
+//! - [`config`]: typed, validated settings read from defaults, an optional file and `HERALD_*`.
+//! - [`telemetry`]: `tracing` set-up (text or JSON) and the Prometheus recorder.
+//! - [`shutdown`]: SIGINT/SIGTERM into a `CancellationToken`.
+//! - [`model`]: the domain types: envelope and event, workspace, connection, rule, job, attempt.
+//! - [`signing`]: Standard Webhooks signatures (sign and verify).
+//! - [`retry`]: the retry schedule, its jitter, and the broker delay ladder it maps onto.
+//! - [`amqp`]: the broker topology, a reconnecting connection, a confirming publisher and
+//!   consumer helpers.
+//! - [`store`]: everything Herald keeps in Redis: configuration (with a cache), history, dead
+//!   letters.
+//! - [`netguard`]: which destination addresses may be connected to (SSRF protection).
+//! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` endpoints the router and deliverer serve.
+
+pub mod amqp;
+pub mod config;
+pub mod ids;
+pub mod model;
+pub mod netguard;
+pub mod ops;
+pub mod retry;
+pub mod shutdown;
+pub mod signing;
+pub mod store;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch, as every timestamp Herald stores.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The `user-agent` Herald sends to receivers.
+pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));

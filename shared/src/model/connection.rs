@@ -1,0 +1,296 @@
+//! Connections: the destinations of a workspace.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_name, FieldError};
+
+/// The HTTP method a connection is called with.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// The default.
+    #[default]
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+}
+
+impl HttpMethod {
+    /// The method's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+        }
+    }
+}
+
+/// Authentication sent with each request to the destination.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: String,
+    },
+    /// `Authorization: Basic <base64(username:password)>`.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+}
+
+/// A signing secret that was rotated out and still signs until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// The old `whsec_` secret.
+    pub secret: String,
+    /// Unix milliseconds after which it no longer signs.
+    pub expires_at: i64,
+}
+
+/// A webhook destination.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Connection {
+    /// `con_...`.
+    pub id: String,
+    /// The workspace it belongs to.
+    pub workspace_id: String,
+    /// Always `webhook` for now.
+    pub kind: String,
+    /// A name for people.
+    pub name: String,
+    /// Where requests go.
+    pub url: String,
+    /// The current `whsec_` signing secret.
+    pub secret: String,
+    /// Secrets rotated out that still sign during their grace period.
+    #[serde(default)]
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// Custom headers sent with every request.
+    pub headers: BTreeMap<String, String>,
+    /// Optional authentication.
+    pub auth: Option<Auth>,
+    /// Request timeout.
+    pub timeout_ms: u64,
+    /// Most requests per second to this destination, if limited.
+    pub rate_limit_per_s: Option<u32>,
+    /// Disabled connections get no new deliveries.
+    pub enabled: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Headers a connection may not set: Herald owns them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Default request timeout.
+pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+
+impl Connection {
+    /// The secrets that sign a request sent at `now_ms`: the current one first.
+    pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &str> {
+        std::iter::once(self.secret.as_str()).chain(
+            self.previous_secrets
+                .iter()
+                .filter(move |p| p.expires_at > now_ms)
+                .map(|p| p.secret.as_str()),
+        )
+    }
+
+    /// Checks every field a caller can set.
+    pub fn validate(&self, allow_http: bool) -> Result<(), FieldError> {
+        check_name("name", &self.name, 200)?;
+        validate_url(&self.url, allow_http)?;
+        crate::signing::SigningKey::parse_strict(&self.secret)
+            .map_err(|e| FieldError::new("secret", e.to_string()))?;
+        if self.headers.len() > 32 {
+            return Err(FieldError::new("headers", "at most 32 headers"));
+        }
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            if http_header_name_ok(name).is_err() {
+                return Err(FieldError::new(field, "is not a valid header name"));
+            }
+            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(FieldError::new(
+                    field,
+                    "is set by Herald and cannot be overridden",
+                ));
+            }
+            if name.eq_ignore_ascii_case("authorization") && self.auth.is_some() {
+                return Err(FieldError::new(field, "conflicts with auth"));
+            }
+            if value.len() > 4096 || value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(FieldError::new(field, "is not a valid header value"));
+            }
+        }
+        match &self.auth {
+            Some(Auth::Bearer { token }) if token.is_empty() || token.len() > 4096 => {
+                return Err(FieldError::new(
+                    "auth.token",
+                    "must be 1 to 4096 characters",
+                ))
+            }
+            Some(Auth::Basic { username, .. }) if username.is_empty() || username.contains(':') => {
+                return Err(FieldError::new(
+                    "auth.username",
+                    "must not be empty or contain ':'",
+                ))
+            }
+            _ => {}
+        }
+        if !(100..=120_000).contains(&self.timeout_ms) {
+            return Err(FieldError::new(
+                "timeout_ms",
+                "must be between 100 and 120000",
+            ));
+        }
+        if let Some(r) = self.rate_limit_per_s {
+            if r == 0 || r > 100_000 {
+                return Err(FieldError::new(
+                    "rate_limit_per_s",
+                    "must be between 1 and 100000",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn http_header_name_ok(name: &str) -> Result<(), ()> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Checks a destination URL: absolute, `https` (or `http` when allowed), with a host, no
+/// credentials in it.
+pub fn validate_url(url: &str, allow_http: bool) -> Result<url::Url, FieldError> {
+    if url.len() > 2048 {
+        return Err(FieldError::new("url", "must be at most 2048 characters"));
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|e| FieldError::new("url", format!("is not a valid URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(FieldError::new(
+                "url",
+                "must use https:// (plain http is allowed only when HERALD_ALLOW_HTTP is set)",
+            ))
+        }
+        _ => return Err(FieldError::new("url", "must be an https:// URL")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(FieldError::new("url", "must have a host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(FieldError::new(
+            "url",
+            "must not contain credentials; use auth instead",
+        ));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Connection {
+        Connection {
+            id: "con_1".into(),
+            workspace_id: "ws_1".into(),
+            kind: "webhook".into(),
+            name: "n".into(),
+            url: "https://example.com/hook".into(),
+            secret: crate::signing::generate_secret(),
+            previous_secrets: vec![],
+            method: HttpMethod::Post,
+            headers: BTreeMap::new(),
+            auth: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            rate_limit_per_s: None,
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn urls_must_be_https_unless_allowed() {
+        assert!(validate_url("https://example.com", false).is_ok());
+        assert_eq!(
+            validate_url("http://example.com", false)
+                .expect_err("http")
+                .field,
+            "url"
+        );
+        assert!(validate_url("http://example.com", true).is_ok());
+        assert!(validate_url("ftp://example.com", true).is_err());
+        assert!(validate_url("https://u:p@example.com", false).is_err());
+        assert!(validate_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn reserved_headers_are_refused_by_name() {
+        let mut c = conn();
+        c.headers.insert("Webhook-Signature".into(), "x".into());
+        assert_eq!(
+            c.validate(false).expect_err("reserved").field,
+            "headers.Webhook-Signature"
+        );
+        let mut c = conn();
+        c.headers.insert("x-team".into(), "payments".into());
+        assert!(c.validate(false).is_ok());
+    }
+
+    #[test]
+    fn expired_previous_secrets_stop_signing() {
+        let mut c = conn();
+        c.previous_secrets = vec![
+            PreviousSecret {
+                secret: "old".into(),
+                expires_at: 100,
+            },
+            PreviousSecret {
+                secret: "older".into(),
+                expires_at: 10,
+            },
+        ];
+        let s: Vec<&str> = c.signing_secrets(50).collect();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1], "old");
+        assert_eq!(c.signing_secrets(100).count(), 1);
+    }
+}

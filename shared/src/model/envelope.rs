@@ -1,0 +1,192 @@
+//! The event envelope: what producers send, what travels through the broker, and the body a
+//! receiver gets.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{check_token, FieldError};
+
+/// What a producer sends, over HTTP or straight to the broker. `uuid` and `time_created` are
+/// filled in at intake when absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Event type, e.g. `order.completed`.
+    pub event: Option<String>,
+    /// Resource type, e.g. `order`.
+    pub resource: Option<String>,
+    /// The resource's id, e.g. `ord_77`.
+    pub resource_id: Option<String>,
+    /// Anything JSON; passed through untouched.
+    pub payload: Option<Box<RawValue>>,
+    /// The producer's id for this event; the idempotency key.
+    pub uuid: Option<String>,
+    /// Set by intake; a direct producer may leave it out.
+    pub time_created: Option<i64>,
+}
+
+/// A validated event with its id and creation time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Event id, the `webhook-id` of every request for it.
+    pub uuid: String,
+    /// Event type.
+    pub event: String,
+    /// Resource type.
+    pub resource: String,
+    /// The resource's id.
+    pub resource_id: String,
+    /// The producer's payload, byte for byte.
+    pub payload: Box<RawValue>,
+    /// Unix milliseconds at intake.
+    pub time_created: i64,
+}
+
+/// The longest event or resource type.
+pub const MAX_TYPE_LEN: usize = 128;
+
+impl Envelope {
+    /// Validates and completes the envelope; `new_uuid` is called only when none was given.
+    pub fn into_event(
+        self,
+        new_uuid: impl FnOnce() -> String,
+        now_ms: i64,
+    ) -> Result<Event, FieldError> {
+        let event = required("event", self.event)?;
+        check_token("event", &event, MAX_TYPE_LEN)?;
+        if event.contains('*') {
+            return Err(FieldError::new(
+                "event",
+                "wildcards belong in rules, not events",
+            ));
+        }
+        let resource = required("resource", self.resource)?;
+        check_token("resource", &resource, MAX_TYPE_LEN)?;
+        let resource_id = required("resource_id", self.resource_id)?;
+        if resource_id.is_empty() || resource_id.len() > 256 {
+            return Err(FieldError::new(
+                "resource_id",
+                "must be 1 to 256 characters",
+            ));
+        }
+        let payload = self
+            .payload
+            .ok_or_else(|| FieldError::new("payload", "is required"))?;
+        let uuid = match self.uuid {
+            Some(u) => {
+                check_token("uuid", &u, 128)?;
+                u
+            }
+            None => new_uuid(),
+        };
+        let time_created = match self.time_created {
+            Some(t) if t <= 0 => {
+                return Err(FieldError::new("time_created", "must be Unix milliseconds"))
+            }
+            Some(t) => t,
+            None => now_ms,
+        };
+        Ok(Event {
+            uuid,
+            event,
+            resource,
+            resource_id,
+            payload,
+            time_created,
+        })
+    }
+}
+
+fn required(field: &str, value: Option<String>) -> Result<String, FieldError> {
+    value.ok_or_else(|| FieldError::new(field, "is required"))
+}
+
+/// The body a receiver gets, in the documented field order.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    uuid: &'a str,
+    event: &'a str,
+    resource: &'a str,
+    resource_id: &'a str,
+    payload: &'a RawValue,
+    time_created: i64,
+    time_sent: i64,
+}
+
+impl Event {
+    /// The exact bytes sent (and signed) for this event at `time_sent` (Unix milliseconds).
+    pub fn body(&self, time_sent: i64) -> Vec<u8> {
+        let out = Outgoing {
+            uuid: &self.uuid,
+            event: &self.event,
+            resource: &self.resource,
+            resource_id: &self.resource_id,
+            payload: &self.payload,
+            time_created: self.time_created,
+            time_sent,
+        };
+        // Serialising plain strings, integers and already-valid raw JSON cannot fail.
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Event, FieldError> {
+        let env: Envelope = serde_json::from_str(json).expect("json");
+        env.into_event(|| "evt_new".into(), 1_000)
+    }
+
+    #[test]
+    fn a_full_envelope_becomes_an_event() {
+        let e = parse(
+            r#"{"event":"order.completed","resource":"order","resource_id":"ord_77",
+                "payload":{"order_id":"ord_77","total_cents":12900}}"#,
+        )
+        .expect("valid");
+        assert_eq!(e.uuid, "evt_new");
+        assert_eq!(e.time_created, 1_000);
+        let body: serde_json::Value = serde_json::from_slice(&e.body(1_500)).expect("json");
+        assert_eq!(body["payload"]["total_cents"], 12900);
+        assert_eq!(body["time_sent"], 1_500);
+        assert_eq!(body["uuid"], "evt_new");
+    }
+
+    #[test]
+    fn the_payload_passes_through_byte_for_byte() {
+        let e = parse(
+            r#"{"event":"a","resource":"r","resource_id":"1","payload":{"b":1.50,  "a":[1e3]}}"#,
+        )
+        .expect("valid");
+        let body = String::from_utf8(e.body(2)).expect("utf8");
+        assert!(
+            body.contains(r#""payload":{"b":1.50,  "a":[1e3]}"#),
+            "{body}"
+        );
+        assert!(body.starts_with(r#"{"uuid":"evt_new","event":"a","resource":"r""#));
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        let err = parse(r#"{"resource":"r","resource_id":"1","payload":{}}"#).expect_err("bad");
+        assert_eq!(err.field, "event");
+        let err = parse(r#"{"event":"a b","resource":"r","resource_id":"1","payload":{}}"#)
+            .expect_err("bad");
+        assert_eq!(err.field, "event");
+        let err = parse(r#"{"event":"a","resource":"r","resource_id":"1"}"#).expect_err("bad");
+        assert_eq!(err.field, "payload");
+        let err = parse(r#"{"event":"a","resource":"r","resource_id":"1","payload":1,"uuid":""}"#)
+            .expect_err("bad");
+        assert_eq!(err.field, "uuid");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<Envelope, _> = serde_json::from_str(
+            r#"{"event":"a","resource":"r","resource_id":"1","payload":1,"evnt":"x"}"#,
+        );
+        assert!(r.is_err());
+    }
+}

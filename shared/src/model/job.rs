@@ -1,0 +1,58 @@
+//! Delivery jobs as they travel through the broker.
+//!
+//! A jobs message holds a list of [`JobGroup`]s, and each group one event and the deliveries of
+//! it still to be made. Grouping keeps the payload once per event however many connections it
+//! fans out to, and lets the router put many events' jobs in one broker message; a retry is a
+//! group with a single job, so every delivery still retries and dead-letters on its own.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Attempt, Event};
+
+/// One event and the deliveries of it to make.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobGroup {
+    /// The workspace of the event.
+    pub workspace_id: String,
+    /// The event.
+    pub event: Event,
+    /// One per connection.
+    pub jobs: Vec<JobItem>,
+}
+
+/// One delivery of an event to a connection, with what has been tried so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobItem {
+    /// The destination.
+    pub connection_id: String,
+    /// Attempts made before this one, oldest first (empty on the first try).
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// How many of `attempts` came before the current round of the retry schedule: a replayed
+    /// dead letter starts a new round, with its earlier attempts kept in its history.
+    #[serde(default)]
+    pub round_start: usize,
+}
+
+impl JobItem {
+    /// A first try.
+    pub fn new(connection_id: impl Into<String>) -> Self {
+        Self {
+            connection_id: connection_id.into(),
+            attempts: Vec::new(),
+            round_start: 0,
+        }
+    }
+}
+
+impl JobItem {
+    /// Attempts made in the current round of the schedule.
+    pub fn attempts_this_round(&self) -> usize {
+        self.attempts.len().saturating_sub(self.round_start)
+    }
+}
+
+/// The deterministic id of one delivery: the same on every retry and redelivery.
+pub fn delivery_id(event_uuid: &str, connection_id: &str) -> String {
+    format!("{event_uuid}.{connection_id}")
+}

@@ -1,0 +1,72 @@
+//! `/healthz`, `/readyz` and `/metrics` for the router and deliverer (ingest serves the same
+//! paths on its API address).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::Broker;
+use crate::store::Store;
+
+#[derive(Clone)]
+struct Ops {
+    broker: Arc<Broker>,
+    store: Store,
+}
+
+/// Readiness: the broker connected with its topology declared, and Redis answering.
+pub async fn readiness(broker: &Broker, store: &Store) -> (StatusCode, Json<serde_json::Value>) {
+    let broker_ok = broker.is_ready();
+    let redis_ok = store.ping().await;
+    let status = if broker_ok && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        Json(
+            json!({"status": word(broker_ok && redis_ok), "broker": word(broker_ok), "redis": word(redis_ok)}),
+        ),
+    )
+}
+
+/// The ops routes over a broker and store.
+pub fn router(broker: Arc<Broker>, store: Store) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(|State(ops): State<Ops>| async move { readiness(&ops.broker, &ops.store).await }),
+        )
+        .route(
+            "/metrics",
+            get(|| async { crate::telemetry::metrics().render() }),
+        )
+        .with_state(Ops { broker, store })
+}
+
+/// Binds `addr` and serves the ops routes until `cancel`. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    store: Store,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(broker, store);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,366 @@
+//! Workspaces, API keys, connections and rules, and the cache services read them through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use super::{parse, to_json, Store, StoreError};
+use crate::model::workspace::{generate_key, hash_key};
+use crate::model::{ApiKey, Connection, KeyScope, Rule, Workspace};
+
+/// A new workspace and the keys shown to its creator once.
+pub struct NewWorkspace {
+    /// The workspace.
+    pub workspace: Workspace,
+    /// Its secret key (`sk_...`).
+    pub secret_key: String,
+    /// Its publishable key (`pk_...`).
+    pub publishable_key: String,
+}
+
+impl Store {
+    async fn bump_version(&self, pipe: &mut redis::Pipeline) {
+        pipe.incr(self.key("config:ver"), 1).ignore();
+    }
+
+    /// The configuration version (changes on every write).
+    pub async fn config_version(&self) -> Result<i64, StoreError> {
+        let v: Option<i64> = self.conn().get(self.key("config:ver")).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Creates a workspace with a fresh secret and publishable key.
+    pub async fn create_workspace(&self, name: &str) -> Result<NewWorkspace, StoreError> {
+        let now = crate::now_ms();
+        let workspace = Workspace {
+            id: crate::ids::new_id("ws"),
+            name: name.to_string(),
+            created_at: now,
+        };
+        let secret_key = generate_key(KeyScope::Secret);
+        let publishable_key = generate_key(KeyScope::Publishable);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.set(
+            self.key(&format!("ws:{}", workspace.id)),
+            to_json(&workspace),
+        )
+        .ignore();
+        pipe.zadd(self.key("workspaces"), &workspace.id, now)
+            .ignore();
+        for (key, scope) in [
+            (&secret_key, KeyScope::Secret),
+            (&publishable_key, KeyScope::Publishable),
+        ] {
+            let hash = hash_key(key);
+            let record = ApiKey {
+                workspace_id: workspace.id.clone(),
+                scope,
+                created_at: now,
+            };
+            pipe.set(self.key(&format!("apikey:{hash}")), to_json(&record))
+                .ignore();
+            pipe.sadd(self.ws_key(&workspace.id, "keys"), &hash)
+                .ignore();
+        }
+        self.bump_version(&mut pipe).await;
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(NewWorkspace {
+            workspace,
+            secret_key,
+            publishable_key,
+        })
+    }
+
+    /// Replaces the workspace's keys of a scope with a new one (the old stop working at once).
+    pub async fn roll_key(
+        &self,
+        workspace_id: &str,
+        scope: KeyScope,
+    ) -> Result<String, StoreError> {
+        let mut conn = self.conn();
+        let hashes: Vec<String> = conn.smembers(self.ws_key(workspace_id, "keys")).await?;
+        let key = generate_key(scope);
+        let hash = hash_key(&key);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for old in hashes {
+            let record: Option<String> = conn.get(self.key(&format!("apikey:{old}"))).await?;
+            let Some(record) = record else { continue };
+            let record: ApiKey = parse(&old, &record)?;
+            if record.scope == scope {
+                pipe.del(self.key(&format!("apikey:{old}"))).ignore();
+                pipe.srem(self.ws_key(workspace_id, "keys"), &old).ignore();
+            }
+        }
+        let record = ApiKey {
+            workspace_id: workspace_id.to_string(),
+            scope,
+            created_at: crate::now_ms(),
+        };
+        pipe.set(self.key(&format!("apikey:{hash}")), to_json(&record))
+            .ignore();
+        pipe.sadd(self.ws_key(workspace_id, "keys"), &hash).ignore();
+        self.bump_version(&mut pipe).await;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(key)
+    }
+
+    /// Workspaces, newest first.
+    pub async fn list_workspaces(
+        &self,
+        cursor: Option<super::Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<Workspace>, Option<super::Cursor>), StoreError> {
+        let mut conn = self.conn();
+        let key = self.key("workspaces");
+        let this = self.clone();
+        super::scan_newest(&mut conn, &key, cursor, limit, limit, |ids| {
+            let this = this.clone();
+            async move {
+                let keys: Vec<String> =
+                    ids.iter().map(|id| this.key(&format!("ws:{id}"))).collect();
+                let values: Vec<Option<String>> = this.conn().mget(&keys).await?;
+                values
+                    .into_iter()
+                    .zip(keys)
+                    .map(|(v, k)| v.map(|v| parse(&k, &v)).transpose())
+                    .collect()
+            }
+        })
+        .await
+    }
+
+    /// One workspace.
+    pub async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
+        let key = self.key(&format!("ws:{id}"));
+        let v: Option<String> = self.conn().get(&key).await?;
+        v.map(|v| parse(&key, &v)).transpose()
+    }
+
+    /// The key record for a presented token, if it is a valid key.
+    pub async fn lookup_key(&self, token: &str) -> Result<Option<ApiKey>, StoreError> {
+        let key = self.key(&format!("apikey:{}", hash_key(token)));
+        let v: Option<String> = self.conn().get(&key).await?;
+        v.map(|v| parse(&key, &v)).transpose()
+    }
+
+    /// Creates or replaces a connection.
+    pub async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hset(self.ws_key(&c.workspace_id, "conns"), &c.id, to_json(c))
+            .ignore();
+        self.bump_version(&mut pipe).await;
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// One connection of a workspace.
+    pub async fn get_connection(
+        &self,
+        ws: &str,
+        id: &str,
+    ) -> Result<Option<Connection>, StoreError> {
+        let key = self.ws_key(ws, "conns");
+        let v: Option<String> = self.conn().hget(&key, id).await?;
+        v.map(|v| parse(&key, &v)).transpose()
+    }
+
+    /// Every connection of a workspace, newest first.
+    pub async fn list_connections(&self, ws: &str) -> Result<Vec<Connection>, StoreError> {
+        let key = self.ws_key(ws, "conns");
+        let all: HashMap<String, String> = self.conn().hgetall(&key).await?;
+        let mut out = all
+            .values()
+            .map(|v| parse::<Connection>(&key, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(out)
+    }
+
+    /// Deletes a connection and the rules that point at it, in one transaction.
+    /// Returns false if there was no such connection.
+    pub async fn delete_connection(&self, ws: &str, id: &str) -> Result<bool, StoreError> {
+        let rules = self.list_rules(ws).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hdel(self.ws_key(ws, "conns"), id);
+        for r in rules.iter().filter(|r| r.connection_id == id) {
+            pipe.hdel(self.ws_key(ws, "rules"), &r.id).ignore();
+        }
+        self.bump_version(&mut pipe).await;
+        let (removed,): (i64,) = pipe.query_async(&mut self.conn()).await?;
+        Ok(removed > 0)
+    }
+
+    /// Creates or replaces a rule.
+    pub async fn put_rule(&self, r: &Rule) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hset(self.ws_key(&r.workspace_id, "rules"), &r.id, to_json(r))
+            .ignore();
+        self.bump_version(&mut pipe).await;
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// One rule of a workspace.
+    pub async fn get_rule(&self, ws: &str, id: &str) -> Result<Option<Rule>, StoreError> {
+        let key = self.ws_key(ws, "rules");
+        let v: Option<String> = self.conn().hget(&key, id).await?;
+        v.map(|v| parse(&key, &v)).transpose()
+    }
+
+    /// Every rule of a workspace, newest first.
+    pub async fn list_rules(&self, ws: &str) -> Result<Vec<Rule>, StoreError> {
+        let key = self.ws_key(ws, "rules");
+        let all: HashMap<String, String> = self.conn().hgetall(&key).await?;
+        let mut out = all
+            .values()
+            .map(|v| parse::<Rule>(&key, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(out)
+    }
+
+    /// Deletes a rule. Returns false if there was no such rule.
+    pub async fn delete_rule(&self, ws: &str, id: &str) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hdel(self.ws_key(ws, "rules"), id);
+        self.bump_version(&mut pipe).await;
+        let (removed,): (i64,) = pipe.query_async(&mut self.conn()).await?;
+        Ok(removed > 0)
+    }
+
+    /// A workspace's whole configuration, read in one round trip.
+    pub async fn load_workspace_config(&self, ws: &str) -> Result<WorkspaceConfig, StoreError> {
+        let conns_key = self.ws_key(ws, "conns");
+        let rules_key = self.ws_key(ws, "rules");
+        let (exists, conns, rules): (bool, HashMap<String, String>, HashMap<String, String>) =
+            redis::pipe()
+                .exists(self.key(&format!("ws:{ws}")))
+                .hgetall(&conns_key)
+                .hgetall(&rules_key)
+                .query_async(&mut self.conn())
+                .await?;
+        let connections = conns
+            .into_iter()
+            .map(|(id, v)| Ok((id, Arc::new(parse::<Connection>(&conns_key, &v)?))))
+            .collect::<Result<HashMap<_, _>, StoreError>>()?;
+        let mut rules = rules
+            .values()
+            .map(|v| parse::<Rule>(&rules_key, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(WorkspaceConfig {
+            exists,
+            connections,
+            rules,
+        })
+    }
+}
+
+/// A workspace's connections and rules as services use them.
+#[derive(Debug, Default)]
+pub struct WorkspaceConfig {
+    /// False for an unknown workspace id.
+    pub exists: bool,
+    /// By id.
+    pub connections: HashMap<String, Arc<Connection>>,
+    /// All rules, enabled or not.
+    pub rules: Vec<Rule>,
+}
+
+struct Cached {
+    config: Arc<WorkspaceConfig>,
+    stale: bool,
+}
+
+/// Configuration as the router and deliverer read it: from memory, reloaded after any change
+/// (a version key polled every `HERALD_CONFIG_REFRESH`), and still served from memory while
+/// Redis is down.
+pub struct ConfigCache {
+    store: Store,
+    entries: RwLock<HashMap<String, Cached>>,
+}
+
+impl ConfigCache {
+    /// An empty cache over the store.
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            entries: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// A workspace's configuration: cached, or loaded. When Redis fails and a stale copy is
+    /// at hand, the stale copy is used.
+    pub async fn workspace(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
+        let cached = self
+            .entries
+            .read()
+            .ok()
+            .and_then(|e| e.get(ws).map(|c| (c.config.clone(), c.stale)));
+        match cached {
+            Some((config, false)) => Ok(config),
+            Some((stale, true)) => match self.store.load_workspace_config(ws).await {
+                Ok(fresh) => Ok(self.insert(ws, fresh)),
+                Err(e) => {
+                    tracing::warn!(error = %e, workspace_id = ws, "using cached configuration");
+                    Ok(stale)
+                }
+            },
+            None => {
+                let fresh = self.store.load_workspace_config(ws).await?;
+                Ok(self.insert(ws, fresh))
+            }
+        }
+    }
+
+    fn insert(&self, ws: &str, config: WorkspaceConfig) -> Arc<WorkspaceConfig> {
+        let config = Arc::new(config);
+        if let Ok(mut e) = self.entries.write() {
+            e.insert(
+                ws.to_string(),
+                Cached {
+                    config: config.clone(),
+                    stale: false,
+                },
+            );
+        }
+        config
+    }
+
+    /// Marks every entry stale (they reload on next use).
+    pub fn invalidate(&self) {
+        if let Ok(mut e) = self.entries.write() {
+            e.values_mut().for_each(|c| c.stale = true);
+        }
+    }
+
+    /// Polls the configuration version and invalidates the cache when it moves.
+    pub async fn refresh(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut seen: Option<i64> = None;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.store.config_version().await {
+                Ok(v) if seen != Some(v) => {
+                    self.invalidate();
+                    seen = Some(v);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "config version poll failed"),
+            }
+        }
+    }
+}

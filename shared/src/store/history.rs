@@ -1,0 +1,206 @@
+//! The delivery history: each event, where each of its deliveries stands, and every attempt.
+//! Writes are pipelined so a batch of events or outcomes costs one Redis round trip.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use super::{parse, to_json, Cursor, Store, StoreError};
+use crate::model::{Delivery, DeliveryStatus, Event};
+
+/// An event as routed: its workspace and the connections it goes to.
+pub struct Routed<'a> {
+    /// The workspace.
+    pub workspace_id: &'a str,
+    /// The event.
+    pub event: &'a Event,
+    /// Matched connections (empty: no rule matched).
+    pub connection_ids: Vec<String>,
+}
+
+/// An event with its deliveries, as the history API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// `pending`, `delivered`, `retrying`, `dead` or `no_match`.
+    pub status: &'static str,
+    /// One per matched connection.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Filters for listing events.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    /// Only events whose status is this.
+    pub status: Option<String>,
+    /// Only events of this type.
+    pub event: Option<String>,
+}
+
+/// The statuses an event can have.
+pub const EVENT_STATUSES: &[&str] = &["pending", "delivered", "retrying", "dead", "no_match"];
+
+/// An event's status from its deliveries: the worst of them (`dead` over `retrying` over
+/// `pending` over `delivered`); `no_match` when it was routed to no connection.
+pub fn event_status(routed: Option<usize>, deliveries: &[Delivery]) -> &'static str {
+    let has = |s: DeliveryStatus| deliveries.iter().any(|d| d.status == s);
+    match routed {
+        None => "pending",
+        Some(0) if deliveries.is_empty() => "no_match",
+        _ if has(DeliveryStatus::Dead) => "dead",
+        _ if has(DeliveryStatus::Retrying) => "retrying",
+        _ if has(DeliveryStatus::Pending) || deliveries.is_empty() => "pending",
+        _ => "delivered",
+    }
+}
+
+impl Store {
+    fn event_key(&self, ws: &str, uuid: &str) -> String {
+        self.ws_key(ws, &format!("evt:{uuid}"))
+    }
+
+    /// Records routed events and their pending deliveries. Never overwrites what is already
+    /// there, so a redelivered event cannot turn a delivered delivery back into pending.
+    pub async fn record_routed(&self, items: &[Routed<'_>]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.retention_secs();
+        let now = crate::now_ms();
+        let mut pipe = redis::pipe();
+        for item in items {
+            let key = self.event_key(item.workspace_id, &item.event.uuid);
+            pipe.hset_nx(&key, "event", to_json(item.event)).ignore();
+            pipe.hset_nx(&key, "routed", item.connection_ids.len())
+                .ignore();
+            for cid in &item.connection_ids {
+                let pending = Delivery {
+                    connection_id: cid.clone(),
+                    status: DeliveryStatus::Pending,
+                    attempts: Vec::new(),
+                    next_attempt_at: None,
+                    dead_letter_id: None,
+                    updated_at: now,
+                };
+                pipe.hset_nx(&key, format!("d:{cid}"), to_json(&pending))
+                    .ignore();
+            }
+            pipe.expire(&key, ttl).ignore();
+            let index = self.ws_key(item.workspace_id, "events");
+            pipe.cmd("ZADD")
+                .arg(&index)
+                .arg("NX")
+                .arg(item.event.time_created)
+                .arg(&item.event.uuid)
+                .ignore();
+            pipe.expire(&index, ttl).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Writes deliveries (status and whole attempt list), one round trip for all of them.
+    pub async fn record_deliveries(
+        &self,
+        items: &[(&str, &str, &Delivery)],
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.retention_secs();
+        let mut pipe = redis::pipe();
+        for (ws, uuid, delivery) in items {
+            let key = self.event_key(ws, uuid);
+            pipe.hset(
+                &key,
+                format!("d:{}", delivery.connection_id),
+                to_json(delivery),
+            )
+            .ignore();
+            pipe.expire(&key, ttl).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// One delivery of an event.
+    pub async fn get_delivery(
+        &self,
+        ws: &str,
+        uuid: &str,
+        connection_id: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let key = self.event_key(ws, uuid);
+        let v: Option<String> = self.conn().hget(&key, format!("d:{connection_id}")).await?;
+        v.map(|v| parse(&key, &v)).transpose()
+    }
+
+    /// An event with its deliveries.
+    pub async fn get_event(&self, ws: &str, uuid: &str) -> Result<Option<EventRecord>, StoreError> {
+        let key = self.event_key(ws, uuid);
+        let fields: HashMap<String, String> = self.conn().hgetall(&key).await?;
+        record_from_fields(&key, fields)
+    }
+
+    /// Events of a workspace, newest first, filtered.
+    pub async fn list_events(
+        &self,
+        ws: &str,
+        filter: &EventFilter,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<EventRecord>, Option<Cursor>), StoreError> {
+        let index = self.ws_key(ws, "events");
+        let this = self.clone();
+        let ws = ws.to_string();
+        let filter = filter.clone();
+        super::scan_newest(&mut self.conn(), &index, cursor, limit, 5_000, |uuids| {
+            let this = this.clone();
+            let ws = ws.clone();
+            let filter = filter.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                for uuid in &uuids {
+                    pipe.hgetall(this.event_key(&ws, uuid));
+                }
+                let all: Vec<HashMap<String, String>> = pipe.query_async(&mut this.conn()).await?;
+                all.into_iter()
+                    .zip(uuids)
+                    .map(|(fields, uuid)| {
+                        let record = record_from_fields(&this.event_key(&ws, &uuid), fields)?;
+                        Ok(record.filter(|r| {
+                            filter.status.as_deref().is_none_or(|s| s == r.status)
+                                && filter.event.as_deref().is_none_or(|e| e == r.event.event)
+                        }))
+                    })
+                    .collect()
+            }
+        })
+        .await
+    }
+}
+
+fn record_from_fields(
+    key: &str,
+    fields: HashMap<String, String>,
+) -> Result<Option<EventRecord>, StoreError> {
+    let Some(event) = fields.get("event") else {
+        return Ok(None);
+    };
+    let event: Event = parse(key, event)?;
+    let routed = fields.get("routed").and_then(|v| v.parse().ok());
+    let mut deliveries = fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("d:"))
+        .map(|(_, v)| parse::<Delivery>(key, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    deliveries.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    Ok(Some(EventRecord {
+        status: event_status(routed, &deliveries),
+        event,
+        deliveries,
+    }))
+}

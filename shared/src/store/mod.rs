@@ -1,0 +1,237 @@
+//! Everything Herald keeps in Redis, under `HERALD_REDIS_PREFIX`.
+//!
+//! - [`config`]: workspaces, API keys, connections and rules, and the cache services read them
+//!   through (refreshed within `HERALD_CONFIG_REFRESH` of a change).
+//! - [`history`]: events, their deliveries and every attempt; the event index.
+//! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
+//!
+//! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
+//! ```text
+//! {p}:config:ver                 INCR on every configuration change (caches poll it)
+//! {p}:workspaces                 ZSET created_at -> ws id
+//! {p}:ws:{ws}                    workspace JSON
+//! {p}:apikey:{sha256}            API key JSON (workspace, scope)
+//! {p}:ws:{ws}:keys               SET of the workspace's key hashes
+//! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
+//! {p}:ws:{ws}:events             ZSET time_created -> event uuid
+//! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
+//! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
+//! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
+//! {p}:ws:{ws}:dl:{id}            dead letter JSON
+//! ```
+
+pub mod config;
+pub mod dead_letters;
+pub mod history;
+
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CommonSettings;
+
+pub use config::{ConfigCache, WorkspaceConfig};
+
+/// A Redis operation failed, or stored data did not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis unreachable or refused the command.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value is not what Herald wrote.
+    #[error("stored data is corrupt at {key}: {source}")]
+    Corrupt {
+        /// The key read.
+        key: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The referenced object does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+}
+
+/// The Redis store of one installation.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+}
+
+impl Store {
+    /// Connects, retrying with backoff until Redis answers or `cancel` fires.
+    pub async fn connect(
+        settings: &CommonSettings,
+        cancel: &CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.redis_url.expose_secret())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(5))
+            .set_number_of_retries(2);
+        let mut backoff = backoff::ExponentialBackoff {
+            initial_interval: Duration::from_millis(200),
+            max_interval: Duration::from_secs(5),
+            max_elapsed_time: None,
+            ..Default::default()
+        };
+        loop {
+            match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
+                Ok(conn) => {
+                    metrics::gauge!("herald_redis_connected").set(1.0);
+                    return Ok(Self {
+                        conn,
+                        prefix: settings.redis_prefix.clone(),
+                        retention: settings.retention,
+                    });
+                }
+                Err(e) if cancel.is_cancelled() => return Err(e.into()),
+                Err(e) => {
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, "redis unreachable; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// A multiplexed connection (cheap to clone).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `{prefix}:{rest}`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// `{prefix}:ws:{ws}:{rest}`.
+    pub fn ws_key(&self, ws: &str, rest: &str) -> String {
+        format!("{}:ws:{ws}:{rest}", self.prefix)
+    }
+
+    /// How long history is kept, in seconds.
+    pub fn retention_secs(&self) -> i64 {
+        self.retention.as_secs().max(1) as i64
+    }
+
+    /// True when Redis answers a PING.
+    pub async fn ping(&self) -> bool {
+        let mut c = self.conn();
+        let ok = redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok();
+        metrics::gauge!("herald_redis_connected").set(if ok { 1.0 } else { 0.0 });
+        ok
+    }
+}
+
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    key: &str,
+    json: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Herald's own types always serialise.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A cursor over a sorted set, newest first: the last score and member returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    /// Score of the last item returned.
+    pub score: i64,
+    /// Member of the last item returned.
+    pub member: String,
+}
+
+impl Cursor {
+    /// `score~member`, as put in `next_cursor`.
+    pub fn encode(&self) -> String {
+        format!("{}~{}", self.score, self.member)
+    }
+
+    /// Parses a `next_cursor` value.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (score, member) = text.split_once('~')?;
+        Some(Self {
+            score: score.parse().ok()?,
+            member: member.to_string(),
+        })
+    }
+}
+
+/// Pages through a sorted set newest first, from after `cursor`. `load` turns a batch of
+/// members into items (None for those a filter drops). Stops at `limit` items or after
+/// `max_scan` members; returns the items and the cursor of the next page, if there may be more.
+pub(crate) async fn scan_newest<T, F, Fut>(
+    conn: &mut ConnectionManager,
+    key: &str,
+    cursor: Option<Cursor>,
+    limit: usize,
+    max_scan: usize,
+    mut load: F,
+) -> Result<(Vec<T>, Option<Cursor>), StoreError>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Option<T>>, StoreError>>,
+{
+    const BATCH: isize = 100;
+    let max = cursor
+        .as_ref()
+        .map(|c| c.score.to_string())
+        .unwrap_or_else(|| "+inf".into());
+    let mut offset: isize = 0;
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let page: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(key)
+            .arg(&max)
+            .arg("-inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(BATCH)
+            .query_async(conn)
+            .await?;
+        if page.is_empty() {
+            return Ok((out, None));
+        }
+        offset += page.len() as isize;
+        let page: Vec<(String, i64)> = page
+            .into_iter()
+            .map(|(m, s)| (m, s as i64))
+            .filter(|(m, s)| match &cursor {
+                Some(c) => *s < c.score || (*s == c.score && *m < c.member),
+                None => true,
+            })
+            .collect();
+        if page.is_empty() {
+            continue;
+        }
+        let items = load(page.iter().map(|(m, _)| m.clone()).collect()).await?;
+        for ((member, score), item) in page.into_iter().zip(items) {
+            scanned += 1;
+            if let Some(item) = item {
+                out.push(item);
+            }
+            if out.len() >= limit || scanned >= max_scan {
+                return Ok((out, Some(Cursor { score, member })));
+            }
+        }
+    }
+}

@@ -254,3 +254,109 @@ async fn a_rotated_secret_signs_alongside_the_new_one_and_test_events_flow() {
         .await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gone_stops_retries_and_a_filter_replays_every_matching_dead_letter() {
+    let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
+    let receiver = TestReceiver::start().await;
+    receiver.set("gone", Behaviour::Always(410));
+    let (_, sk, pk) = stack.workspace().await;
+    let (con, _) = stack
+        .connection(&sk, &receiver.url("gone"), json!({}))
+        .await;
+    stack.rule(&sk, "*", "*", &con).await;
+
+    let first = stack.send(&pk, "a.b", "r", json!({"n": 1})).await;
+    let second = stack.send(&pk, "a.c", "r", json!({"n": 2})).await;
+
+    // 410: one attempt, straight to the dead letters.
+    for uuid in [&first, &second] {
+        let h = stack
+            .event_when(&sk, uuid, "dead after 410", |b| b["status"] == "dead")
+            .await;
+        assert_eq!(
+            h["deliveries"][0]["attempts"]
+                .as_array()
+                .expect("attempts")
+                .len(),
+            1
+        );
+        assert_eq!(h["deliveries"][0]["attempts"][0]["status_code"], 410);
+    }
+    let (_, only_ac) = stack
+        .call("GET", "/v1/dead-letters?event=a.c", &sk, None)
+        .await;
+    assert_eq!(only_ac["data"].as_array().expect("data").len(), 1);
+    assert_eq!(only_ac["data"][0]["event"]["uuid"], second.as_str());
+
+    // The receiver comes back; replay everything of the connection at once.
+    receiver.set("gone", Behaviour::Ok);
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/v1/dead-letters/replay",
+            &sk,
+            Some(json!({"connection_id": con})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 2);
+    for uuid in [&first, &second] {
+        stack
+            .event_when(&sk, uuid, "delivered after replay", |b| {
+                b["status"] == "delivered"
+            })
+            .await;
+    }
+    let (_, listed) = stack.call("GET", "/v1/dead-letters", &sk, None).await;
+    assert_eq!(listed["data"], json!([]));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_that_resolves_to_loopback_is_refused_at_send_time() {
+    // Private destinations are not allowed here; plain http is (so only the address guard acts).
+    let stack = Stack::start_with(&[
+        ("HERALD_ALLOW_PRIVATE_DESTINATIONS", "false"),
+        ("HERALD_RETRY_SCHEDULE", "none"),
+    ])
+    .await;
+    let receiver = TestReceiver::start().await;
+    let (_, sk, pk) = stack.workspace().await;
+
+    // Literal private addresses are refused when the connection is made, IPv6-mapped too.
+    for url in [
+        receiver.url("x"),
+        "http://[::ffff:127.0.0.1]/x".to_string(),
+        "http://169.254.169.254/".to_string(),
+    ] {
+        let (status, body) = stack
+            .call(
+                "POST",
+                "/v1/connections",
+                &sk,
+                Some(json!({"name": "n", "url": url})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["field"], "url");
+    }
+    // A name is checked against what it resolves to, at the moment of sending.
+    let url = format!("http://localhost:{}/x", receiver.addr.port());
+    let (con, _) = stack.connection(&sk, &url, json!({})).await;
+    stack.rule(&sk, "*", "*", &con).await;
+    let uuid = stack.send(&pk, "a.b", "r", json!({})).await;
+    let h = stack
+        .event_when(&sk, &uuid, "refused", |b| b["status"] == "dead")
+        .await;
+    let error = h["deliveries"][0]["attempts"][0]["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
+    assert!(error.contains("forbidden"), "{error}");
+    assert!(
+        receiver.received("x").is_empty(),
+        "nothing reached the loopback receiver"
+    );
+    stack.stop().await;
+}

@@ -155,6 +155,11 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
+        // While the broker is away, fail at once (intake answers 503) and leave reconnecting to
+        // the supervisor instead of queueing every request behind a connection attempt.
+        if !self.is_ready() {
+            return Err(BrokerError::Unavailable("not connected".into()));
+        }
         let (_, channel) = self.live().await?;
         let confirm = channel
             .basic_publish(

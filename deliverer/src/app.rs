@@ -90,9 +90,12 @@ pub async fn start(
         dispatcher,
         per_connection: Mutex::new(HashMap::new()),
     });
-    let supervise = tokio::spawn(broker.clone().supervise(cancel.clone()));
+    // The broker connection outlives the consumer, so in-flight work can still publish and ack
+    // while draining; it closes once the consumer has finished.
+    let broker_cancel = CancellationToken::new();
+    let supervise = tokio::spawn(broker.clone().supervise(broker_cancel.clone()));
     let refresh = tokio::spawn(cache.refresh(settings.common.config_refresh, cancel.clone()));
-    let consume = tokio::spawn(amqp::consume(
+    let consuming = amqp::consume(
         broker,
         JOBS_QUEUE,
         settings.prefetch,
@@ -102,7 +105,11 @@ pub async fn start(
             let deliverer = deliverer.clone();
             async move { deliverer.handle(delivery).await }
         },
-    ));
+    );
+    let consume = tokio::spawn(async move {
+        consuming.await;
+        broker_cancel.cancel();
+    });
     Ok(Running {
         addr,
         tasks: vec![consume, supervise, refresh, ops],

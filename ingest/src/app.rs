@@ -138,7 +138,9 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         broker: broker.clone(),
         background: background.clone(),
     };
-    let supervise = tokio::spawn(broker.supervise(cancel.clone()));
+    // The broker connection outlives the HTTP server so background replays can finish.
+    let broker_cancel = CancellationToken::new();
+    let supervise = tokio::spawn(broker.supervise(broker_cancel.clone()));
     let app = router(state);
     let server = tokio::spawn(async move {
         let shutdown = cancel.clone();
@@ -150,6 +152,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         }
         background.close();
         background.wait().await;
+        broker_cancel.cancel();
     });
     Ok(Running {
         addr,

@@ -64,9 +64,12 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         store,
         cache: cache.clone(),
     });
-    let supervise = tokio::spawn(broker.clone().supervise(cancel.clone()));
+    // The broker connection outlives the consumer, so in-flight work can still publish and ack
+    // while draining; it closes once the consumer has finished.
+    let broker_cancel = CancellationToken::new();
+    let supervise = tokio::spawn(broker.clone().supervise(broker_cancel.clone()));
     let refresh = tokio::spawn(cache.refresh(settings.common.config_refresh, cancel.clone()));
-    let consume = tokio::spawn(amqp::consume(
+    let consuming = amqp::consume(
         broker,
         EVENTS_QUEUE,
         settings.prefetch,
@@ -76,7 +79,11 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
             let router = router.clone();
             async move { router.handle(delivery).await }
         },
-    ));
+    );
+    let consume = tokio::spawn(async move {
+        consuming.await;
+        broker_cancel.cancel();
+    });
     Ok(Running {
         addr,
         tasks: vec![consume, supervise, refresh, ops],

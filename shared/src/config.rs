@@ -135,6 +135,15 @@ impl Source {
         })
     }
 
+    /// A prefetch count: 1-65535 (0 would mean unlimited in AMQP).
+    fn prefetch(&self, name: &'static str) -> Result<u16, ConfigError> {
+        let v: u16 = self.parse(name, 64, "a number 1-65535")?;
+        if v == 0 {
+            return Err(invalid(name, "a number 1-65535", "0"));
+        }
+        Ok(v)
+    }
+
     fn positive(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
         let v = self.parse(name, default, "a positive whole number")?;
         if v == 0 {
@@ -351,7 +360,7 @@ impl RouterSettings {
         Ok(Self {
             common: CommonSettings::from_source(src)?,
             addr: src.addr("HERALD_ROUTER_ADDR", "127.0.0.1:8081")?,
-            prefetch: src.parse("HERALD_ROUTER_PREFETCH", 64, "a number 1-65535")?,
+            prefetch: src.prefetch("HERALD_ROUTER_PREFETCH")?,
             jobs_per_message: src.positive("HERALD_ROUTER_JOBS_PER_MESSAGE", 100)?,
         })
     }
@@ -389,7 +398,7 @@ impl DelivererSettings {
         Ok(Self {
             common: CommonSettings::from_source(src)?,
             addr: src.addr("HERALD_DELIVERER_ADDR", "127.0.0.1:8082")?,
-            prefetch: src.parse("HERALD_DELIVERER_PREFETCH", 64, "a number 1-65535")?,
+            prefetch: src.prefetch("HERALD_DELIVERER_PREFETCH")?,
             concurrency: src.positive("HERALD_DELIVERER_CONCURRENCY", 512)?,
             connection_concurrency: src.positive("HERALD_CONNECTION_CONCURRENCY", 64)?,
             destinations: src.policy()?,

@@ -248,7 +248,7 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
         Rotate::default()

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::amqp::topology::JOBS_EXCHANGE;
-use herald_shared::model::{JobGroup, JobItem};
+use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
 use herald_shared::store::dead_letters::{DeadLetter, DeadLetterFilter};
 use lapin::BasicProperties;
 use serde::Deserialize;
@@ -89,11 +89,32 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
     };
     let body = serde_json::to_vec(&[group]).map_err(anyhow::Error::from)?;
     let props = BasicProperties::default().with_content_type("application/json".into());
-    state
+    // Mark first: a deliverer that handles the replay at once must not have its new outcome
+    // (delivered, or dead again) overwritten by this bookkeeping. If the broker refuses, the
+    // dead letter is put back as it was.
+    state.store.mark_replayed(d).await?;
+    if let Err(e) = state
         .broker
         .publish(JOBS_EXCHANGE, "replay", &body, props)
-        .await?;
-    state.store.mark_replayed(d).await?;
+        .await
+    {
+        let dead = Delivery {
+            connection_id: d.connection_id.clone(),
+            status: DeliveryStatus::Dead,
+            attempts: d.attempts.clone(),
+            next_attempt_at: None,
+            dead_letter_id: Some(d.id.clone()),
+            updated_at: herald_shared::now_ms(),
+        };
+        state
+            .store
+            .record_outcomes(
+                &[(d.workspace_id.as_str(), d.event.uuid.as_str(), &dead)],
+                std::slice::from_ref(d),
+            )
+            .await?;
+        return Err(e.into());
+    }
     metrics::counter!("herald_dead_letters_replayed_total").increment(1);
     Ok(())
 }
@@ -129,7 +150,7 @@ pub struct ReplayFilter {
 pub async fn replay_many(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let f: ReplayFilter = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayFilter::default()

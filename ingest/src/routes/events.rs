@@ -4,7 +4,6 @@
 //! confirm-mode channel, so their confirms pipeline instead of queueing behind each other; a
 //! bulk request goes to the broker as a few large messages, not one per event.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -52,7 +51,7 @@ fn validate(envelope: Envelope) -> Result<Event, ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     AnyKey(ws): AnyKey,
-    body: Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let envelope: Envelope = parse_json(&body).inspect_err(|_| reject("invalid"))?;
     if envelope.time_created.is_some() {
@@ -83,7 +82,7 @@ pub struct Bulk {
 pub async fn bulk(
     State(state): State<AppState>,
     AnyKey(ws): AnyKey,
-    body: Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let bulk: Bulk = parse_json(&body)?;
     if bulk.events.is_empty() {

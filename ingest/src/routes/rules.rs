@@ -1,6 +1,5 @@
 //! Rules: create, list, read, change, delete, and send a test event.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -161,7 +160,7 @@ pub async fn test(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
     Path(id): Path<String>,
-    body: Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let rule = load(&state, &ws, &id).await?;
     let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {

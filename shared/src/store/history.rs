@@ -102,42 +102,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes deliveries (status and whole attempt list), one round trip for all of them.
-    pub async fn record_deliveries(
-        &self,
-        items: &[(&str, &str, &Delivery)],
-    ) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let ttl = self.retention_secs();
-        let mut pipe = redis::pipe();
-        for (ws, uuid, delivery) in items {
-            let key = self.event_key(ws, uuid);
-            pipe.hset(
-                &key,
-                format!("d:{}", delivery.connection_id),
-                to_json(delivery),
-            )
-            .ignore();
-            pipe.expire(&key, ttl).ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
-    }
-
-    /// One delivery of an event.
-    pub async fn get_delivery(
-        &self,
-        ws: &str,
-        uuid: &str,
-        connection_id: &str,
-    ) -> Result<Option<Delivery>, StoreError> {
-        let key = self.event_key(ws, uuid);
-        let v: Option<String> = self.conn().hget(&key, format!("d:{connection_id}")).await?;
-        v.map(|v| parse(&key, &v)).transpose()
-    }
-
     /// An event with its deliveries.
     pub async fn get_event(&self, ws: &str, uuid: &str) -> Result<Option<EventRecord>, StoreError> {
         let key = self.event_key(ws, uuid);

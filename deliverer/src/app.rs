@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use herald_shared::amqp::topology::{
-    DEAD_EXCHANGE, JOBS_QUEUE, QUARANTINE_EXCHANGE, RETRY_EXCHANGE,
+    DEAD_EXCHANGE, JOBS_EXCHANGE, JOBS_QUEUE, QUARANTINE_EXCHANGE, RETRY_EXCHANGE,
 };
 use herald_shared::amqp::{self, Broker, Handled};
 use herald_shared::config::DelivererSettings;
@@ -55,13 +55,16 @@ struct Deliverer {
     dispatcher: Dispatcher,
     in_flight: Arc<Semaphore>,
     per_connection: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Fires on shutdown: jobs not yet started are handed back instead of sent.
+    shutdown: CancellationToken,
 }
 
-/// One job after its attempt: the job with the attempt appended, and what follows.
+/// One job after its turn: the job with the attempt appended and what follows, or `None` when
+/// it was not attempted because the process is shutting down (it goes back to the jobs queue).
 struct Done<'a> {
     group: &'a JobGroup,
     job: JobItem,
-    outcome: Outcome,
+    outcome: Option<Outcome>,
 }
 
 /// Connects, serves ops endpoints and starts consuming jobs.
@@ -89,6 +92,7 @@ pub async fn start(
         cache: cache.clone(),
         dispatcher,
         per_connection: Mutex::new(HashMap::new()),
+        shutdown: cancel.clone(),
     });
     // The broker connection outlives the consumer, so in-flight work can still publish and ack
     // while draining; it closes once the consumer has finished.
@@ -136,6 +140,10 @@ impl Deliverer {
             Ok(d) => d,
             Err(reason) => return Handled::Requeue { reason },
         };
+        if done.iter().all(|d| d.outcome.is_none()) {
+            // Shutting down before any of it started: the whole message goes back as it was.
+            return Handled::Release;
+        }
         if let Err(reason) = self.settle(&done).await {
             return Handled::Requeue { reason };
         }
@@ -178,15 +186,27 @@ impl Deliverer {
             };
             let Some(conn) = config.connections.get(&job.connection_id).cloned() else {
                 tracing::warn!("connection no longer exists; dead-lettering");
-                return Ok(Done { group, job, outcome: stop("the connection no longer exists") });
+                return Ok(Done { group, job, outcome: Some(stop("the connection no longer exists")) });
             };
             if !conn.enabled {
-                return Ok(Done { group, job, outcome: stop("the connection is disabled") });
+                return Ok(Done { group, job, outcome: Some(stop("the connection is disabled")) });
             }
 
             let slots = self.connection_slots(&conn.id);
-            let _conn_permit = slots.acquire_owned().await.map_err(|e| e.to_string())?;
-            let _permit = self.in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            let permits = async {
+                let conn_permit = slots.acquire_owned().await?;
+                let permit = self.in_flight.clone().acquire_owned().await?;
+                Ok::<_, tokio::sync::AcquireError>((conn_permit, permit))
+            };
+            let hand_back = Done { group, job: job.clone(), outcome: None };
+            let _permits = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(hand_back),
+                p = permits => p.map_err(|e| e.to_string())?,
+            };
+            if self.shutdown.is_cancelled() {
+                return Ok(hand_back);
+            }
             metrics::gauge!("herald_deliveries_in_flight").increment(1.0);
             let timeout = Duration::from_millis(conn.timeout_ms);
             let (attempt, verdict) = self.dispatcher.send(&conn, &group.event, timeout).await;
@@ -220,7 +240,7 @@ impl Deliverer {
                 ),
                 (_, _) => tracing::warn!(error = attempt.error.as_deref().unwrap_or(""), "attempt failed; dead-lettering"),
             }
-            Ok(Done { group, job, outcome })
+            Ok(Done { group, job, outcome: Some(outcome) })
         }
         .instrument(span)
         .await
@@ -229,13 +249,19 @@ impl Deliverer {
     /// Records every outcome in Redis, then publishes retries and dead letters and waits for
     /// the broker's confirms. Redis trouble holds the message (and its ack) and retries, so no
     /// outcome is lost and no request is sent again because of it.
-    async fn settle(&self, done: &[Done<'_>]) -> Result<(), String> {
+    async fn settle(&self, all: &[Done<'_>]) -> Result<(), String> {
         let now = herald_shared::now_ms();
+        let (attempted, handed_back): (Vec<_>, Vec<_>) =
+            all.iter().partition(|d| d.outcome.is_some());
+        let done: Vec<(&Done, &Outcome)> = attempted
+            .into_iter()
+            .filter_map(|d| d.outcome.as_ref().map(|o| (d, o)))
+            .collect();
         let mut deliveries = Vec::with_capacity(done.len());
         let mut dead = Vec::new();
-        for d in done {
+        for (d, outcome) in &done {
             let id = delivery_id(&d.group.event.uuid, &d.job.connection_id);
-            let (status, next_attempt_at, dead_letter_id) = match &d.outcome {
+            let (status, next_attempt_at, dead_letter_id) = match outcome {
                 Outcome::Delivered => (DeliveryStatus::Delivered, None, None),
                 Outcome::Retry { after } => (
                     DeliveryStatus::Retrying,
@@ -267,7 +293,7 @@ impl Deliverer {
         let rows: Vec<(&str, &str, &Delivery)> = done
             .iter()
             .zip(&deliveries)
-            .map(|(d, delivery)| {
+            .map(|((d, _), delivery)| {
                 (
                     d.group.workspace_id.as_str(),
                     d.group.event.uuid.as_str(),
@@ -284,7 +310,7 @@ impl Deliverer {
         }
 
         let json = BasicProperties::default().with_content_type("application/json".into());
-        let retries = done.iter().filter_map(|d| match &d.outcome {
+        let retries = done.iter().filter_map(|(d, outcome)| match outcome {
             Outcome::Retry { after } => Some((d, *after)),
             _ => None,
         });
@@ -319,6 +345,25 @@ impl Deliverer {
         }))
         .await
         .map_err(|e| format!("dead-lettering: {e}"))?;
+
+        if !handed_back.is_empty() {
+            // Shutting down part-way through a message: the jobs not started go back to the jobs
+            // queue as a message of their own, so the ones already sent are not sent again.
+            let groups: Vec<JobGroup> = handed_back
+                .iter()
+                .map(|d| JobGroup {
+                    workspace_id: d.group.workspace_id.clone(),
+                    event: d.group.event.clone(),
+                    jobs: vec![d.job.clone()],
+                })
+                .collect();
+            let body = serde_json::to_vec(&groups).unwrap_or_default();
+            self.broker
+                .publish(JOBS_EXCHANGE, "jobs", &body, json)
+                .await
+                .map_err(|e| format!("handing back unstarted jobs: {e}"))?;
+            metrics::counter!("herald_jobs_handed_back_total").increment(handed_back.len() as u64);
+        }
         Ok(())
     }
 

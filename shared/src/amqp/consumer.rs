@@ -3,11 +3,12 @@
 //! the handlers (up to a drain timeout) so in-flight work finishes or goes back to the queue.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
@@ -26,6 +27,8 @@ pub enum Handled {
         /// Why, for the log.
         reason: String,
     },
+    /// Not started because the process is shutting down: handed back at once, untouched.
+    Release,
 }
 
 /// Pause before a message that could not be handled goes back to the queue, so a Redis outage
@@ -33,7 +36,8 @@ pub enum Handled {
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Consumes `queue` until `cancel` fires, running `handler` for each delivery on its own task.
-/// The prefetch bounds how many run at once. The handler acks; a `Requeue` is nacked back.
+/// The prefetch bounds how many run at once. The handler acks; a `Requeue` is nacked back; a
+/// handler that panics gets its message once more, then the message goes to quarantine.
 pub async fn consume<H, F>(
     broker: Arc<Broker>,
     queue: &'static str,
@@ -53,6 +57,7 @@ pub async fn consume<H, F>(
         max_elapsed_time: None,
         ..Default::default()
     };
+    let mut draining = None;
     'outer: while !cancel.is_cancelled() {
         let channel = match broker.consumer_channel(prefetch).await {
             Ok(c) => c,
@@ -88,6 +93,8 @@ pub async fn consume<H, F>(
             let next = tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = channel.basic_cancel(&tag, BasicCancelOptions::default()).await;
+                    // The channel must stay open while draining: in-flight handlers ack on it.
+                    draining = Some(channel);
                     break 'outer;
                 }
                 next = consumer.next() => next,
@@ -97,16 +104,33 @@ pub async fn consume<H, F>(
                     let handler = handler.clone();
                     tracker.spawn(async move {
                         let acker = delivery.acker.clone();
-                        if let Handled::Requeue { reason } = handler(delivery).await {
-                            tracing::warn!(queue, %reason, "handing a message back to the queue");
-                            tokio::time::sleep(REQUEUE_PAUSE).await;
-                            let _ = acker
-                                .nack(BasicNackOptions {
-                                    requeue: true,
-                                    ..Default::default()
-                                })
-                                .await;
-                        }
+                        let redelivered = delivery.redelivered;
+                        let requeue = match AssertUnwindSafe(handler(delivery)).catch_unwind().await
+                        {
+                            Ok(Handled::Acked) => return,
+                            Ok(Handled::Requeue { reason }) => {
+                                tracing::warn!(queue, %reason, "handing a message back to the queue");
+                                tokio::time::sleep(REQUEUE_PAUSE).await;
+                                true
+                            }
+                            Ok(Handled::Release) => true,
+                            Err(_) => {
+                                // A bug, not an outage. Try once more (the crash may have been
+                                // about this process); a message that crashes its handler again
+                                // is set aside in quarantine by the queue's dead-letter exchange.
+                                tracing::error!(queue, redelivered, "message handler panicked");
+                                metrics::counter!("herald_handler_panics_total", "queue" => queue)
+                                    .increment(1);
+                                tokio::time::sleep(REQUEUE_PAUSE).await;
+                                !redelivered
+                            }
+                        };
+                        let _ = acker
+                            .nack(BasicNackOptions {
+                                requeue,
+                                ..Default::default()
+                            })
+                            .await;
                     });
                 }
                 Some(Err(e)) => {
@@ -133,5 +157,9 @@ pub async fn consume<H, F>(
             queue,
             "drain timeout: unfinished messages go back to the queue"
         );
+    }
+    if let Some(channel) = draining {
+        // Closing hands back whatever is still unacknowledged (prefetched, never started).
+        let _ = channel.close(200, "drained").await;
     }
 }

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 503: the broker could not take the message.
     #[error("the message broker is unavailable; nothing was accepted, retry later")]
     BrokerUnavailable(#[source] herald_shared::amqp::BrokerError),
+    /// 503: Redis is unreachable (keys, configuration and history live there).
+    #[error("the store (Redis) is unavailable; nothing was changed, retry later")]
+    StoreUnavailable(#[source] herald_shared::store::StoreError),
     /// 500.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -53,7 +56,17 @@ impl From<FieldError> for ApiError {
 
 impl From<herald_shared::store::StoreError> for ApiError {
     fn from(e: herald_shared::store::StoreError) -> Self {
-        ApiError::Internal(anyhow::Error::new(e).context("redis"))
+        match &e {
+            herald_shared::store::StoreError::Redis(r)
+                if r.is_io_error()
+                    || r.is_timeout()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal() =>
+            {
+                ApiError::StoreUnavailable(e)
+            }
+            _ => ApiError::Internal(anyhow::Error::new(e).context("redis")),
+        }
     }
 }
 
@@ -82,6 +95,7 @@ impl ApiError {
             ApiError::BrokerUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
             }
+            ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -104,6 +118,9 @@ impl IntoResponse for ApiError {
             ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
             ApiError::BrokerUnavailable(e) => {
                 tracing::warn!(error = %e, "refusing intake: broker unavailable")
+            }
+            ApiError::StoreUnavailable(e) => {
+                tracing::warn!(error = %e, "refusing a request: Redis unavailable")
             }
             _ => {}
         }

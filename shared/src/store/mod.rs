@@ -69,9 +69,15 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(settings.redis_url.expose_secret())?;
+        // redis-rs hands `factor` to its backoff as the growth per retry (from a 1 s floor), so
+        // its default of 100 would wait a minute and more between reconnects after an outage:
+        // grow by 2, at most 1 s apart, so a request fails within a few seconds while Redis is
+        // away and the connection is back within a second of Redis.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(5))
+            .set_factor(2)
+            .set_max_delay(1000)
             .set_number_of_retries(2);
         let mut backoff = backoff::ExponentialBackoff {
             initial_interval: Duration::from_millis(200),

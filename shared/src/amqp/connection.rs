@@ -19,6 +19,11 @@ use crate::config::{CommonSettings, QueueType};
 /// How long a connection attempt may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a publish may wait for the broker's confirm (a blocked or wedged broker) before it
+/// counts as failed. The message may still be confirmed later: the caller's retry makes a
+/// duplicate, never a loss.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The broker could not take a message or a command.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -160,6 +165,21 @@ impl Broker {
         if !self.is_ready() {
             return Err(BrokerError::Unavailable("not connected".into()));
         }
+        tokio::time::timeout(
+            CONFIRM_TIMEOUT,
+            self.publish_confirmed(exchange, routing_key, body, properties),
+        )
+        .await
+        .map_err(|_| BrokerError::Unavailable("no confirm from the broker in time".into()))?
+    }
+
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
         let (_, channel) = self.live().await?;
         let confirm = channel
             .basic_publish(

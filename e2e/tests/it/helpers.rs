@@ -64,8 +64,7 @@ impl Service {
 
 /// Ingest, router and deliverer on port 0 in their own vhost and Redis prefix.
 pub struct Stack {
-    pub api: String,
-    pub http: reqwest::Client,
+    api: Api,
     pub prefix: String,
     source: Source,
     ingest: Option<Service>,
@@ -104,8 +103,7 @@ impl Stack {
         }
         let source = Source::from_pairs(pairs);
         let mut stack = Self {
-            api: String::new(),
-            http: reqwest::Client::new(),
+            api: Api::new(String::new()),
             prefix,
             source,
             ingest: None,
@@ -126,7 +124,7 @@ impl Stack {
         let running = herald_ingest::start(settings, cancel.clone())
             .await
             .expect("ingest starts");
-        self.api = format!("http://{}", running.addr);
+        self.api = Api::new(format!("http://{}", running.addr));
         let task = tokio::spawn(async move {
             let _ = running.wait().await;
         });
@@ -165,16 +163,7 @@ impl Stack {
     }
 
     async fn wait_ready(&self) {
-        eventually("ingest ready", Duration::from_secs(20), || async {
-            let r = self
-                .http
-                .get(format!("{}/readyz", self.api))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
+        self.api.wait_ready().await;
     }
 
     pub async fn stop(mut self) {
@@ -188,18 +177,59 @@ impl Stack {
         {
             s.stop().await;
         }
-        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.prefix))
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                for chunk in keys.chunks(500) {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
-                }
+        drop_redis_prefix("redis://127.0.0.1:6379", &self.prefix).await;
+    }
+}
+
+impl std::ops::Deref for Stack {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Deletes every Redis key under `prefix` (a test's own namespace).
+pub async fn drop_redis_prefix(url: &str, prefix: &str) {
+    if let Ok(client) = redis::Client::open(url) {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
             }
         }
+    }
+}
+
+/// Herald's HTTP API, as a client sees it.
+pub struct Api {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        eventually("ingest ready", Duration::from_secs(30), || async {
+            let r = self
+                .http
+                .get(format!("{}/readyz", self.url))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
     }
 
     /// A call to the API with a bearer token.
@@ -213,7 +243,7 @@ impl Stack {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.api))
+            .request(method, format!("{}{path}", self.url))
             .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -335,6 +365,9 @@ pub enum Behaviour {
     Always(u16),
     /// 302 to another path.
     RedirectTo(String),
+    /// 200 after this long (a slow receiver: requests stay in flight).
+    #[allow(dead_code)] // used by the fault tests, which share these helpers
+    Slow(Duration),
 }
 
 /// A request as it arrived.
@@ -420,24 +453,27 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut inner = inner.lock().expect("lock");
-    inner.received.push(Received {
-        path: path.clone(),
-        method: method.to_string(),
-        headers,
-        body,
-    });
-    let n = {
-        let seen = inner.seen.entry(path.clone()).or_insert(0);
-        *seen += 1;
-        *seen
+    let (n, behaviour) = {
+        let mut inner = inner.lock().expect("lock");
+        inner.received.push(Received {
+            path: path.clone(),
+            method: method.to_string(),
+            headers,
+            body,
+        });
+        let n = {
+            let seen = inner.seen.entry(path.clone()).or_insert(0);
+            *seen += 1;
+            *seen
+        };
+        let behaviour = inner
+            .behaviours
+            .get(&path)
+            .cloned()
+            .unwrap_or(Behaviour::Ok);
+        (n, behaviour)
     };
-    match inner
-        .behaviours
-        .get(&path)
-        .cloned()
-        .unwrap_or(Behaviour::Ok)
-    {
+    match behaviour {
         Behaviour::Ok => (StatusCode::OK, "ok").into_response(),
         Behaviour::FailFirst(k, status) if n <= k => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -450,6 +486,10 @@ async fn receive(
             "broken",
         )
             .into_response(),
+        Behaviour::Slow(pause) => {
+            tokio::time::sleep(pause).await;
+            (StatusCode::OK, "ok, slowly").into_response()
+        }
         Behaviour::RedirectTo(to) => {
             (StatusCode::FOUND, [("location", format!("/{to}"))], "moved").into_response()
         }

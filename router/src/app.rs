@@ -21,6 +21,10 @@ use herald_shared::store::{ConfigCache, Store};
 use crate::expand;
 use crate::intake::{self, Rejection};
 
+/// How long a router holds an event it is expanding before another may take it over (longer
+/// than publishing its jobs can take: the confirm timeout is 15 s).
+const ROUTING_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A started router.
 pub struct Running {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -165,13 +169,22 @@ impl Router {
             })
             .collect();
         // Events already expanded (a redelivery after a crash, or a producer resending the same
-        // uuid) get no second set of jobs.
+        // uuid) get no second set of jobs. An event is claimed with a short lease while its jobs
+        // are published, so two routers holding the same uuid at once do not both expand it; a
+        // router that dies holding a lease only delays the event until the lease runs out.
         let expanded_key = |uuid: &str| self.store.ws_key(ws, &format!("evt:{uuid}"));
+        let lease_key = |uuid: &str| self.store.ws_key(ws, &format!("evt:{uuid}:routing"));
         let mut pipe = redis::pipe();
         for r in &routed {
             pipe.hexists(expanded_key(&r.event.uuid), "expanded");
+            pipe.cmd("SET")
+                .arg(lease_key(&r.event.uuid))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ROUTING_LEASE.as_millis() as u64);
         }
-        let already: Vec<bool> = pipe
+        let checks: Vec<(bool, Option<String>)> = pipe
             .query_async(&mut self.store.conn())
             .await
             .map_err(|e| format!("reading history: {e}"))?;
@@ -183,9 +196,15 @@ impl Router {
         let mut groups = Vec::new();
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
-        for (r, done) in routed.iter().zip(already) {
+        let mut contested = 0usize;
+        for (r, (done, claimed)) in routed.iter().zip(checks) {
             if done {
                 metrics::counter!("herald_router_duplicate_events_total").increment(1);
+                continue;
+            }
+            if claimed.is_none() {
+                // Another router is expanding this uuid right now: look again after it finished.
+                contested += 1;
                 continue;
             }
             fresh.push(r.event.uuid.as_str());
@@ -214,10 +233,18 @@ impl Router {
         let mut pipe = redis::pipe();
         for uuid in &fresh {
             pipe.hset(expanded_key(uuid), "expanded", 1).ignore();
+            pipe.del(lease_key(uuid)).ignore();
         }
         pipe.query_async::<()>(&mut self.store.conn())
             .await
             .map_err(|e| format!("marking events expanded: {e}"))?;
+        if contested > 0 {
+            // The rest of the message is done; this hands it back so the contested events are
+            // looked at again (and skipped, once the other router marked them expanded).
+            return Err(format!(
+                "{contested} event(s) are being routed by another router"
+            ));
+        }
 
         metrics::counter!("herald_router_events_total").increment(parsed.events.len() as u64);
         metrics::counter!("herald_router_events_unmatched_total").increment(no_match);

@@ -70,6 +70,8 @@ pub struct Stack {
     ingest: Option<Service>,
     router: Option<Service>,
     deliverer: Option<Service>,
+    /// More replicas started by a test.
+    replicas: Vec<Service>,
     _vhost: Vhost,
 }
 
@@ -109,6 +111,7 @@ impl Stack {
             ingest: None,
             router: None,
             deliverer: None,
+            replicas: Vec::new(),
             _vhost: vhost,
         };
         stack.start_ingest().await;
@@ -132,6 +135,16 @@ impl Stack {
     }
 
     pub async fn start_router(&mut self) {
+        self.router = Some(self.router_service().await);
+    }
+
+    /// Starts one more router beside the first (replicas share the events queue).
+    pub async fn add_router(&mut self) {
+        let r = self.router_service().await;
+        self.replicas.push(r);
+    }
+
+    async fn router_service(&self) -> Service {
         let settings = RouterSettings::from_source(&self.source).expect("settings");
         let cancel = CancellationToken::new();
         let running = herald_router::start(settings, cancel.clone())
@@ -140,7 +153,12 @@ impl Stack {
         let task = tokio::spawn(async move {
             let _ = running.wait().await;
         });
-        self.router = Some(Service { cancel, task });
+        Service { cancel, task }
+    }
+
+    /// The broker URL of the stack's own vhost.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self._vhost.0)
     }
 
     pub async fn start_deliverer(&mut self) {
@@ -174,6 +192,7 @@ impl Stack {
         ]
         .into_iter()
         .flatten()
+        .chain(self.replicas.drain(..))
         {
             s.stop().await;
         }

@@ -2,5 +2,6 @@
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
 mod helpers;
+mod idempotency;
 mod pipeline;
 mod retries;

@@ -27,6 +27,8 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Background work (bulk replays) that shutdown waits for.
     pub background: tokio_util::task::TaskTracker,
+    /// API keys seen recently.
+    pub keys: Arc<crate::keys::KeyCache>,
 }
 
 /// A started ingest.
@@ -133,6 +135,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let addr = listener.local_addr()?;
     let background = tokio_util::task::TaskTracker::new();
     let state = AppState {
+        keys: Arc::new(crate::keys::KeyCache::new(settings.common.config_refresh)),
         settings: Arc::new(settings),
         store,
         broker: broker.clone(),

@@ -57,12 +57,7 @@ impl From<FieldError> for ApiError {
 impl From<herald_shared::store::StoreError> for ApiError {
     fn from(e: herald_shared::store::StoreError) -> Self {
         match &e {
-            herald_shared::store::StoreError::Redis(r)
-                if r.is_io_error()
-                    || r.is_timeout()
-                    || r.is_connection_dropped()
-                    || r.is_connection_refusal() =>
-            {
+            herald_shared::store::StoreError::Redis(r) if crate::keys::is_unreachable(r) => {
                 ApiError::StoreUnavailable(e)
             }
             _ => ApiError::Internal(anyhow::Error::new(e).context("redis")),

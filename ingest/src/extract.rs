@@ -159,7 +159,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         // Keys are looked up by their SHA-256: the comparison is of hashes inside Redis, so
         // timing reveals nothing about the key.
-        match state.store.lookup_key(token).await? {
+        match state.keys.lookup(&state.store, token).await? {
             Some(key) => Ok(Caller::Workspace {
                 id: key.workspace_id,
                 scope: key.scope,

@@ -5,11 +5,13 @@
 //! - [`error`]: `ApiError`, the one error shape every endpoint answers with.
 //! - [`extract`]: the JSON body and query extractors (errors name the field) and the caller's
 //!   identity from `Authorization: Bearer`.
+//! - [`keys`]: the API key cache.
 //! - [`routes`]: one module per resource.
 
 pub mod app;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod routes;
 
 pub use app::{start, Running};

@@ -199,6 +199,10 @@ async fn a_redis_restart_mid_stream_loses_no_outcome() {
     )
     .await;
     let sent = producer.stop().await;
+    assert!(
+        during > 0,
+        "intake kept accepting from a known key while Redis was away"
+    );
 
     all_delivered(&receiver, &paths, &sent.accepted, Duration::from_secs(90)).await;
     // Every delivery's outcome reached the history, outage or not (the last writes may still

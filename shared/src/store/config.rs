@@ -287,6 +287,8 @@ struct Cached {
 pub struct ConfigCache {
     store: Store,
     entries: RwLock<HashMap<String, Cached>>,
+    /// Bumped by every invalidation: a load that started before one is stored as stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl ConfigCache {
@@ -295,6 +297,7 @@ impl ConfigCache {
         Arc::new(Self {
             store,
             entries: RwLock::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -308,36 +311,39 @@ impl ConfigCache {
             .and_then(|e| e.get(ws).map(|c| (c.config.clone(), c.stale)));
         match cached {
             Some((config, false)) => Ok(config),
-            Some((stale, true)) => match self.store.load_workspace_config(ws).await {
-                Ok(fresh) => Ok(self.insert(ws, fresh)),
+            Some((stale, true)) => match self.load(ws).await {
+                Ok(fresh) => Ok(fresh),
                 Err(e) => {
                     tracing::warn!(error = %e, workspace_id = ws, "using cached configuration");
                     Ok(stale)
                 }
             },
-            None => {
-                let fresh = self.store.load_workspace_config(ws).await?;
-                Ok(self.insert(ws, fresh))
-            }
+            None => self.load(ws).await,
         }
     }
 
-    fn insert(&self, ws: &str, config: WorkspaceConfig) -> Arc<WorkspaceConfig> {
-        let config = Arc::new(config);
+    /// Reads a workspace from Redis and caches it; fresh only if no change was announced while
+    /// it was being read (otherwise the next use reads again).
+    async fn load(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let config = Arc::new(self.store.load_workspace_config(ws).await?);
         if let Ok(mut e) = self.entries.write() {
             e.insert(
                 ws.to_string(),
                 Cached {
                     config: config.clone(),
-                    stale: false,
+                    stale: self.generation.load(Ordering::SeqCst) != generation,
                 },
             );
         }
-        config
+        Ok(config)
     }
 
     /// Marks every entry stale (they reload on next use).
     pub fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut e) = self.entries.write() {
             e.values_mut().for_each(|c| c.stale = true);
         }

@@ -23,6 +23,7 @@ use herald_shared::amqp::{self, Broker, Handled};
 use herald_shared::config::DelivererSettings;
 use herald_shared::model::job::delivery_id;
 use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::ratelimit::RateLimiter;
 use herald_shared::retry::ladder_routing_key;
 use herald_shared::store::dead_letters::DeadLetter;
 use herald_shared::store::{ConfigCache, Store};
@@ -55,6 +56,7 @@ struct Deliverer {
     dispatcher: Dispatcher,
     in_flight: Arc<Semaphore>,
     per_connection: Mutex<HashMap<String, Arc<Semaphore>>>,
+    limiter: RateLimiter,
 }
 
 /// One job after its attempt: the job with the attempt appended, and what follows.
@@ -85,6 +87,7 @@ pub async fn start(
         in_flight: Arc::new(Semaphore::new(settings.concurrency)),
         settings: settings.clone(),
         broker: broker.clone(),
+        limiter: RateLimiter::new(store.clone()),
         store,
         cache: cache.clone(),
         dispatcher,
@@ -186,6 +189,16 @@ impl Deliverer {
 
             let slots = self.connection_slots(&conn.id);
             let _conn_permit = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+            // Over the connection's rate limit (shared by every deliverer through Redis) the job
+            // waits for its slot holding only this connection's permit; a wait is not an attempt.
+            if let Some(per_second) = conn.rate_limit_per_s {
+                let waited = self
+                    .limiter
+                    .acquire(&format!("conn:{}", conn.id), per_second, "delivery")
+                    .await;
+                metrics::histogram!("herald_delivery_rate_limit_wait_seconds")
+                    .record(waited.as_secs_f64());
+            }
             let _permit = self.in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
             metrics::gauge!("herald_deliveries_in_flight").increment(1.0);
             let timeout = Duration::from_millis(conn.timeout_ms);

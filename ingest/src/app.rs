@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use herald_shared::amqp::Broker;
 use herald_shared::config::IngestSettings;
+use herald_shared::ratelimit::RateLimiter;
 use herald_shared::store::Store;
 
 use crate::routes;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Background work (bulk replays) that shutdown waits for.
     pub background: tokio_util::task::TaskTracker,
+    /// The intake rate limit, shared with every other ingest through Redis.
+    pub limiter: RateLimiter,
 }
 
 /// A started ingest.
@@ -126,6 +129,19 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let store = Store::connect(&settings.common, &cancel)
         .await
         .context("connecting to Redis")?;
+    let reseal = store.clone();
+    tokio::spawn(async move {
+        match reseal.reseal_connections().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "re-sealed connection secrets with the current key"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "re-sealing connection secrets failed; will retry at next start")
+            }
+        }
+    });
     let broker = Broker::new(&settings.common, "herald-ingest");
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
@@ -134,6 +150,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let background = tokio_util::task::TaskTracker::new();
     let state = AppState {
         settings: Arc::new(settings),
+        limiter: RateLimiter::new(store.clone()),
         store,
         broker: broker.clone(),
         background: background.clone(),

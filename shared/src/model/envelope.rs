@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{check_token, FieldError};
+use super::{check_event_type, check_token, FieldError};
 
 /// What a producer sends, over HTTP or straight to the broker. `uuid` and `time_created` are
 /// filled in at intake when absent.
@@ -53,13 +53,13 @@ impl Envelope {
         now_ms: i64,
     ) -> Result<Event, FieldError> {
         let event = required("event", self.event)?;
-        check_token("event", &event, MAX_TYPE_LEN)?;
         if event.contains('*') {
             return Err(FieldError::new(
                 "event",
                 "wildcards belong in rules, not events",
             ));
         }
+        check_event_type("event", &event)?;
         let resource = required("resource", self.resource)?;
         check_token("resource", &resource, MAX_TYPE_LEN)?;
         let resource_id = required("resource_id", self.resource_id)?;
@@ -67,6 +67,12 @@ impl Envelope {
             return Err(FieldError::new(
                 "resource_id",
                 "must be 1 to 256 characters",
+            ));
+        }
+        if resource_id.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "resource_id",
+                "must not contain control characters",
             ));
         }
         let payload = self

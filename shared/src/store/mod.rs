@@ -52,6 +52,14 @@ pub enum StoreError {
     /// The referenced object does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A sealed secret could not be opened (wrong or missing key, or altered data).
+    #[error("cannot open a secret stored at {key}: {source}")]
+    Secret {
+        /// The key read.
+        key: String,
+        /// Why.
+        source: crate::secrets::SecretsError,
+    },
 }
 
 /// The Redis store of one installation.
@@ -60,6 +68,7 @@ pub struct Store {
     conn: ConnectionManager,
     prefix: String,
     retention: Duration,
+    secrets: std::sync::Arc<crate::secrets::SecretsKeys>,
 }
 
 impl Store {
@@ -68,6 +77,13 @@ impl Store {
         settings: &CommonSettings,
         cancel: &CancellationToken,
     ) -> Result<Self, StoreError> {
+        if settings.secrets.is_development() {
+            tracing::warn!(
+                "HERALD_SECRETS_KEY is not set: signing secrets and destination credentials are \
+                 sealed in Redis with the public development key, which protects nothing. \
+                 Set HERALD_SECRETS_KEY (base64 of 32 random bytes) before real use"
+            );
+        }
         let client = redis::Client::open(settings.redis_url.expose_secret())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
@@ -90,6 +106,7 @@ impl Store {
                         conn,
                         prefix: settings.redis_prefix.clone(),
                         retention: settings.retention,
+                        secrets: std::sync::Arc::new(settings.secrets.clone()),
                     });
                 }
                 Err(e) if cancel.is_cancelled() => return Err(e.into()),
@@ -100,6 +117,11 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// The keys that seal secrets at rest.
+    pub fn secrets(&self) -> &crate::secrets::SecretsKeys {
+        &self.secrets
     }
 
     /// A multiplexed connection (cheap to clone).

@@ -175,6 +175,7 @@ pub async fn test(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadJson(format!("the payload is not valid JSON: {e}")))?
     };
+    herald_shared::model::envelope::check_payload_depth(payload.get())?;
     let event = Event {
         uuid: herald_shared::ids::new_event_id(),
         event: test_event_type(&rule.event),

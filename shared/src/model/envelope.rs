@@ -78,6 +78,7 @@ impl Envelope {
         let payload = self
             .payload
             .ok_or_else(|| FieldError::new("payload", "is required"))?;
+        check_payload_depth(payload.get())?;
         let uuid = match self.uuid {
             Some(u) => {
                 check_token("uuid", &u, 128)?;
@@ -101,6 +102,45 @@ impl Envelope {
             time_created,
         })
     }
+}
+
+/// How deeply a payload may nest arrays and objects. Herald passes payloads through as raw
+/// bytes, but the history API and most receivers parse them, and parsers stop (or overflow their
+/// stack) somewhere past 100 levels.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// Refuses a payload nested deeper than [`MAX_PAYLOAD_DEPTH`]. `raw` is valid JSON; this only
+/// counts brackets outside strings, without recursion, so any depth is safe to check.
+pub fn check_payload_depth(raw: &str) -> Result<(), FieldError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in raw.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(FieldError::new(
+                        "payload",
+                        format!(
+                            "must not nest arrays and objects more than {MAX_PAYLOAD_DEPTH} deep"
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn required(field: &str, value: Option<String>) -> Result<String, FieldError> {
@@ -186,6 +226,33 @@ mod tests {
         let err = parse(r#"{"event":"a","resource":"r","resource_id":"1","payload":1,"uuid":""}"#)
             .expect_err("bad");
         assert_eq!(err.field, "uuid");
+    }
+
+    #[test]
+    fn deeply_nested_payloads_are_refused_without_recursion() {
+        let nested = |n: usize| {
+            format!(
+                r#"{{"event":"a","resource":"r","resource_id":"1","payload":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(parse(&nested(MAX_PAYLOAD_DEPTH)).is_ok());
+        assert_eq!(
+            parse(&nested(MAX_PAYLOAD_DEPTH + 1))
+                .expect_err("too deep")
+                .field,
+            "payload"
+        );
+        assert!(parse(&nested(200_000)).is_err());
+        let strings = format!(
+            r#"{{"event":"a","resource":"r","resource_id":"1","payload":{{"s":"{}\"[{{"}}}}"#,
+            "[".repeat(500)
+        );
+        assert!(
+            parse(&strings).is_ok(),
+            "brackets inside strings do not count"
+        );
     }
 
     #[test]

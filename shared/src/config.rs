@@ -201,7 +201,7 @@ fn invalid(name: &'static str, expected: &str, value: &str) -> ConfigError {
     }
 }
 
-fn parse_file(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_file(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

@@ -21,6 +21,8 @@ pub mod ids;
 pub mod model;
 pub mod netguard;
 pub mod ops;
+#[cfg(test)]
+mod proptests;
 pub mod ratelimit;
 pub mod retry;
 pub mod secrets;

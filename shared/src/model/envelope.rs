@@ -17,7 +17,8 @@ pub struct Envelope {
     pub resource: Option<String>,
     /// The resource's id, e.g. `ord_77`.
     pub resource_id: Option<String>,
-    /// Anything JSON; passed through untouched.
+    /// Anything JSON, `null` included; passed through untouched. `None` only when absent.
+    #[serde(default, deserialize_with = "present")]
     pub payload: Option<Box<RawValue>>,
     /// The producer's id for this event; the idempotency key.
     pub uuid: Option<String>,
@@ -143,6 +144,11 @@ pub fn check_payload_depth(raw: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A field that is there, whatever its value (even `null`, which `Option` would swallow).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 fn required(field: &str, value: Option<String>) -> Result<String, FieldError> {
     value.ok_or_else(|| FieldError::new(field, "is required"))
 }
@@ -253,6 +259,17 @@ mod tests {
             parse(&strings).is_ok(),
             "brackets inside strings do not count"
         );
+    }
+
+    #[test]
+    fn a_null_payload_is_passed_through_not_called_missing() {
+        // Found by the envelope property test: `"payload": null` was refused as "is required".
+        let e = parse(r#"{"event":"a","resource":"a","resource_id":"¡","payload":null}"#)
+            .expect("null is a JSON payload");
+        let body = String::from_utf8(e.body(2)).expect("utf8");
+        assert!(body.contains(r#""payload":null"#), "{body}");
+        let err = parse(r#"{"event":"a","resource":"a","resource_id":"1"}"#).expect_err("absent");
+        assert_eq!(err.field, "payload");
     }
 
     #[test]

@@ -18,7 +18,11 @@
 //! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
 //! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
 //! {p}:ws:{ws}:dl:{id}            dead letter JSON
+//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
+//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
 //! ```
+//!
+//! Secrets inside connection JSON are sealed (see `secrets`): `enc:v1:<key id>:<base64>`.
 
 pub mod config;
 pub mod dead_letters;

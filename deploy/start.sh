@@ -24,6 +24,12 @@ if [ ! -f "$RUN/admin-token" ]; then
   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$RUN/admin-token"
 fi
 export HERALD_ADMIN_TOKEN="$(cat "$RUN/admin-token")"
+# A key of this machine's own for the secrets kept in Redis (kept across restarts: losing it
+# makes the stored signing secrets unreadable).
+if [ ! -f "$RUN/secrets-key" ]; then
+  (umask 077; head -c 32 /dev/urandom | base64 > "$RUN/secrets-key")
+fi
+export HERALD_SECRETS_KEY="${HERALD_SECRETS_KEY:-$(cat "$RUN/secrets-key")}"
 # Development settings: the demo's receiver is plain http on 127.0.0.1.
 export HERALD_ALLOW_HTTP=true
 export HERALD_ALLOW_PRIVATE_DESTINATIONS=true

@@ -23,6 +23,7 @@ use herald_shared::amqp::{self, Broker, Handled};
 use herald_shared::config::DelivererSettings;
 use herald_shared::model::job::delivery_id;
 use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::ratelimit::RateLimiter;
 use herald_shared::retry::ladder_routing_key;
 use herald_shared::store::dead_letters::DeadLetter;
 use herald_shared::store::{ConfigCache, Store};
@@ -57,6 +58,7 @@ struct Deliverer {
     per_connection: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Fires on shutdown: jobs not yet started are handed back instead of sent.
     shutdown: CancellationToken,
+    limiter: RateLimiter,
 }
 
 /// One job after its turn: the job with the attempt appended and what follows, or `None` when
@@ -88,6 +90,7 @@ pub async fn start(
         in_flight: Arc::new(Semaphore::new(settings.concurrency)),
         settings: settings.clone(),
         broker: broker.clone(),
+        limiter: RateLimiter::new(store.clone()),
         store,
         cache: cache.clone(),
         dispatcher,
@@ -193,17 +196,24 @@ impl Deliverer {
             }
 
             let slots = self.connection_slots(&conn.id);
-            let permits = async {
-                let conn_permit = slots.acquire_owned().await?;
-                let permit = self.in_flight.clone().acquire_owned().await?;
-                Ok::<_, tokio::sync::AcquireError>((conn_permit, permit))
-            };
+            let conn_permit = async { slots.acquire_owned().await };
             let hand_back = Done { group, job: job.clone(), outcome: None };
-            let _permits = tokio::select! {
+            let _conn_permit = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Ok(hand_back),
-                p = permits => p.map_err(|e| e.to_string())?,
+                p = conn_permit => p.map_err(|e| e.to_string())?,
             };
+            // Over the connection's rate limit (shared by every deliverer through Redis) the job
+            // waits for its slot holding only this connection's permit; a wait is not an attempt.
+            if let Some(per_second) = conn.rate_limit_per_s {
+                let waited = self
+                    .limiter
+                    .acquire(&format!("conn:{}", conn.id), per_second, "delivery")
+                    .await;
+                metrics::histogram!("herald_delivery_rate_limit_wait_seconds")
+                    .record(waited.as_secs_f64());
+            }
+            let _permit = self.in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
             if self.shutdown.is_cancelled() {
                 return Ok(hand_back);
             }

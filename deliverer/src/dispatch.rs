@@ -5,11 +5,13 @@
 //! connected to (no second lookup an attacker's DNS could answer differently). Literal IPs never
 //! reach a resolver, so they are checked here before sending.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use herald_shared::model::connection::mask_header_value;
 use herald_shared::model::{Attempt, Auth, Connection, Event};
 use herald_shared::netguard::DestinationPolicy;
 use herald_shared::signing::{signature_header, SigningKey};
@@ -85,15 +87,20 @@ impl Dispatcher {
     ) -> (Attempt, Verdict) {
         let sent_ms = herald_shared::now_ms();
         let started = Instant::now();
-        let fail = |error: String, started: Instant| {
+        let attempt = |headers: &BTreeMap<String, String>| Attempt {
+            at: sent_ms,
+            status_code: None,
+            latency_ms: started.elapsed().as_millis() as u64,
+            error: None,
+            response_excerpt: None,
+            url: conn.url.clone(),
+            request_headers: headers.clone(),
+        };
+        let fail = |error: String, headers: &BTreeMap<String, String>| {
             (
                 Attempt {
-                    at: sent_ms,
-                    status_code: None,
-                    latency_ms: started.elapsed().as_millis() as u64,
                     error: Some(error.clone()),
-                    response_excerpt: None,
-                    url: conn.url.clone(),
+                    ..attempt(headers)
                 },
                 Verdict::Failed {
                     error,
@@ -101,9 +108,10 @@ impl Dispatcher {
                 },
             )
         };
+        let none = BTreeMap::new();
         let url = match reqwest::Url::parse(&conn.url) {
             Ok(u) => u,
-            Err(e) => return fail(format!("invalid URL: {e}"), started),
+            Err(e) => return fail(format!("invalid URL: {e}"), &none),
         };
         if let Some(host) = url.host_str() {
             let literal = host.trim_start_matches('[').trim_end_matches(']');
@@ -111,7 +119,7 @@ impl Dispatcher {
                 if !self.policy.allows(ip) {
                     return fail(
                         format!("destination {ip} is a forbidden (private or special) address"),
-                        started,
+                        &none,
                     );
                 }
             }
@@ -124,34 +132,39 @@ impl Dispatcher {
             .filter_map(|s| SigningKey::parse(s).ok())
             .collect();
         let signature = signature_header(&keys, &event.uuid, timestamp, &body);
-        let method = reqwest::Method::from_bytes(conn.method.as_str().as_bytes())
-            .unwrap_or(reqwest::Method::POST);
-        let mut request = self
-            .client
-            .request(method, url)
-            .timeout(timeout)
-            .header("content-type", "application/json")
-            .header("webhook-id", &event.uuid)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature);
-        for (name, value) in &conn.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        request = match &conn.auth {
+        let mut headers: Vec<(String, String)> = vec![
+            ("content-type".into(), "application/json".into()),
+            ("user-agent".into(), herald_shared::USER_AGENT.into()),
+            ("webhook-id".into(), event.uuid.clone()),
+            ("webhook-timestamp".into(), timestamp.to_string()),
+            ("webhook-signature".into(), signature),
+        ];
+        headers.extend(conn.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        match &conn.auth {
             Some(Auth::Bearer { token }) => {
-                request.header("authorization", format!("Bearer {token}"))
+                headers.push(("authorization".into(), format!("Bearer {token}")));
             }
             Some(Auth::Basic { username, password }) => {
                 let raw = format!("{username}:{password}");
                 let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-                request.header("authorization", format!("Basic {b64}"))
+                headers.push(("authorization".into(), format!("Basic {b64}")));
             }
-            None => request,
-        };
+            None => {}
+        }
+        let shown: BTreeMap<String, String> = headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), mask_header_value(n, v)))
+            .collect();
+        let method = reqwest::Method::from_bytes(conn.method.as_str().as_bytes())
+            .unwrap_or(reqwest::Method::POST);
+        let mut request = self.client.request(method, url).timeout(timeout);
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
 
         let mut response = match request.body(body).send().await {
             Ok(r) => r,
-            Err(e) => return fail(describe(&e, timeout), started),
+            Err(e) => return fail(describe(&e, timeout), &shown),
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let status = response.status().as_u16();
@@ -160,6 +173,7 @@ impl Dispatcher {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // Only the first bytes are read; the rest of a large body is never downloaded.
         let mut excerpt = Vec::new();
         while excerpt.len() < EXCERPT_BYTES {
             match response.chunk().await {
@@ -175,13 +189,12 @@ impl Dispatcher {
         };
         (
             Attempt {
-                at: sent_ms,
                 status_code: Some(status),
                 latency_ms,
                 error,
                 response_excerpt: (!excerpt.is_empty())
                     .then(|| String::from_utf8_lossy(&excerpt).into_owned()),
-                url: conn.url.clone(),
+                ..attempt(&shown)
             },
             verdict,
         )

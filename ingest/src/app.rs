@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use herald_shared::amqp::Broker;
 use herald_shared::config::IngestSettings;
+use herald_shared::ratelimit::RateLimiter;
 use herald_shared::store::Store;
 
 use crate::routes;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub background: tokio_util::task::TaskTracker,
     /// API keys seen recently.
     pub keys: Arc<crate::keys::KeyCache>,
+    /// The intake rate limit, shared with every other ingest through Redis.
+    pub limiter: RateLimiter,
 }
 
 /// A started ingest.
@@ -128,6 +131,19 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let store = Store::connect(&settings.common, &cancel)
         .await
         .context("connecting to Redis")?;
+    let reseal = store.clone();
+    tokio::spawn(async move {
+        match reseal.reseal_connections().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "re-sealed connection secrets with the current key"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "re-sealing connection secrets failed; will retry at next start")
+            }
+        }
+    });
     let broker = Broker::new(&settings.common, "herald-ingest");
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
@@ -135,8 +151,9 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let addr = listener.local_addr()?;
     let background = tokio_util::task::TaskTracker::new();
     let state = AppState {
-        keys: Arc::new(crate::keys::KeyCache::new(settings.common.config_refresh)),
+        keys: Arc::new(crate::keys::KeyCache::new()),
         settings: Arc::new(settings),
+        limiter: RateLimiter::new(store.clone()),
         store,
         broker: broker.clone(),
         background: background.clone(),

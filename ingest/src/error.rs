@@ -32,7 +32,7 @@ pub enum ApiError {
     #[error("request body is too large (limits: HERALD_MAX_EVENT_BYTES per event, HERALD_MAX_BULK_BYTES per bulk request)")]
     TooLarge,
     /// 429.
-    #[error("rate limit exceeded")]
+    #[error("too many events for this key (HERALD_INTAKE_RATE_LIMIT_PER_S); retry after Retry-After seconds")]
     RateLimited {
         /// Seconds until a retry may succeed.
         retry_after_secs: u64,
@@ -100,6 +100,7 @@ impl ApiError {
         let (_, code) = self.parts();
         let field = match self {
             ApiError::Invalid(e) => Some(e.field.clone()),
+            ApiError::BadJson(_) | ApiError::TooLarge => Some("body".to_string()),
             _ => None,
         };
         json!({"code": code, "message": self.to_string(), "field": field})

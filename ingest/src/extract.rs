@@ -4,6 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use herald_shared::model::workspace::hash_key;
 use herald_shared::model::KeyScope;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
@@ -127,6 +128,8 @@ pub enum Caller {
         id: String,
         /// What the key may do.
         scope: KeyScope,
+        /// The key's SHA-256 (what rate limits count against).
+        key_hash: String,
     },
 }
 
@@ -149,8 +152,10 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         if let Some(admin) = &state.settings.admin_token {
-            let admin = admin.expose_secret().as_bytes();
-            if subtle::ConstantTimeEq::ct_eq(admin, token.as_bytes()).into() {
+            // Compared as hashes, so neither the token's bytes nor its length show in timing.
+            let admin = hash_key(admin.expose_secret());
+            let given = hash_key(token);
+            if subtle::ConstantTimeEq::ct_eq(admin.as_bytes(), given.as_bytes()).into() {
                 return Ok(Caller::Admin);
             }
         }
@@ -163,6 +168,7 @@ impl FromRequestParts<AppState> for Caller {
             Some(key) => Ok(Caller::Workspace {
                 id: key.workspace_id,
                 scope: key.scope,
+                key_hash: hash_key(token),
             }),
             None => Err(ApiError::Unauthorized),
         }
@@ -183,6 +189,7 @@ impl FromRequestParts<AppState> for SecretKey {
             Caller::Workspace {
                 id,
                 scope: KeyScope::Secret,
+                ..
             } => Ok(SecretKey(id)),
             Caller::Workspace { .. } => Err(ApiError::Forbidden(
                 "a publishable key may only send events; use the workspace's secret key",
@@ -195,7 +202,12 @@ impl FromRequestParts<AppState> for SecretKey {
 }
 
 /// A caller holding a workspace key of either scope: may send events.
-pub struct AnyKey(pub String);
+pub struct AnyKey {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The key's SHA-256.
+    pub key_hash: String,
+}
 
 impl FromRequestParts<AppState> for AnyKey {
     type Rejection = ApiError;
@@ -205,7 +217,10 @@ impl FromRequestParts<AppState> for AnyKey {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Workspace { id, .. } => Ok(AnyKey(id)),
+            Caller::Workspace { id, key_hash, .. } => Ok(AnyKey {
+                workspace_id: id,
+                key_hash,
+            }),
             Caller::Admin => Err(ApiError::Forbidden(
                 "the admin token manages workspaces only; send events with a workspace key",
             )),
@@ -237,6 +252,32 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// The query of an endpoint that takes no parameters: any parameter is refused, so a typo or
+/// a filter this endpoint does not have is not silently ignored.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// Deserialises a field that may be left out but, when present, must not be `null`.
+pub fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Checks an optional id or type given as a filter: a token of at most 128 characters.
+pub fn filter_token(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => {
+            herald_shared::model::check_token(field, &v, 128)?;
+            Ok(Some(v))
+        }
+    }
+}
+
 /// `limit` and `cursor` of a list.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +301,7 @@ pub fn page(
         None => None,
         Some(c) => Some(
             herald_shared::store::Cursor::decode(c)
+                .filter(|_| c.len() <= 512)
                 .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API returned"))?,
         ),
     };

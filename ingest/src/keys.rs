@@ -1,6 +1,6 @@
-//! API keys as intake sees them: looked up in Redis, and held for a moment so a busy producer
-//! does not cost a Redis read per request, and so intake keeps accepting from known keys while
-//! Redis is away.
+//! API keys as intake sees them: looked up in Redis on every request (so a rolled key stops
+//! working at once), and remembered so intake keeps accepting from known keys while Redis is
+//! away.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,8 +11,7 @@ use herald_shared::store::{Store, StoreError};
 
 /// Valid keys seen recently, by the key's hash (the key itself is not kept).
 pub struct KeyCache {
-    fresh: Duration,
-    entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
+    entries: Mutex<HashMap<String, ApiKey>>,
     /// When Redis was last found unreachable: for a second after, known keys are honoured
     /// without waiting for Redis to fail again.
     unreachable_at: Mutex<Option<Instant>>,
@@ -21,36 +20,40 @@ pub struct KeyCache {
 /// How long after a failed read known keys skip Redis.
 const UNREACHABLE_HOLD: Duration = Duration::from_secs(1);
 
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl KeyCache {
-    /// A cache whose entries are trusted for `fresh` (a rolled or deleted key stops working
-    /// within that time).
-    pub fn new(fresh: Duration) -> Self {
+    /// An empty cache.
+    pub fn new() -> Self {
         Self {
-            fresh,
             entries: Mutex::new(HashMap::new()),
             unreachable_at: Mutex::new(None),
         }
     }
 
-    /// The key's record: from the cache while fresh, else from Redis; while Redis cannot be
-    /// reached, a key seen before is still honoured. Unknown keys are never cached, so guessing
+    /// The key's record from Redis; while Redis cannot be reached, a key seen before is still
+    /// honoured. Unknown keys are never cached, so guessing
     /// keys does not grow it.
     pub async fn lookup(&self, store: &Store, token: &str) -> Result<Option<ApiKey>, StoreError> {
         let hash = hash_key(token);
         let cached = self.entries().get(&hash).cloned();
-        if let Some((key, at)) = &cached {
+        if let Some(key) = &cached {
             let redis_away = self
                 .unreachable_at
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_some_and(|t| t.elapsed() < UNREACHABLE_HOLD);
-            if at.elapsed() < self.fresh || redis_away {
+            if redis_away {
                 return Ok(Some(key.clone()));
             }
         }
         match store.lookup_key(token).await {
             Ok(Some(key)) => {
-                self.entries().insert(hash, (key.clone(), Instant::now()));
+                self.entries().insert(hash, key.clone());
                 Ok(Some(key))
             }
             Ok(None) => {
@@ -63,13 +66,13 @@ impl KeyCache {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 tracing::debug!(error = %e, "Redis unreachable; honouring a known key");
-                Ok(cached.map(|(key, _)| key))
+                Ok(cached)
             }
             Err(e) => Err(e),
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ApiKey, Instant)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, ApiKey>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

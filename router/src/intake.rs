@@ -106,4 +106,50 @@ mod tests {
             Err(Rejection::NotJson(_))
         ));
     }
+
+    mod properties {
+        //! Arbitrary message bodies never panic the router, and every item of a batch is either
+        //! an event or set aside. Cases: proptest's default; `PROPTEST_CASES` runs more.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn item() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(ONE.to_string()),
+                "[a-z.]{0,12}".prop_map(|e| format!(
+                    r#"{{"event":"{e}","resource":"r","resource_id":"1","payload":[]}}"#
+                )),
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("null".to_string()),
+                Just(
+                    r#"{"event":"a","resource":"r","resource_id":"1","payload":{},"x":1}"#
+                        .to_string()
+                ),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_body_never_panics(
+                body in prop::collection::vec(any::<u8>(), 0..512),
+                id in proptest::option::of(".{0,20}"),
+            ) {
+                let _ = parse("ws", &body, id.as_deref(), 1);
+            }
+
+            #[test]
+            fn every_item_of_a_batch_is_an_event_or_set_aside(
+                items in prop::collection::vec(item(), 0..20),
+            ) {
+                let body = format!("[{}]", items.join(","));
+                let p = parse("ws", body.as_bytes(), None, 1).expect("an array is read");
+                prop_assert_eq!(p.events.len() + p.rejected.len(), items.len());
+                let mut ids: Vec<&str> = p.events.iter().map(|e| e.uuid.as_str()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                prop_assert_eq!(ids.len(), p.events.len(), "ids within a message are distinct");
+            }
+        }
+    }
 }

@@ -144,6 +144,46 @@ impl Source {
         Ok(v)
     }
 
+    /// `HERALD_SECRETS_KEY` and `HERALD_SECRETS_KEYS_OLD`: base64 of 32 bytes each.
+    fn secrets(&self) -> Result<crate::secrets::SecretsKeys, ConfigError> {
+        use crate::secrets::{decode_key, SecretsKeys};
+        const EXPECTED: &str = "base64 of 32 random bytes (e.g. `openssl rand -base64 32`)";
+        let old = match self.get("HERALD_SECRETS_KEYS_OLD") {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| {
+                    decode_key(k).ok_or_else(|| {
+                        invalid(
+                            "HERALD_SECRETS_KEYS_OLD",
+                            &format!("a comma-separated list of keys, each {EXPECTED}"),
+                            "(hidden)",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        match self.get("HERALD_SECRETS_KEY") {
+            None => Ok(SecretsKeys::development(&old)),
+            Some(v) => {
+                let key = decode_key(v)
+                    .ok_or_else(|| invalid("HERALD_SECRETS_KEY", EXPECTED, "(hidden)"))?;
+                Ok(SecretsKeys::new(&key, &old))
+            }
+        }
+    }
+
+    /// A number that may be 0 (meaning "off").
+    fn rate(&self, name: &'static str) -> Result<u32, ConfigError> {
+        self.parse(
+            name,
+            0,
+            "a whole number of events per second (0 = no limit)",
+        )
+    }
+
     fn positive(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
         let v = self.parse(name, default, "a positive whole number")?;
         if v == 0 {
@@ -161,7 +201,7 @@ fn invalid(name: &'static str, expected: &str, value: &str) -> ConfigError {
     }
 }
 
-fn parse_file(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_file(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -229,6 +269,9 @@ pub struct CommonSettings {
     pub retention: Duration,
     /// `HERALD_CONFIG_REFRESH`: how often cached configuration is checked for changes.
     pub config_refresh: Duration,
+    /// `HERALD_SECRETS_KEY` (seals) and `HERALD_SECRETS_KEYS_OLD` (still open): the keys that
+    /// encrypt signing secrets and destination credentials in Redis.
+    pub secrets: crate::secrets::SecretsKeys,
 }
 
 impl CommonSettings {
@@ -277,6 +320,7 @@ impl CommonSettings {
             retry_schedule,
             retention: src.duration("HERALD_RETENTION", Duration::from_secs(30 * 86_400))?,
             config_refresh: src.duration("HERALD_CONFIG_REFRESH", Duration::from_millis(250))?,
+            secrets: src.secrets()?,
         })
     }
 }
@@ -302,6 +346,8 @@ pub struct IngestSettings {
     pub max_bulk_events: usize,
     /// `HERALD_SECRET_GRACE`: how long a rotated-out secret keeps signing.
     pub secret_grace: Duration,
+    /// `HERALD_INTAKE_RATE_LIMIT_PER_S`: events per second one API key may send (0: no limit).
+    pub intake_rate_limit_per_s: u32,
 }
 
 impl IngestSettings {
@@ -332,6 +378,7 @@ impl IngestSettings {
             max_bulk_bytes: src.positive("HERALD_MAX_BULK_BYTES", 16 * 1_048_576)?,
             max_bulk_events: src.positive("HERALD_MAX_BULK_EVENTS", 1_000)?,
             secret_grace: src.duration("HERALD_SECRET_GRACE", Duration::from_secs(86_400))?,
+            intake_rate_limit_per_s: src.rate("HERALD_INTAKE_RATE_LIMIT_PER_S")?,
         })
     }
 }
@@ -430,6 +477,53 @@ mod tests {
         let src = Source::from_pairs([("HERALD_RETRY_SCHEDULE", "5s,soon")]);
         let err = RouterSettings::from_source(&src).expect_err("must fail");
         assert!(err.to_string().contains("HERALD_RETRY_SCHEDULE"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_secrets_key_names_its_setting_and_hides_its_value() {
+        let src = Source::from_pairs([("HERALD_SECRETS_KEY", "c2hvcnQ=")]);
+        let err = IngestSettings::from_source(&src).expect_err("16 bytes is not a key");
+        assert!(err.to_string().contains("HERALD_SECRETS_KEY"), "{err}");
+        assert!(!err.to_string().contains("c2hvcnQ="), "{err}");
+        let good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let src = Source::from_pairs([
+            ("HERALD_SECRETS_KEY", good),
+            ("HERALD_SECRETS_KEYS_OLD", "nope"),
+        ]);
+        let err = DelivererSettings::from_source(&src).expect_err("bad old key");
+        assert!(err.to_string().contains("HERALD_SECRETS_KEYS_OLD"), "{err}");
+    }
+
+    #[test]
+    fn secrets_keys_default_to_the_development_key_and_rotate() {
+        let s = RouterSettings::from_source(&Source::from_pairs::<_, &str, &str>([]))
+            .expect("defaults");
+        assert!(s.common.secrets.is_development());
+        let old = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let new = "HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=";
+        let before =
+            CommonSettings::from_source(&Source::from_pairs([("HERALD_SECRETS_KEY", old)]))
+                .expect("old key");
+        let sealed = before.secrets.seal("whsec_x", "con_1");
+        let after = CommonSettings::from_source(&Source::from_pairs([
+            ("HERALD_SECRETS_KEY", new),
+            ("HERALD_SECRETS_KEYS_OLD", old),
+        ]))
+        .expect("rotated");
+        assert!(!after.secrets.is_development());
+        assert_eq!(
+            after.secrets.open(&sealed, "con_1").expect("opens"),
+            "whsec_x"
+        );
+    }
+
+    #[test]
+    fn the_intake_rate_limit_is_off_by_default() {
+        let s = IngestSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.intake_rate_limit_per_s, 0);
+        let src = Source::from_pairs([("HERALD_INTAKE_RATE_LIMIT_PER_S", "-3")]);
+        let err = IngestSettings::from_source(&src).expect_err("negative");
+        assert!(err.to_string().contains("HERALD_INTAKE_RATE_LIMIT_PER_S"));
     }
 
     #[test]

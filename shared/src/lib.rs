@@ -10,6 +10,8 @@
 //!   consumer helpers.
 //! - [`store`]: everything Herald keeps in Redis: configuration (with a cache), history, dead
 //!   letters.
+//! - [`secrets`]: encryption at rest of signing secrets and destination credentials.
+//! - [`ratelimit`]: rate limits shared by every replica through Redis.
 //! - [`netguard`]: which destination addresses may be connected to (SSRF protection).
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` endpoints the router and deliverer serve.
 
@@ -19,7 +21,11 @@ pub mod ids;
 pub mod model;
 pub mod netguard;
 pub mod ops;
+#[cfg(test)]
+mod proptests;
+pub mod ratelimit;
 pub mod retry;
+pub mod secrets;
 pub mod shutdown;
 pub mod signing;
 pub mod store;

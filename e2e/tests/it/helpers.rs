@@ -121,6 +121,11 @@ impl Stack {
         stack
     }
 
+    /// The settings this stack's services read (to start another replica beside them).
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
     async fn start_ingest(&mut self) {
         let settings = IngestSettings::from_source(&self.source).expect("settings");
         let cancel = CancellationToken::new();

@@ -5,3 +5,4 @@ mod helpers;
 mod idempotency;
 mod pipeline;
 mod retries;
+mod security;

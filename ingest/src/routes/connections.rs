@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_shared::model::connection::{validate_url, PreviousSecret, DEFAULT_TIMEOUT_MS};
+use herald_shared::model::connection::{
+    is_sensitive_header, validate_url, PreviousSecret, DEFAULT_TIMEOUT_MS, MASK,
+};
 use herald_shared::model::{Auth, Connection, HttpMethod};
 use herald_shared::signing::generate_secret;
 use serde::Deserialize;
@@ -14,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, SecretKey};
+use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery, SecretKey};
 
 /// `POST /v1/connections` body.
 #[derive(Deserialize)]
@@ -32,47 +34,52 @@ pub struct NewConnection {
 }
 
 /// `PATCH /v1/connections/{id}` body: only what changes. `null` clears `auth` and
-/// `rate_limit_per_s`.
+/// `rate_limit_per_s`, and is refused for the other fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPatch {
+    #[serde(default, deserialize_with = "not_null")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     secret: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     method: Option<HttpMethod>,
+    #[serde(default, deserialize_with = "not_null")]
     headers: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "some")]
+    #[serde(default, deserialize_with = "not_null")]
     auth: Option<Option<Auth>>,
+    #[serde(default, deserialize_with = "not_null")]
     timeout_ms: Option<u64>,
-    #[serde(default, deserialize_with = "some")]
+    #[serde(default, deserialize_with = "not_null")]
     rate_limit_per_s: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "not_null")]
     enabled: Option<bool>,
 }
 
-fn some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
-}
-
 /// A connection as the API shows it: the secret is never shown after creation (use
-/// `GET /v1/connections/{id}/secret`) and auth credentials are masked.
+/// `GET /v1/connections/{id}/secret`); auth credentials and the values of custom headers whose
+/// name says they carry a secret are masked.
 pub fn view(c: &Connection) -> Value {
     let auth = c.auth.as_ref().map(|a| match a {
-        Auth::Bearer { .. } => json!({"type": "bearer", "token": "********"}),
+        Auth::Bearer { .. } => json!({"type": "bearer", "token": MASK}),
         Auth::Basic { username, .. } => {
-            json!({"type": "basic", "username": username, "password": "********"})
+            json!({"type": "basic", "username": username, "password": MASK})
         }
     });
+    let headers: BTreeMap<&String, &str> = c
+        .headers
+        .iter()
+        .map(|(n, v)| (n, if is_sensitive_header(n) { MASK } else { v }))
+        .collect();
     json!({
         "id": c.id,
         "kind": c.kind,
         "name": c.name,
         "url": c.url,
         "method": c.method,
-        "headers": c.headers,
+        "headers": headers,
         "auth": auth,
         "timeout_ms": c.timeout_ms,
         "rate_limit_per_s": c.rate_limit_per_s,
@@ -143,6 +150,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
         .store
@@ -201,7 +209,15 @@ pub async fn update(
     if let Some(v) = patch.method {
         c.method = v;
     }
-    if let Some(v) = patch.headers {
+    if let Some(mut v) = patch.headers {
+        // A masked value read back from the API and sent again means "unchanged".
+        for (name, value) in &mut v {
+            if value == MASK {
+                if let Some(old) = c.headers.get(name) {
+                    value.clone_from(old);
+                }
+            }
+        }
         c.headers = v;
     }
     if let Some(v) = patch.auth {

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::amqp::topology::JOBS_EXCHANGE;
-use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::model::{check_token, Delivery, DeliveryStatus, JobGroup, JobItem};
 use herald_shared::store::dead_letters::{DeadLetter, DeadLetterFilter};
 use lapin::BasicProperties;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{list as list_body, page, ApiQuery, SecretKey};
+use crate::extract::{filter_token, list as list_body, page, ApiQuery, SecretKey};
 
 /// Replays up to this many are done before answering (200); more run in the background (202).
 const SYNC_REPLAY_LIMIT: usize = 100;
@@ -39,8 +39,8 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let (limit, cursor) = page(q.limit, q.cursor.as_deref())?;
     let filter = DeadLetterFilter {
-        connection_id: q.connection_id.filter(|s| !s.is_empty()),
-        event: q.event.filter(|s| !s.is_empty()),
+        connection_id: filter_token("connection_id", q.connection_id)?,
+        event: filter_token("event", q.event)?,
     };
     let (data, next) = state
         .store
@@ -157,9 +157,14 @@ pub async fn replay_many(
     } else {
         crate::extract::parse_json(&body)?
     };
+    // An empty string here is a mistake, not "everything": a replay of all is `{}`.
+    let strict = |field: &str, v: Option<String>| {
+        v.map(|v| check_token(field, &v, 128).map(|()| v))
+            .transpose()
+    };
     let filter = DeadLetterFilter {
-        connection_id: f.connection_id,
-        event: f.event,
+        connection_id: strict("connection_id", f.connection_id)?,
+        event: strict("event", f.event)?,
     };
     let (all, _) = state
         .store

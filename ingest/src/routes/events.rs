@@ -11,6 +11,7 @@ use futures::future::try_join_all;
 use herald_shared::amqp::topology::EVENTS_EXCHANGE;
 use herald_shared::amqp::{headers, WORKSPACE_HEADER};
 use herald_shared::model::{Envelope, Event};
+use herald_shared::ratelimit::Decision;
 use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
 use lapin::BasicProperties;
 use serde::Deserialize;
@@ -19,7 +20,9 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{list as list_body, page, parse_json, AnyKey, ApiQuery, SecretKey};
+use crate::extract::{
+    filter_token, list as list_body, page, parse_json, AnyKey, ApiQuery, SecretKey,
+};
 
 /// Most events in one broker message.
 const EVENTS_PER_MESSAGE: usize = 500;
@@ -47,12 +50,46 @@ fn validate(envelope: Envelope) -> Result<Event, ApiError> {
     Ok(envelope.into_event(herald_shared::ids::new_event_id, herald_shared::now_ms())?)
 }
 
+/// Counts `events` against the key's intake limit (`HERALD_INTAKE_RATE_LIMIT_PER_S`). When
+/// Redis cannot be asked, intake goes on: an outage of the limiter must not refuse events the
+/// broker could take. That is logged and counted in `herald_rate_limiter_errors_total`.
+async fn limit_intake(state: &AppState, key_hash: &str, events: usize) -> Result<(), ApiError> {
+    let per_second = state.settings.intake_rate_limit_per_s;
+    if per_second == 0 {
+        return Ok(());
+    }
+    let cost = u32::try_from(events).unwrap_or(u32::MAX);
+    match state
+        .limiter
+        .check(&format!("intake:{key_hash}"), per_second, cost)
+        .await
+    {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited { retry_after }) => {
+            reject("rate_limited");
+            metrics::counter!("herald_rate_limited_total", "scope" => "intake").increment(1);
+            Err(ApiError::RateLimited {
+                retry_after_secs: retry_after.as_secs_f64().ceil() as u64,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "intake rate limiter unavailable; accepting without a limit");
+            metrics::counter!("herald_rate_limiter_errors_total", "scope" => "intake").increment(1);
+            Ok(())
+        }
+    }
+}
+
 /// `POST /v1/events`: one envelope.
 pub async fn create(
     State(state): State<AppState>,
-    AnyKey(ws): AnyKey,
+    AnyKey {
+        workspace_id: ws,
+        key_hash,
+    }: AnyKey,
     crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    limit_intake(&state, &key_hash, 1).await?;
     let envelope: Envelope = parse_json(&body).inspect_err(|_| reject("invalid"))?;
     if envelope.time_created.is_some() {
         reject("invalid");
@@ -81,7 +118,10 @@ pub struct Bulk {
 /// error, in order. Nothing is accepted if the broker does not confirm.
 pub async fn bulk(
     State(state): State<AppState>,
-    AnyKey(ws): AnyKey,
+    AnyKey {
+        workspace_id: ws,
+        key_hash,
+    }: AnyKey,
     crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let bulk: Bulk = parse_json(&body)?;
@@ -97,6 +137,8 @@ pub async fn bulk(
             ),
         ));
     }
+    // Every event sent counts, valid or not: each costs the same to look at.
+    limit_intake(&state, &key_hash, bulk.events.len()).await?;
     let mut results = Vec::with_capacity(bulk.events.len());
     let mut accepted = Vec::with_capacity(bulk.events.len());
     for (i, raw) in bulk.events.iter().enumerate() {
@@ -118,9 +160,10 @@ pub async fn bulk(
             Err(e) => {
                 reject("invalid");
                 let mut err = e.body();
-                if let Some(field) = err["field"].as_str() {
-                    err["field"] = json!(format!("events[{i}].{field}"));
-                }
+                err["field"] = match (&e, err["field"].as_str()) {
+                    (ApiError::Invalid(_), Some(field)) => json!(format!("events[{i}].{field}")),
+                    _ => json!(format!("events[{i}]")),
+                };
                 results.push(json!({"error": err}));
             }
         }
@@ -161,7 +204,7 @@ pub async fn list(
     }
     let filter = EventFilter {
         status: q.status.filter(|s| !s.is_empty()),
-        event: q.event.filter(|s| !s.is_empty()),
+        event: filter_token("event", q.event)?,
     };
     let (data, next) = state.store.list_events(&ws, &filter, cursor, limit).await?;
     Ok(list_body(data, next))

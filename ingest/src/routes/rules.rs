@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, SecretKey};
+use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery, SecretKey};
 
 /// `POST /v1/rules` body.
 #[derive(Deserialize)]
@@ -31,15 +31,20 @@ pub struct NewRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulePatch {
+    #[serde(default, deserialize_with = "not_null")]
     event: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     resource: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     connection_id: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     action: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     enabled: Option<bool>,
 }
 
 async fn check_connection(state: &AppState, ws: &str, id: &str) -> Result<(), ApiError> {
-    if state.store.get_connection(ws, id).await?.is_none() {
+    if id.len() > 128 || state.store.get_connection(ws, id).await?.is_none() {
         return Err(ApiError::field(
             "connection_id",
             "no such connection in this workspace",
@@ -84,6 +89,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let data = state.store.list_rules(&ws).await?;
     Ok(Json(json!({"data": data, "next_cursor": null})))
@@ -169,6 +175,7 @@ pub async fn test(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadJson(format!("the payload is not valid JSON: {e}")))?
     };
+    herald_shared::model::envelope::check_payload_depth(payload.get())?;
     let event = Event {
         uuid: herald_shared::ids::new_event_id(),
         event: test_event_type(&rule.event),

@@ -24,9 +24,7 @@ pub async fn create(
     _: Admin,
     ApiJson(body): ApiJson<NewWorkspace>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if body.name.trim().is_empty() || body.name.chars().count() > 200 {
-        return Err(ApiError::field("name", "must be 1 to 200 characters"));
-    }
+    herald_shared::model::check_name("name", &body.name, 200)?;
     let created = state.store.create_workspace(body.name.trim()).await?;
     Ok((
         StatusCode::CREATED,

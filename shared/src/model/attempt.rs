@@ -1,5 +1,7 @@
 //! Attempts and deliveries: the history support staff read.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One HTTP request to a destination and what came of it.
@@ -17,6 +19,9 @@ pub struct Attempt {
     pub response_excerpt: Option<String>,
     /// The URL requested.
     pub url: String,
+    /// The request's headers, credentials and signatures masked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub request_headers: BTreeMap<String, String>,
 }
 
 /// Where one (event, connection) delivery stands.

@@ -31,7 +31,7 @@ impl HttpMethod {
 }
 
 /// Authentication sent with each request to the destination.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
     /// `Authorization: Bearer <token>`.
@@ -49,7 +49,7 @@ pub enum Auth {
 }
 
 /// A signing secret that was rotated out and still signs until `expires_at`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PreviousSecret {
     /// The old `whsec_` secret.
     pub secret: String,
@@ -58,7 +58,7 @@ pub struct PreviousSecret {
 }
 
 /// A webhook destination.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Connection {
     /// `con_...`.
     pub id: String,
@@ -91,6 +91,95 @@ pub struct Connection {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+}
+
+/// What is shown in place of a secret.
+pub const MASK: &str = "********";
+
+// Debug output ends up in logs and panic messages: it never shows a secret or a credential.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Bearer { .. } => f.debug_struct("Bearer").field("token", &MASK).finish(),
+            Auth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &MASK)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("secret", &MASK)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("workspace_id", &self.workspace_id)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &MASK)
+            .field("previous_secrets", &self.previous_secrets)
+            .field("method", &self.method)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("auth", &self.auth)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a header's value is shown masked in the attempt history: credentials and
+/// signatures, and custom headers whose name says they carry a secret.
+pub fn is_sensitive_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "webhook-signature"
+    ) || [
+        "token",
+        "secret",
+        "key",
+        "password",
+        "auth",
+        "signature",
+        "session",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
+/// A header value as the history shows it: the scheme of an `Authorization` and the version
+/// of each signature are kept, the rest masked.
+pub fn mask_header_value(name: &str, value: &str) -> String {
+    if !is_sensitive_header(name) {
+        return value.to_string();
+    }
+    if name.eq_ignore_ascii_case("webhook-signature") {
+        return value
+            .split_whitespace()
+            .map(|sig| match sig.split_once(',') {
+                Some((version, _)) => format!("{version},{MASK}"),
+                None => MASK.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    match value.split_once(' ') {
+        Some((scheme, _)) if name.to_ascii_lowercase().ends_with("authorization") => {
+            format!("{scheme} {MASK}")
+        }
+        _ => MASK.to_string(),
+    }
 }
 
 /// Headers a connection may not set: Herald owns them.
@@ -154,10 +243,27 @@ impl Connection {
                     "must be 1 to 4096 characters",
                 ))
             }
-            Some(Auth::Basic { username, .. }) if username.is_empty() || username.contains(':') => {
+            Some(Auth::Basic { username, .. })
+                if username.is_empty()
+                    || username.len() > 256
+                    || username.contains(':')
+                    || username.chars().any(char::is_control) =>
+            {
                 return Err(FieldError::new(
                     "auth.username",
-                    "must not be empty or contain ':'",
+                    "must be 1 to 256 characters, without ':' or control characters",
+                ))
+            }
+            Some(Auth::Basic { password, .. }) if password.len() > 4096 => {
+                return Err(FieldError::new(
+                    "auth.password",
+                    "must be at most 4096 characters",
+                ))
+            }
+            Some(Auth::Bearer { token }) if token.chars().any(char::is_control) => {
+                return Err(FieldError::new(
+                    "auth.token",
+                    "must not contain control characters",
                 ))
             }
             _ => {}
@@ -273,6 +379,44 @@ mod tests {
         let mut c = conn();
         c.headers.insert("x-team".into(), "payments".into());
         assert!(c.validate(false).is_ok());
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let mut c = conn();
+        c.auth = Some(Auth::Basic {
+            username: "u".into(),
+            password: "hunter2-password".into(),
+        });
+        c.previous_secrets = vec![PreviousSecret {
+            secret: "whsec_previous".into(),
+            expires_at: 1,
+        }];
+        c.headers.insert("x-api-key".into(), "header-secret".into());
+        let shown = format!("{c:?}");
+        for secret in [
+            c.secret.as_str(),
+            "hunter2-password",
+            "whsec_previous",
+            "header-secret",
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn sensitive_headers_are_masked_in_history() {
+        assert_eq!(
+            mask_header_value("Authorization", "Bearer abc"),
+            "Bearer ********"
+        );
+        assert_eq!(
+            mask_header_value("webhook-signature", "v1,AAA= v1,BBB="),
+            "v1,******** v1,********"
+        );
+        assert_eq!(mask_header_value("X-Api-Key", "k"), MASK);
+        assert_eq!(mask_header_value("x-team", "payments"), "payments");
+        assert_eq!(mask_header_value("webhook-id", "evt_1"), "evt_1");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{check_token, FieldError};
+use super::{check_event_type, check_token, FieldError};
 
 /// What a producer sends, over HTTP or straight to the broker. `uuid` and `time_created` are
 /// filled in at intake when absent.
@@ -17,7 +17,8 @@ pub struct Envelope {
     pub resource: Option<String>,
     /// The resource's id, e.g. `ord_77`.
     pub resource_id: Option<String>,
-    /// Anything JSON; passed through untouched.
+    /// Anything JSON, `null` included; passed through untouched. `None` only when absent.
+    #[serde(default, deserialize_with = "present")]
     pub payload: Option<Box<RawValue>>,
     /// The producer's id for this event; the idempotency key.
     pub uuid: Option<String>,
@@ -53,13 +54,13 @@ impl Envelope {
         now_ms: i64,
     ) -> Result<Event, FieldError> {
         let event = required("event", self.event)?;
-        check_token("event", &event, MAX_TYPE_LEN)?;
         if event.contains('*') {
             return Err(FieldError::new(
                 "event",
                 "wildcards belong in rules, not events",
             ));
         }
+        check_event_type("event", &event)?;
         let resource = required("resource", self.resource)?;
         check_token("resource", &resource, MAX_TYPE_LEN)?;
         let resource_id = required("resource_id", self.resource_id)?;
@@ -69,9 +70,16 @@ impl Envelope {
                 "must be 1 to 256 characters",
             ));
         }
+        if resource_id.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "resource_id",
+                "must not contain control characters",
+            ));
+        }
         let payload = self
             .payload
             .ok_or_else(|| FieldError::new("payload", "is required"))?;
+        check_payload_depth(payload.get())?;
         let uuid = match self.uuid {
             Some(u) => {
                 check_token("uuid", &u, 128)?;
@@ -95,6 +103,50 @@ impl Envelope {
             time_created,
         })
     }
+}
+
+/// How deeply a payload may nest arrays and objects. Herald passes payloads through as raw
+/// bytes, but the history API and most receivers parse them, and parsers stop (or overflow their
+/// stack) somewhere past 100 levels.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// Refuses a payload nested deeper than [`MAX_PAYLOAD_DEPTH`]. `raw` is valid JSON; this only
+/// counts brackets outside strings, without recursion, so any depth is safe to check.
+pub fn check_payload_depth(raw: &str) -> Result<(), FieldError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in raw.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(FieldError::new(
+                        "payload",
+                        format!(
+                            "must not nest arrays and objects more than {MAX_PAYLOAD_DEPTH} deep"
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A field that is there, whatever its value (even `null`, which `Option` would swallow).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 fn required(field: &str, value: Option<String>) -> Result<String, FieldError> {
@@ -180,6 +232,44 @@ mod tests {
         let err = parse(r#"{"event":"a","resource":"r","resource_id":"1","payload":1,"uuid":""}"#)
             .expect_err("bad");
         assert_eq!(err.field, "uuid");
+    }
+
+    #[test]
+    fn deeply_nested_payloads_are_refused_without_recursion() {
+        let nested = |n: usize| {
+            format!(
+                r#"{{"event":"a","resource":"r","resource_id":"1","payload":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(parse(&nested(MAX_PAYLOAD_DEPTH)).is_ok());
+        assert_eq!(
+            parse(&nested(MAX_PAYLOAD_DEPTH + 1))
+                .expect_err("too deep")
+                .field,
+            "payload"
+        );
+        assert!(parse(&nested(200_000)).is_err());
+        let strings = format!(
+            r#"{{"event":"a","resource":"r","resource_id":"1","payload":{{"s":"{}\"[{{"}}}}"#,
+            "[".repeat(500)
+        );
+        assert!(
+            parse(&strings).is_ok(),
+            "brackets inside strings do not count"
+        );
+    }
+
+    #[test]
+    fn a_null_payload_is_passed_through_not_called_missing() {
+        // Found by the envelope property test: `"payload": null` was refused as "is required".
+        let e = parse(r#"{"event":"a","resource":"a","resource_id":"¡","payload":null}"#)
+            .expect("null is a JSON payload");
+        let body = String::from_utf8(e.body(2)).expect("utf8");
+        assert!(body.contains(r#""payload":null"#), "{body}");
+        let err = parse(r#"{"event":"a","resource":"a","resource_id":"1"}"#).expect_err("absent");
+        assert_eq!(err.field, "payload");
     }
 
     #[test]

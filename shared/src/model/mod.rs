@@ -43,7 +43,7 @@ impl FieldError {
 }
 
 /// Checks a name-like token: 1 to `max` characters of letters, digits and `_ - . :`.
-pub(crate) fn check_token(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
+pub fn check_token(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
@@ -66,7 +66,7 @@ pub(crate) fn check_token(field: &str, value: &str, max: usize) -> Result<(), Fi
 }
 
 /// Checks a free-text name: 1 to `max` characters, not blank, no control characters.
-pub(crate) fn check_name(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
+pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
@@ -83,4 +83,52 @@ pub(crate) fn check_name(field: &str, value: &str, max: usize) -> Result<(), Fie
         ));
     }
     Ok(())
+}
+
+/// Checks an event type: a token (see [`check_token`]) of dot-separated parts, none empty
+/// (`order.completed`, not `order.` or `.completed` or `order..completed`), with no wildcard.
+pub fn check_event_type(field: &str, value: &str) -> Result<(), FieldError> {
+    check_token(field, value, envelope::MAX_TYPE_LEN)?;
+    if value.split('.').any(str::is_empty) {
+        return Err(FieldError::new(
+            field,
+            "is dot-separated parts, none of them empty (e.g. order.completed)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_are_dotted_tokens() {
+        for ok in ["order.completed", "a", "user-v2.created:eu", "x_y.z"] {
+            assert!(check_event_type("event", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "order.",
+            ".order",
+            "a..b",
+            "a b",
+            "a*",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert_eq!(
+                check_event_type("event", bad).expect_err(bad).field,
+                "event"
+            );
+        }
+    }
+
+    #[test]
+    fn names_refuse_blank_long_and_control_characters() {
+        assert!(check_name("name", "Acme, Inc.", 200).is_ok());
+        assert!(check_name("name", "  ", 200).is_err());
+        assert!(check_name("name", &"é".repeat(201), 200).is_err());
+        assert!(check_name("name", "a\u{0}b", 200).is_err());
+    }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_token, FieldError};
+use super::{check_event_type, check_token, FieldError};
 
 /// The only action a rule has today.
 pub const SEND_WEBHOOK: &str = "send_webhook";
@@ -53,6 +53,6 @@ pub fn validate_event_pattern(pattern: &str) -> Result<(), FieldError> {
         return Ok(());
     }
     let exact = pattern.strip_suffix(".*").unwrap_or(pattern);
-    check_token("event", exact, super::envelope::MAX_TYPE_LEN)
+    check_event_type("event", exact)
         .map_err(|e| FieldError::new("event", format!("{}; or use prefix.* or *", e.message)))
 }

@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use super::{parse, to_json, Store, StoreError};
+use crate::model::connection::{is_sensitive_header, Auth};
 use crate::model::workspace::{generate_key, hash_key};
 use crate::model::{ApiKey, Connection, KeyScope, Rule, Workspace};
 
@@ -22,6 +23,108 @@ pub struct NewWorkspace {
 }
 
 impl Store {
+    /// A connection as stored: its signing secrets and credentials sealed, the connection id
+    /// as their context.
+    fn seal_connection(&self, c: &Connection) -> String {
+        let keys = self.secrets();
+        let mut sealed = c.clone();
+        sealed.secret = keys.seal(&c.secret, &c.id);
+        for p in &mut sealed.previous_secrets {
+            p.secret = keys.seal(&p.secret, &c.id);
+        }
+        match &mut sealed.auth {
+            Some(Auth::Bearer { token }) => *token = keys.seal(token, &c.id),
+            Some(Auth::Basic { password, .. }) => *password = keys.seal(password, &c.id),
+            None => {}
+        }
+        for (name, value) in &mut sealed.headers {
+            if is_sensitive_header(name) {
+                *value = keys.seal(value, &c.id);
+            }
+        }
+        to_json(&sealed)
+    }
+
+    /// A stored connection with its secrets opened.
+    fn open_connection(&self, key: &str, json: &str) -> Result<Connection, StoreError> {
+        let mut c: Connection = parse(key, json)?;
+        let keys = self.secrets();
+        let open = |v: &mut String, id: &str| {
+            *v = keys.open(v, id).map_err(|source| StoreError::Secret {
+                key: key.to_string(),
+                source,
+            })?;
+            Ok::<_, StoreError>(())
+        };
+        let id = c.id.clone();
+        open(&mut c.secret, &id)?;
+        for p in &mut c.previous_secrets {
+            open(&mut p.secret, &id)?;
+        }
+        match &mut c.auth {
+            Some(Auth::Bearer { token }) => open(token, &id)?,
+            Some(Auth::Basic { password, .. }) => open(password, &id)?,
+            None => {}
+        }
+        for (name, value) in &mut c.headers {
+            if is_sensitive_header(name) {
+                open(value, &id)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Re-seals, with the current key, every stored connection whose secrets are plaintext or
+    /// sealed with an old key (after `HERALD_SECRETS_KEY` changed). A connection changed
+    /// meanwhile is left to its writer, which sealed it with the current key anyway. Returns how
+    /// many were re-sealed.
+    pub async fn reseal_connections(&self) -> Result<usize, StoreError> {
+        const SWAP: &str = r"
+            if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+                redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+                return 1
+            end
+            return 0";
+        let swap = redis::Script::new(SWAP);
+        let mut conn = self.conn();
+        let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
+        let mut resealed = 0;
+        for ws in workspaces {
+            let key = self.ws_key(&ws, "conns");
+            let all: HashMap<String, String> = conn.hgetall(&key).await?;
+            for (id, stored) in all {
+                let raw: Connection = parse(&key, &stored)?;
+                let keys = self.secrets();
+                let mut fields = vec![raw.secret.as_str()];
+                fields.extend(raw.previous_secrets.iter().map(|p| p.secret.as_str()));
+                match &raw.auth {
+                    Some(Auth::Bearer { token }) => fields.push(token),
+                    Some(Auth::Basic { password, .. }) => fields.push(password),
+                    None => {}
+                }
+                fields.extend(
+                    raw.headers
+                        .iter()
+                        .filter(|(n, _)| is_sensitive_header(n))
+                        .map(|(_, v)| v.as_str()),
+                );
+                if fields.iter().all(|f| keys.is_current(f)) {
+                    continue;
+                }
+                let opened = self.open_connection(&key, &stored)?;
+                let done: i64 = swap
+                    .key(&key)
+                    .arg(&id)
+                    .arg(&stored)
+                    .arg(self.seal_connection(&opened))
+                    .invoke_async(&mut conn)
+                    .await?;
+                resealed += done as usize;
+            }
+        }
+        Ok(resealed)
+    }
+
     async fn bump_version(&self, pipe: &mut redis::Pipeline) {
         pipe.incr(self.key("config:ver"), 1).ignore();
     }
@@ -152,8 +255,12 @@ impl Store {
     pub async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.hset(self.ws_key(&c.workspace_id, "conns"), &c.id, to_json(c))
-            .ignore();
+        pipe.hset(
+            self.ws_key(&c.workspace_id, "conns"),
+            &c.id,
+            self.seal_connection(c),
+        )
+        .ignore();
         self.bump_version(&mut pipe).await;
         pipe.query_async::<()>(&mut self.conn()).await?;
         Ok(())
@@ -167,7 +274,7 @@ impl Store {
     ) -> Result<Option<Connection>, StoreError> {
         let key = self.ws_key(ws, "conns");
         let v: Option<String> = self.conn().hget(&key, id).await?;
-        v.map(|v| parse(&key, &v)).transpose()
+        v.map(|v| self.open_connection(&key, &v)).transpose()
     }
 
     /// Every connection of a workspace, newest first.
@@ -176,7 +283,7 @@ impl Store {
         let all: HashMap<String, String> = self.conn().hgetall(&key).await?;
         let mut out = all
             .values()
-            .map(|v| parse::<Connection>(&key, v))
+            .map(|v| self.open_connection(&key, v))
             .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(out)
@@ -250,7 +357,7 @@ impl Store {
                 .await?;
         let connections = conns
             .into_iter()
-            .map(|(id, v)| Ok((id, Arc::new(parse::<Connection>(&conns_key, &v)?))))
+            .map(|(id, v)| Ok((id, Arc::new(self.open_connection(&conns_key, &v)?))))
             .collect::<Result<HashMap<_, _>, StoreError>>()?;
         let mut rules = rules
             .values()

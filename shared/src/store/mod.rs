@@ -18,7 +18,11 @@
 //! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
 //! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
 //! {p}:ws:{ws}:dl:{id}            dead letter JSON
+//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
+//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
 //! ```
+//!
+//! Secrets inside connection JSON are sealed (see `secrets`): `enc:v1:<key id>:<base64>`.
 
 pub mod config;
 pub mod dead_letters;
@@ -52,6 +56,14 @@ pub enum StoreError {
     /// The referenced object does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A sealed secret could not be opened (wrong or missing key, or altered data).
+    #[error("cannot open a secret stored at {key}: {source}")]
+    Secret {
+        /// The key read.
+        key: String,
+        /// Why.
+        source: crate::secrets::SecretsError,
+    },
 }
 
 /// The Redis store of one installation.
@@ -60,6 +72,7 @@ pub struct Store {
     conn: ConnectionManager,
     prefix: String,
     retention: Duration,
+    secrets: std::sync::Arc<crate::secrets::SecretsKeys>,
 }
 
 impl Store {
@@ -68,6 +81,13 @@ impl Store {
         settings: &CommonSettings,
         cancel: &CancellationToken,
     ) -> Result<Self, StoreError> {
+        if settings.secrets.is_development() {
+            tracing::warn!(
+                "HERALD_SECRETS_KEY is not set: signing secrets and destination credentials are \
+                 sealed in Redis with the public development key, which protects nothing. \
+                 Set HERALD_SECRETS_KEY (base64 of 32 random bytes) before real use"
+            );
+        }
         let client = redis::Client::open(settings.redis_url.expose_secret())?;
         // redis-rs hands `factor` to its backoff as the growth per retry (from a 1 s floor), so
         // its default of 100 would wait a minute and more between reconnects after an outage:
@@ -96,6 +116,7 @@ impl Store {
                         conn,
                         prefix: settings.redis_prefix.clone(),
                         retention: settings.retention,
+                        secrets: std::sync::Arc::new(settings.secrets.clone()),
                     });
                 }
                 Err(e) if cancel.is_cancelled() => return Err(e.into()),
@@ -106,6 +127,11 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// The keys that seal secrets at rest.
+    pub fn secrets(&self) -> &crate::secrets::SecretsKeys {
+        &self.secrets
     }
 
     /// A multiplexed connection (cheap to clone).

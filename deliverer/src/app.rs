@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::future::{join_all, try_join_all};
+use futures::future::{try_join_all, BoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::BasicAckOptions;
 use lapin::BasicProperties;
+use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,12 +24,14 @@ use herald_shared::amqp::topology::{
 use herald_shared::amqp::{self, Broker, Handled};
 use herald_shared::config::DelivererSettings;
 use herald_shared::model::job::delivery_id;
-use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
-use herald_shared::ratelimit::RateLimiter;
+use herald_shared::model::{Attempt, Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::ratelimit::{Decision as RateDecision, RateLimiter};
 use herald_shared::retry::ladder_routing_key;
 use herald_shared::store::dead_letters::DeadLetter;
+use herald_shared::store::health::BreakerChange;
 use herald_shared::store::{ConfigCache, Store};
 
+use crate::breaker::{Admit, Breakers, Policy as BreakerPolicy, Transition};
 use crate::dispatch::Dispatcher;
 use crate::outcome::{decide_outcome, Outcome, Verdict};
 
@@ -59,15 +63,35 @@ struct Deliverer {
     /// Fires on shutdown: jobs not yet started are handed back instead of sent.
     shutdown: CancellationToken,
     limiter: RateLimiter,
+    breakers: Breakers,
+    /// This process, as named in the breaker history (host and pid).
+    name: String,
 }
 
-/// One job after its turn: the job with the attempt appended and what follows, or `None` when
-/// it was not attempted because the process is shutting down (it goes back to the jobs queue).
+/// What follows one job's turn.
+enum Next {
+    /// Attempted (or refused without a call, which counts as an attempt): record and go on.
+    Attempted(Outcome),
+    /// Its connection was busy or rate-limited past `HERALD_CONNECTION_WAIT`: back through the
+    /// delay ladder, no attempt counted.
+    Deferred {
+        /// How long it waits.
+        after: Duration,
+    },
+    /// Not started because the process is shutting down: back to the jobs queue untouched.
+    HandBack,
+}
+
+/// One job after its turn: the job (with its attempt appended, if one was made) and what next.
 struct Done<'a> {
     group: &'a JobGroup,
     job: JobItem,
-    outcome: Option<Outcome>,
+    next: Next,
 }
+
+/// How long finished jobs of a message wait for others before their outcomes are written, so
+/// the history shows each attempt within a second while writes stay batched.
+const SETTLE_EVERY: Duration = Duration::from_millis(200);
 
 /// Connects, serves ops endpoints and starts consuming jobs.
 pub async fn start(
@@ -96,6 +120,16 @@ pub async fn start(
         dispatcher,
         per_connection: Mutex::new(HashMap::new()),
         shutdown: cancel.clone(),
+        name: format!(
+            "{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "deliverer".into()),
+            std::process::id()
+        ),
+        breakers: Breakers::new(BreakerPolicy {
+            failures: settings.breaker_failures,
+            cooldown: settings.breaker_cooldown,
+            max_cooldown: Duration::from_secs(600).max(settings.breaker_cooldown),
+        }),
     });
     // The broker connection outlives the consumer, so in-flight work can still publish and ack
     // while draining; it closes once the consumer has finished.
@@ -133,21 +167,52 @@ impl Deliverer {
                     .await
             }
         };
-        let results = join_all(
-            groups
-                .iter()
-                .flat_map(|g| g.jobs.iter().map(move |j| self.run_job(g, j))),
-        )
-        .await;
-        let done = match results.into_iter().collect::<Result<Vec<_>, String>>() {
-            Ok(d) => d,
-            Err(reason) => return Handled::Requeue { reason },
-        };
-        if done.iter().all(|d| d.outcome.is_none()) {
+        // Jobs run concurrently; finished ones are settled in small batches while the rest are
+        // still running, so one slow connection delays neither the history nor the retries of
+        // the others in the same message. The message is acked once every job is settled.
+        let mut running: FuturesUnordered<_> = groups
+            .iter()
+            .flat_map(|g| g.jobs.iter().map(move |j| self.run_job(g, j)))
+            .collect();
+        let mut ready: Vec<Done> = Vec::new();
+        let mut settled_any = false;
+        let mut settle_at: Option<tokio::time::Instant> = None;
+        // A batch being written runs alongside the jobs still in flight (their responses keep
+        // being read, and their timeouts keep meaning what they say).
+        let mut settling: Option<BoxFuture<'_, Result<(), String>>> = None;
+        let mut all_ran = false;
+        loop {
+            tokio::select! {
+                next = running.next(), if !all_ran => match next {
+                    Some(Ok(done)) => {
+                        ready.push(done);
+                        settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE_EVERY);
+                    }
+                    Some(Err(reason)) => return Handled::Requeue { reason },
+                    None => all_ran = true,
+                },
+                written = poll_settling(&mut settling), if settling.is_some() => {
+                    settling = None;
+                    if let Err(reason) = written {
+                        return Handled::Requeue { reason };
+                    }
+                    settled_any = true;
+                }
+                _ = sleep_until_or_never(settle_at), if settling.is_none() && !all_ran => {
+                    let batch = std::mem::take(&mut ready);
+                    settle_at = None;
+                    settling = Some(Box::pin(async move { self.settle(&batch).await }));
+                }
+            }
+            if all_ran && settling.is_none() {
+                break;
+            }
+        }
+        if !settled_any && ready.iter().all(|d| matches!(d.next, Next::HandBack)) {
             // Shutting down before any of it started: the whole message goes back as it was.
             return Handled::Release;
         }
-        if let Err(reason) = self.settle(&done).await {
+        if let Err(reason) = self.settle(&ready).await {
             return Handled::Requeue { reason };
         }
         match delivery.acker.ack(BasicAckOptions::default()).await {
@@ -189,38 +254,101 @@ impl Deliverer {
             };
             let Some(conn) = config.connections.get(&job.connection_id).cloned() else {
                 tracing::warn!("connection no longer exists; dead-lettering");
-                return Ok(Done { group, job, outcome: Some(stop("the connection no longer exists")) });
+                return Ok(Done { group, job, next: Next::Attempted(stop("the connection no longer exists")) });
             };
             if !conn.enabled {
-                return Ok(Done { group, job, outcome: Some(stop("the connection is disabled")) });
+                return Ok(Done { group, job, next: Next::Attempted(stop("the connection is disabled")) });
             }
 
+            // A slot of the connection's concurrency, waited for at most HERALD_CONNECTION_WAIT:
+            // a connection that is slow or hanging keeps its own jobs waiting in the broker, not
+            // in this process's prefetch, where they would hold up other connections' jobs.
+            let wait = self.settings.connection_wait;
+            let deadline = tokio::time::Instant::now() + wait;
             let slots = self.connection_slots(&conn.id);
-            let conn_permit = async { slots.acquire_owned().await };
-            let hand_back = Done { group, job: job.clone(), outcome: None };
-            let _conn_permit = tokio::select! {
+            let slot = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Ok(hand_back),
-                p = conn_permit => p.map_err(|e| e.to_string())?,
+                _ = self.shutdown.cancelled() => return Ok(Done { group, job, next: Next::HandBack }),
+                p = tokio::time::timeout(wait, slots.acquire_owned()) => p,
             };
-            // Over the connection's rate limit (shared by every deliverer through Redis) the job
-            // waits for its slot holding only this connection's permit; a wait is not an attempt.
+            let _conn_permit = match slot {
+                Ok(p) => p.map_err(|e| e.to_string())?,
+                Err(_) => return Ok(self.defer(group, job, "connection_busy")),
+            };
+            // The connection's rate limit, shared by every deliverer through Redis. A wait is not
+            // an attempt; one longer than what is left of HERALD_CONNECTION_WAIT is a deferral.
             if let Some(per_second) = conn.rate_limit_per_s {
-                let waited = self
-                    .limiter
-                    .acquire(&format!("conn:{}", conn.id), per_second, "delivery")
-                    .await;
-                metrics::histogram!("herald_delivery_rate_limit_wait_seconds")
-                    .record(waited.as_secs_f64());
+                let key = format!("conn:{}", conn.id);
+                loop {
+                    match self.limiter.check(&key, per_second, 1).await {
+                        Ok(RateDecision::Allowed) => break,
+                        Ok(RateDecision::Limited { retry_after }) => {
+                            metrics::counter!("herald_rate_limited_total", "scope" => "delivery").increment(1);
+                            if tokio::time::Instant::now() + retry_after > deadline {
+                                return Ok(self.defer(group, job, "rate_limited"));
+                            }
+                            tokio::select! {
+                                biased;
+                                _ = self.shutdown.cancelled() => return Ok(Done { group, job, next: Next::HandBack }),
+                                _ = tokio::time::sleep(retry_after.max(Duration::from_millis(1))) => {}
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "rate limiter unavailable; going ahead unlimited");
+                            metrics::counter!("herald_rate_limiter_errors_total", "scope" => "delivery").increment(1);
+                            break;
+                        }
+                    }
+                }
             }
             let _permit = self.in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
             if self.shutdown.is_cancelled() {
-                return Ok(hand_back);
+                return Ok(Done { group, job, next: Next::HandBack });
             }
+
+            // The circuit breaker: a connection failing again and again is not called until a
+            // probe succeeds; its jobs fail fast and wait in the retry ladder instead.
+            let (admit, transition) = self.breakers.admit(&conn.id, Instant::now());
+            if let Some(t) = transition {
+                self.breaker_changed(&group.workspace_id, &conn.id, t).await;
+            }
+            let probe = match admit {
+                Admit::Send => false,
+                Admit::Probe => true,
+                Admit::Reject { retry_in } => {
+                    let error = format!(
+                        "not sent: the connection's circuit breaker is open after repeated failures; next probe in {} s",
+                        retry_in.as_secs().max(1)
+                    );
+                    job.attempts.push(Attempt {
+                        at: herald_shared::now_ms(),
+                        status_code: None,
+                        latency_ms: 0,
+                        error: Some(error.clone()),
+                        response_excerpt: None,
+                        url: conn.url.clone(),
+                        request_headers: Default::default(),
+                    });
+                    let verdict = Verdict::Failed { error, retry_after: Some(retry_in) };
+                    let outcome = decide_outcome(
+                        &verdict,
+                        job.attempts_this_round() as u32,
+                        &self.settings.common.retry_schedule,
+                        &mut rand::thread_rng(),
+                    );
+                    metrics::counter!("herald_deliveries_total", "outcome" => outcome_word(&outcome), "status_class" => "breaker_open").increment(1);
+                    return Ok(Done { group, job, next: Next::Attempted(outcome) });
+                }
+            };
+
             metrics::gauge!("herald_deliveries_in_flight").increment(1.0);
             let timeout = Duration::from_millis(conn.timeout_ms);
             let (attempt, verdict) = self.dispatcher.send(&conn, &group.event, timeout).await;
             metrics::gauge!("herald_deliveries_in_flight").decrement(1.0);
+            let failed = matches!(verdict, Verdict::Failed { .. });
+            if let Some(t) = self.breakers.record(&conn.id, !failed, probe, Instant::now()) {
+                self.breaker_changed(&group.workspace_id, &conn.id, t).await;
+            }
 
             let class = match attempt.status_code {
                 Some(s) => format!("{}xx", s / 100),
@@ -235,12 +363,7 @@ impl Deliverer {
                 &self.settings.common.retry_schedule,
                 &mut rand::thread_rng(),
             );
-            let word = match &outcome {
-                Outcome::Delivered => "delivered",
-                Outcome::Retry { .. } => "retry",
-                Outcome::DeadLetter { .. } => "dead",
-            };
-            metrics::counter!("herald_deliveries_total", "outcome" => word, "status_class" => class).increment(1);
+            metrics::counter!("herald_deliveries_total", "outcome" => outcome_word(&outcome), "status_class" => class).increment(1);
             match (&verdict, &outcome) {
                 (Verdict::Success, _) => tracing::debug!(status = attempt.status_code, latency_ms = attempt.latency_ms, "delivered"),
                 (_, Outcome::Retry { after }) => tracing::info!(
@@ -250,10 +373,59 @@ impl Deliverer {
                 ),
                 (_, _) => tracing::warn!(error = attempt.error.as_deref().unwrap_or(""), "attempt failed; dead-lettering"),
             }
-            Ok(Done { group, job, outcome: Some(outcome) })
+            Ok(Done { group, job, next: Next::Attempted(outcome) })
         }
         .instrument(span)
         .await
+    }
+
+    /// A job whose connection had no room for it: back through the delay ladder, waiting a
+    /// little longer each time (1 s, 2 s ... 32 s, +-20 %).
+    fn defer<'a>(&self, group: &'a JobGroup, mut job: JobItem, why: &'static str) -> Done<'a> {
+        let base = 1u64 << job.deferrals.min(5);
+        let jitter = rand::thread_rng().gen_range(0.8..1.2);
+        let after = Duration::from_secs_f64((base as f64 * jitter).max(1.0));
+        job.deferrals = job.deferrals.saturating_add(1);
+        metrics::counter!("herald_jobs_deferred_total", "reason" => why).increment(1);
+        tracing::debug!(
+            reason = why,
+            after_s = after.as_secs(),
+            "connection has no room; deferring"
+        );
+        Done {
+            group,
+            job,
+            next: Next::Deferred { after },
+        }
+    }
+
+    /// A breaker changed state: metrics, a log line and the connection's breaker history.
+    async fn breaker_changed(&self, workspace_id: &str, connection_id: &str, t: Transition) {
+        let state = t.to.as_str();
+        metrics::counter!("herald_circuit_breaker_transitions_total", "state" => state)
+            .increment(1);
+        metrics::gauge!("herald_circuit_breakers_open").set(self.breakers.open() as f64);
+        tracing::warn!(
+            connection_id,
+            state,
+            failures = t.failures,
+            open_for_s = t.open_for.map(|d| d.as_secs()),
+            "circuit breaker changed state"
+        );
+        let change = BreakerChange {
+            at: herald_shared::now_ms(),
+            state: state.to_string(),
+            consecutive_failures: t.failures,
+            open_for_s: t.open_for.map(|d| d.as_secs()),
+            deliverer: self.name.clone(),
+        };
+        if let Err(e) = self
+            .store
+            .record_breaker_change(workspace_id, connection_id, &change)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the breaker change in the history");
+        }
     }
 
     /// Records every outcome in Redis, then publishes retries and dead letters and waits for
@@ -261,11 +433,12 @@ impl Deliverer {
     /// outcome is lost and no request is sent again because of it.
     async fn settle(&self, all: &[Done<'_>]) -> Result<(), String> {
         let now = herald_shared::now_ms();
-        let (attempted, handed_back): (Vec<_>, Vec<_>) =
-            all.iter().partition(|d| d.outcome.is_some());
-        let done: Vec<(&Done, &Outcome)> = attempted
-            .into_iter()
-            .filter_map(|d| d.outcome.as_ref().map(|o| (d, o)))
+        let done: Vec<(&Done, &Outcome)> = all
+            .iter()
+            .filter_map(|d| match &d.next {
+                Next::Attempted(o) => Some((d, o)),
+                _ => None,
+            })
             .collect();
         let mut deliveries = Vec::with_capacity(done.len());
         let mut dead = Vec::new();
@@ -356,6 +529,34 @@ impl Deliverer {
         .await
         .map_err(|e| format!("dead-lettering: {e}"))?;
 
+        try_join_all(
+            all.iter()
+                .filter_map(|d| match &d.next {
+                    Next::Deferred { after } => Some((d, *after)),
+                    _ => None,
+                })
+                .map(|(d, after)| {
+                    let body = serde_json::to_vec(&[JobGroup {
+                        workspace_id: d.group.workspace_id.clone(),
+                        event: d.group.event.clone(),
+                        jobs: vec![d.job.clone()],
+                    }])
+                    .unwrap_or_default();
+                    let props = json.clone();
+                    async move {
+                        self.broker
+                            .publish(RETRY_EXCHANGE, &ladder_routing_key(after), &body, props)
+                            .await
+                    }
+                }),
+        )
+        .await
+        .map_err(|e| format!("deferring jobs: {e}"))?;
+
+        let handed_back: Vec<&Done> = all
+            .iter()
+            .filter(|d| matches!(d.next, Next::HandBack))
+            .collect();
         if !handed_back.is_empty() {
             // Shutting down part-way through a message: the jobs not started go back to the jobs
             // queue as a message of their own, so the ones already sent are not sent again.
@@ -397,5 +598,32 @@ impl Deliverer {
                 reason: format!("ack failed: {e}"),
             },
         }
+    }
+}
+
+/// An outcome's name in metrics.
+fn outcome_word(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Retry { .. } => "retry",
+        Outcome::DeadLetter { .. } => "dead",
+    }
+}
+
+/// Waits for the batch being written (the caller only polls this while there is one).
+async fn poll_settling(
+    settling: &mut Option<BoxFuture<'_, Result<(), String>>>,
+) -> Result<(), String> {
+    match settling {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

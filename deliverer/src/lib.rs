@@ -4,9 +4,11 @@
 //!
 //! - [`outcome`]: the pure part: classifying a response or error, and deciding what follows.
 //! - [`dispatch`]: building, signing and sending one request.
+//! - [`breaker`]: the per-connection circuit breaker (pure).
 //! - [`app`]: the consume loop, concurrency limits, outcome writes, retries and dead letters.
 
 pub mod app;
+pub mod breaker;
 pub mod dispatch;
 pub mod outcome;
 

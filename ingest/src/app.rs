@@ -79,6 +79,10 @@ pub fn router(state: AppState) -> Router {
             get(routes::connections::secret),
         )
         .route(
+            "/v1/connections/{id}/health",
+            get(routes::connections::health),
+        )
+        .route(
             "/v1/connections/{id}/rotate-secret",
             post(routes::connections::rotate_secret),
         )

@@ -136,8 +136,8 @@ impl Source {
     }
 
     /// A prefetch count: 1-65535 (0 would mean unlimited in AMQP).
-    fn prefetch(&self, name: &'static str) -> Result<u16, ConfigError> {
-        let v: u16 = self.parse(name, 64, "a number 1-65535")?;
+    fn prefetch(&self, name: &'static str, default: u16) -> Result<u16, ConfigError> {
+        let v: u16 = self.parse(name, default, "a number 1-65535")?;
         if v == 0 {
             return Err(invalid(name, "a number 1-65535", "0"));
         }
@@ -407,7 +407,7 @@ impl RouterSettings {
         Ok(Self {
             common: CommonSettings::from_source(src)?,
             addr: src.addr("HERALD_ROUTER_ADDR", "127.0.0.1:8081")?,
-            prefetch: src.prefetch("HERALD_ROUTER_PREFETCH")?,
+            prefetch: src.prefetch("HERALD_ROUTER_PREFETCH", 64)?,
             jobs_per_message: src.positive("HERALD_ROUTER_JOBS_PER_MESSAGE", 100)?,
         })
     }
@@ -432,6 +432,14 @@ pub struct DelivererSettings {
     pub drain_timeout: Duration,
     /// `HERALD_DEFAULT_TIMEOUT`: request timeout of a connection that sets none.
     pub default_timeout: Duration,
+    /// `HERALD_CONNECTION_WAIT`: how long a job waits for a busy (or rate-limited) connection
+    /// before it goes back through the delay ladder, freeing its message for others.
+    pub connection_wait: Duration,
+    /// `HERALD_BREAKER_FAILURES`: consecutive failed attempts that open a connection's breaker.
+    pub breaker_failures: u32,
+    /// `HERALD_BREAKER_COOLDOWN`: how long an opened breaker keeps a connection uncalled before
+    /// a probe (doubling after each failed probe, up to 10 minutes).
+    pub breaker_cooldown: Duration,
 }
 
 impl DelivererSettings {
@@ -445,12 +453,17 @@ impl DelivererSettings {
         Ok(Self {
             common: CommonSettings::from_source(src)?,
             addr: src.addr("HERALD_DELIVERER_ADDR", "127.0.0.1:8082")?,
-            prefetch: src.prefetch("HERALD_DELIVERER_PREFETCH")?,
+            // Well above the per-connection concurrency: requests hanging at one connection hold
+            // at most that many messages, and the rest of the prefetch keeps others flowing.
+            prefetch: src.prefetch("HERALD_DELIVERER_PREFETCH", 256)?,
             concurrency: src.positive("HERALD_DELIVERER_CONCURRENCY", 512)?,
-            connection_concurrency: src.positive("HERALD_CONNECTION_CONCURRENCY", 64)?,
+            connection_concurrency: src.positive("HERALD_CONNECTION_CONCURRENCY", 32)?,
             destinations: src.policy()?,
             drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             default_timeout: src.duration("HERALD_DEFAULT_TIMEOUT", Duration::from_secs(15))?,
+            connection_wait: src.duration("HERALD_CONNECTION_WAIT", Duration::from_secs(2))?,
+            breaker_failures: src.positive("HERALD_BREAKER_FAILURES", 20)? as u32,
+            breaker_cooldown: src.duration("HERALD_BREAKER_COOLDOWN", Duration::from_secs(30))?,
         })
     }
 }

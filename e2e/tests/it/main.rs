@@ -3,6 +3,7 @@
 
 mod helpers;
 mod idempotency;
+mod isolation;
 mod pipeline;
 mod retries;
 mod security;

@@ -171,6 +171,23 @@ pub async fn get(
     Ok(Json(view(&load(&state, &ws, &id).await?)))
 }
 
+/// The connection's circuit-breaker history as the deliverers reported it, newest first, and
+/// the latest state (`closed` when no breaker ever opened).
+pub async fn health(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = load(&state, &ws, &id).await?;
+    let changes = state.store.breaker_changes(&ws, &c.id).await?;
+    let breaker = changes.first().map_or("closed", |c| c.state.as_str());
+    Ok(Json(json!({
+        "connection_id": c.id,
+        "breaker": breaker,
+        "breaker_changes": changes,
+    })))
+}
+
 /// The current signing secret (and any still in their grace period).
 pub async fn secret(
     State(state): State<AppState>,

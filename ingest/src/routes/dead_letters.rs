@@ -81,6 +81,7 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
         connection_id: d.connection_id.clone(),
         attempts: d.attempts.clone(),
         round_start: d.attempts.len(),
+        deferrals: 0,
     };
     let group = JobGroup {
         workspace_id: d.workspace_id.clone(),

@@ -32,6 +32,14 @@ pub struct JobItem {
     /// dead letter starts a new round, with its earlier attempts kept in its history.
     #[serde(default)]
     pub round_start: usize,
+    /// Times this job went back through the delay ladder without an attempt because its
+    /// connection was busy or rate-limited (each wait is longer, up to half a minute).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl JobItem {
@@ -41,6 +49,7 @@ impl JobItem {
             connection_id: connection_id.into(),
             attempts: Vec::new(),
             round_start: 0,
+            deferrals: 0,
         }
     }
 }

@@ -4,6 +4,7 @@
 //!   through (refreshed within `HERALD_CONFIG_REFRESH` of a change).
 //! - [`history`]: events, their deliveries and every attempt; the event index.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
+//! - [`health`]: each connection's circuit-breaker history.
 //!
 //! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
 //! ```text
@@ -15,6 +16,8 @@
 //! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
 //! {p}:ws:{ws}:events             ZSET time_created -> event uuid
 //! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
+//! {p}:ws:{ws}:evt:{uuid}:routing a router's short lease while it expands the event
+//! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50)
 //! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
 //! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
 //! {p}:ws:{ws}:dl:{id}            dead letter JSON
@@ -26,6 +29,7 @@
 
 pub mod config;
 pub mod dead_letters;
+pub mod health;
 pub mod history;
 
 use std::time::Duration;

@@ -104,6 +104,7 @@ pub async fn start(
         .context("connecting to Redis")?;
     let broker = Broker::new(&settings.common, "herald-deliverer");
     let cache = ConfigCache::new(store.clone());
+    let store_for_watch = store.clone();
     let (addr, ops) =
         herald_shared::ops::serve(settings.addr, broker.clone(), store.clone(), cancel.clone())
             .await
@@ -136,6 +137,12 @@ pub async fn start(
     let broker_cancel = CancellationToken::new();
     let supervise = tokio::spawn(broker.clone().supervise(broker_cancel.clone()));
     let refresh = tokio::spawn(cache.refresh(settings.common.config_refresh, cancel.clone()));
+    let watch = tokio::spawn(herald_shared::ops::watch(
+        broker.clone(),
+        store_for_watch,
+        false,
+        cancel.clone(),
+    ));
     let consuming = amqp::consume(
         broker,
         JOBS_QUEUE,
@@ -153,7 +160,7 @@ pub async fn start(
     });
     Ok(Running {
         addr,
-        tasks: vec![consume, supervise, refresh, ops],
+        tasks: vec![consume, supervise, refresh, watch, ops],
     })
 }
 

@@ -154,6 +154,12 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         .with_context(|| format!("binding HERALD_INGEST_ADDR {}", settings.addr))?;
     let addr = listener.local_addr()?;
     let background = tokio_util::task::TaskTracker::new();
+    let watch = tokio::spawn(herald_shared::ops::watch(
+        broker.clone(),
+        store.clone(),
+        false,
+        cancel.clone(),
+    ));
     let state = AppState {
         keys: Arc::new(crate::keys::KeyCache::new()),
         settings: Arc::new(settings),
@@ -180,6 +186,6 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     });
     Ok(Running {
         addr,
-        tasks: vec![server, supervise],
+        tasks: vec![server, supervise, watch],
     })
 }

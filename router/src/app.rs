@@ -57,6 +57,7 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         .context("connecting to Redis")?;
     let broker = Broker::new(&settings.common, "herald-router");
     let cache = ConfigCache::new(store.clone());
+    let store_for_watch = store.clone();
     let (addr, ops) =
         herald_shared::ops::serve(settings.addr, broker.clone(), store.clone(), cancel.clone())
             .await
@@ -73,6 +74,12 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
     let broker_cancel = CancellationToken::new();
     let supervise = tokio::spawn(broker.clone().supervise(broker_cancel.clone()));
     let refresh = tokio::spawn(cache.refresh(settings.common.config_refresh, cancel.clone()));
+    let watch = tokio::spawn(herald_shared::ops::watch(
+        broker.clone(),
+        store_for_watch,
+        true,
+        cancel.clone(),
+    ));
     let consuming = amqp::consume(
         broker,
         EVENTS_QUEUE,
@@ -90,7 +97,7 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
     });
     Ok(Running {
         addr,
-        tasks: vec![consume, supervise, refresh, ops],
+        tasks: vec![consume, supervise, refresh, watch, ops],
     })
 }
 

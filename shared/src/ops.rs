@@ -70,3 +70,29 @@ pub async fn serve(
     });
     Ok((bound, handle))
 }
+
+/// How often [`watch`] samples.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the connection gauges true between probes (`herald_redis_connected`; the broker's is
+/// set on every change) and, with `queues`, samples every queue's depth into
+/// `herald_queue_messages{queue}`. Runs until `cancel`.
+pub async fn watch(broker: Arc<Broker>, store: Store, queues: bool, cancel: CancellationToken) {
+    let names = crate::amqp::topology::all_queues();
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        store.ping().await;
+        if queues {
+            if let Some(depths) = broker.queue_depths(&names).await {
+                for (queue, n) in depths {
+                    metrics::gauge!("herald_queue_messages", "queue" => queue).set(f64::from(n));
+                }
+            }
+        }
+    }
+}

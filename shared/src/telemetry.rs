@@ -41,7 +41,112 @@ pub fn metrics() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed; then this handle renders nothing.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             handle
         })
         .clone()
+}
+
+/// The `# HELP` line of every metric Herald exports.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "herald_events_accepted_total",
+        "Events intake accepted (the broker confirmed them)."
+    );
+    describe_counter!(
+        "herald_events_rejected_total",
+        "Events intake refused, by reason."
+    );
+    describe_counter!(
+        "herald_router_events_total",
+        "Events the router took off the events queue."
+    );
+    describe_counter!(
+        "herald_router_events_unmatched_total",
+        "Events no rule matched."
+    );
+    describe_counter!(
+        "herald_router_duplicate_events_total",
+        "Events already expanded (a redelivery or a resent uuid): no second set of jobs."
+    );
+    describe_counter!(
+        "herald_router_jobs_total",
+        "Delivery jobs published (one per event and connection)."
+    );
+    describe_counter!(
+        "herald_router_job_messages_total",
+        "Broker messages the jobs were packed into."
+    );
+    describe_counter!("herald_deliveries_total", "Delivery attempts, by outcome (delivered, retry, dead) and status class (2xx..5xx, error, breaker_open).");
+    describe_histogram!(
+        "herald_delivery_attempt_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a request to its response or failure."
+    );
+    describe_counter!(
+        "herald_retries_scheduled_total",
+        "Retries put into the delay ladder."
+    );
+    describe_counter!(
+        "herald_dead_letters_total",
+        "Deliveries moved to the dead-letter queue."
+    );
+    describe_counter!(
+        "herald_dead_letters_replayed_total",
+        "Dead letters replayed."
+    );
+    describe_counter!(
+        "herald_quarantined_total",
+        "Messages set aside in the quarantine queue, by reason."
+    );
+    describe_counter!(
+        "herald_handler_panics_total",
+        "Messages whose handler crashed (a bug), by queue."
+    );
+    describe_counter!("herald_jobs_deferred_total", "Jobs sent back through the delay ladder without an attempt because their connection was busy or rate-limited.");
+    describe_counter!(
+        "herald_jobs_handed_back_total",
+        "Jobs not started at shutdown, returned to the jobs queue."
+    );
+    describe_counter!(
+        "herald_outcome_write_failures_total",
+        "Failed writes of delivery outcomes to Redis (retried; the message is held)."
+    );
+    describe_counter!(
+        "herald_circuit_breaker_transitions_total",
+        "Circuit breaker changes, by the state entered."
+    );
+    describe_gauge!(
+        "herald_circuit_breakers_open",
+        "Connections whose breaker is open or probing, in this deliverer."
+    );
+    describe_gauge!(
+        "herald_deliveries_in_flight",
+        "HTTP requests to receivers in flight."
+    );
+    describe_counter!(
+        "herald_rate_limited_total",
+        "Requests or deliveries held back by a rate limit, by scope."
+    );
+    describe_counter!(
+        "herald_rate_limiter_errors_total",
+        "Rate-limit checks that could not reach Redis (let through)."
+    );
+    describe_gauge!(
+        "herald_queue_messages",
+        "Messages waiting in each Herald queue (sampled every 5 s by the router)."
+    );
+    describe_gauge!(
+        "herald_broker_connected",
+        "1 while connected to RabbitMQ with the topology declared."
+    );
+    describe_counter!(
+        "herald_broker_disconnects_total",
+        "Times the broker connection was lost."
+    );
+    describe_gauge!(
+        "herald_redis_connected",
+        "1 while Redis answers (checked every 5 s and on /readyz)."
+    );
 }

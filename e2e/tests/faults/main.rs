@@ -7,6 +7,7 @@
 #[path = "../it/helpers.rs"]
 mod helpers;
 mod kills;
+mod observe;
 mod outages;
 mod poison;
 mod procs;

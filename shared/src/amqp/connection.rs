@@ -247,22 +247,30 @@ impl Broker {
         Ok(channel)
     }
 
-    /// Messages waiting in a queue, for metrics (None when the broker is unreachable).
-    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
+    /// Messages waiting in each queue, for metrics (None when the broker is unreachable; a
+    /// queue the broker does not know is left out).
+    pub async fn queue_depths(&self, queues: &[String]) -> Option<Vec<(String, u32)>> {
+        if !self.is_ready() {
+            return None;
+        }
         let connection = self.connection().await.ok()?;
-        let channel = connection.create_channel().await.ok()?;
-        let q = channel
-            .queue_declare(
-                queue,
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .ok();
-        let _ = channel.close(200, "depth read").await;
-        q.map(|q| q.message_count())
+        let mut out = Vec::with_capacity(queues.len());
+        let mut channel = connection.create_channel().await.ok()?;
+        for queue in queues {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue, passive, Default::default())
+                .await
+            {
+                Ok(q) => out.push((queue.clone(), q.message_count())),
+                // A failed passive declare closes the channel: open another for the rest.
+                Err(_) => channel = connection.create_channel().await.ok()?,
+            }
+        }
+        let _ = channel.close(200, "depths read").await;
+        Some(out)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::future::{try_join_all, BoxFuture};
+use futures::future::{join_all, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::BasicAckOptions;
@@ -87,6 +87,29 @@ struct Done<'a> {
     group: &'a JobGroup,
     job: JobItem,
     next: Next,
+    /// Its retry, deferral or dead letter is confirmed by the broker (so a settle written again
+    /// after a failure does not publish it twice).
+    published: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Done<'a> {
+    fn new(group: &'a JobGroup, job: JobItem, next: Next) -> Self {
+        Self {
+            group,
+            job,
+            next,
+            published: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn is_published(&self) -> bool {
+        self.published.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn mark_published(&self) {
+        self.published
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How long finished jobs of a message wait for others before their outcomes are written, so
@@ -130,6 +153,8 @@ pub async fn start(
             failures: settings.breaker_failures,
             cooldown: settings.breaker_cooldown,
             max_cooldown: Duration::from_secs(600).max(settings.breaker_cooldown),
+            // The longest connection timeout is 120 s.
+            probe_timeout: Duration::from_secs(150),
         }),
     });
     // The broker connection outlives the consumer, so in-flight work can still publish and ack
@@ -177,50 +202,61 @@ impl Deliverer {
         // Jobs run concurrently; finished ones are settled in small batches while the rest are
         // still running, so one slow connection delays neither the history nor the retries of
         // the others in the same message. The message is acked once every job is settled.
+        if groups.iter().all(|g| g.jobs.is_empty()) {
+            return self
+                .quarantine(&delivery, "a jobs message with no jobs")
+                .await;
+        }
         let mut running: FuturesUnordered<_> = groups
             .iter()
             .flat_map(|g| g.jobs.iter().map(move |j| self.run_job(g, j)))
             .collect();
         let mut ready: Vec<Done> = Vec::new();
-        let mut settled_any = false;
+        let mut attempted_any = false;
         let mut settle_at: Option<tokio::time::Instant> = None;
         // A batch being written runs alongside the jobs still in flight (their responses keep
         // being read, and their timeouts keep meaning what they say).
-        let mut settling: Option<BoxFuture<'_, Result<(), String>>> = None;
+        let mut settling: Option<Settling<'_>> = None;
         let mut all_ran = false;
         loop {
             tokio::select! {
                 next = running.next(), if !all_ran => match next {
-                    Some(Ok(done)) => {
+                    Some(done) => {
+                        attempted_any |= !matches!(done.next, Next::HandBack);
                         ready.push(done);
                         settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE_EVERY);
                     }
-                    Some(Err(reason)) => return Handled::Requeue { reason },
                     None => all_ran = true,
                 },
-                written = poll_settling(&mut settling), if settling.is_some() => {
+                (written, batch) = poll_settling(&mut settling), if settling.is_some() => {
                     settling = None;
                     if let Err(reason) = written {
-                        return Handled::Requeue { reason };
+                        // Never requeue a message part of which is settled: its jobs would be
+                        // sent again and their retry chains forked. Write the rest again.
+                        settling = Some(self.settle_again(batch, reason));
                     }
-                    settled_any = true;
                 }
                 _ = sleep_until_or_never(settle_at), if settling.is_none() && !all_ran => {
                     let batch = std::mem::take(&mut ready);
                     settle_at = None;
-                    settling = Some(Box::pin(async move { self.settle(&batch).await }));
+                    settling = Some(Box::pin(async move {
+                        let written = self.settle(&batch).await;
+                        (written, batch)
+                    }));
                 }
             }
             if all_ran && settling.is_none() {
                 break;
             }
         }
-        if !settled_any && ready.iter().all(|d| matches!(d.next, Next::HandBack)) {
+        if !attempted_any {
             // Shutting down before any of it started: the whole message goes back as it was.
             return Handled::Release;
         }
-        if let Err(reason) = self.settle(&ready).await {
-            return Handled::Requeue { reason };
+        let mut written = self.settle(&ready).await;
+        while let Err(reason) = written {
+            let (again, _) = self.settle_again(std::mem::take(&mut ready), reason).await;
+            written = again;
         }
         match delivery.acker.ack(BasicAckOptions::default()).await {
             Ok(()) => Handled::Acked,
@@ -241,7 +277,7 @@ impl Deliverer {
     }
 
     /// Makes one attempt of one job (or decides it cannot be made) and what follows from it.
-    async fn run_job<'a>(&self, group: &'a JobGroup, job: &JobItem) -> Result<Done<'a>, String> {
+    async fn run_job<'a>(&self, group: &'a JobGroup, job: &JobItem) -> Done<'a> {
         let attempt_no = job.attempts.len() + 1;
         let span = tracing::info_span!(
             "deliver",
@@ -250,21 +286,24 @@ impl Deliverer {
             attempt = attempt_no
         );
         async move {
-            let config = self
-                .cache
-                .workspace(&group.workspace_id)
-                .await
-                .map_err(|e| format!("reading configuration: {e}"))?;
             let mut job = job.clone();
+            let config = match self.cache.workspace(&group.workspace_id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Redis away and nothing cached: try again shortly, through the broker.
+                    tracing::warn!(error = %e, "cannot read the configuration; deferring");
+                    return self.defer(group, job, "config_unavailable");
+                }
+            };
             let stop = |reason: &str| Outcome::DeadLetter {
                 reason: reason.to_string(),
             };
             let Some(conn) = config.connections.get(&job.connection_id).cloned() else {
                 tracing::warn!("connection no longer exists; dead-lettering");
-                return Ok(Done { group, job, next: Next::Attempted(stop("the connection no longer exists")) });
+                return Done::new(group, job, Next::Attempted(stop("the connection no longer exists")));
             };
             if !conn.enabled {
-                return Ok(Done { group, job, next: Next::Attempted(stop("the connection is disabled")) });
+                return Done::new(group, job, Next::Attempted(stop("the connection is disabled")));
             }
 
             // A slot of the connection's concurrency, waited for at most HERALD_CONNECTION_WAIT:
@@ -275,28 +314,34 @@ impl Deliverer {
             let slots = self.connection_slots(&conn.id);
             let slot = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Ok(Done { group, job, next: Next::HandBack }),
+                _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
                 p = tokio::time::timeout(wait, slots.acquire_owned()) => p,
             };
             let _conn_permit = match slot {
-                Ok(p) => p.map_err(|e| e.to_string())?,
-                Err(_) => return Ok(self.defer(group, job, "connection_busy")),
+                Ok(Ok(p)) => p,
+                // The semaphores are never closed; were one, the job goes back untouched.
+                Ok(Err(_)) => return Done::new(group, job, Next::HandBack),
+                Err(_) => return self.defer(group, job, "connection_busy"),
             };
             // The connection's rate limit, shared by every deliverer through Redis. A wait is not
             // an attempt; one longer than what is left of HERALD_CONNECTION_WAIT is a deferral.
             if let Some(per_second) = conn.rate_limit_per_s {
                 let key = format!("conn:{}", conn.id);
+                let mut limited = false;
                 loop {
                     match self.limiter.check(&key, per_second, 1).await {
                         Ok(RateDecision::Allowed) => break,
                         Ok(RateDecision::Limited { retry_after }) => {
-                            metrics::counter!("herald_rate_limited_total", "scope" => "delivery").increment(1);
+                            if !limited {
+                                limited = true;
+                                metrics::counter!("herald_rate_limited_total", "scope" => "delivery").increment(1);
+                            }
                             if tokio::time::Instant::now() + retry_after > deadline {
-                                return Ok(self.defer(group, job, "rate_limited"));
+                                return self.defer(group, job, "rate_limited");
                             }
                             tokio::select! {
                                 biased;
-                                _ = self.shutdown.cancelled() => return Ok(Done { group, job, next: Next::HandBack }),
+                                _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
                                 _ = tokio::time::sleep(retry_after.max(Duration::from_millis(1))) => {}
                             }
                         }
@@ -308,9 +353,20 @@ impl Deliverer {
                     }
                 }
             }
-            let _permit = self.in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            // A slot of this deliverer's concurrency, under the same deadline.
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let permit = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
+                p = tokio::time::timeout(remaining, self.in_flight.clone().acquire_owned()) => p,
+            };
+            let _permit = match permit {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Done::new(group, job, Next::HandBack),
+                Err(_) => return self.defer(group, job, "deliverer_busy"),
+            };
             if self.shutdown.is_cancelled() {
-                return Ok(Done { group, job, next: Next::HandBack });
+                return Done::new(group, job, Next::HandBack);
             }
 
             // The circuit breaker: a connection failing again and again is not called until a
@@ -344,14 +400,16 @@ impl Deliverer {
                         &mut rand::thread_rng(),
                     );
                     metrics::counter!("herald_deliveries_total", "outcome" => outcome_word(&outcome), "status_class" => "breaker_open").increment(1);
-                    return Ok(Done { group, job, next: Next::Attempted(outcome) });
+                    return Done::new(group, job, Next::Attempted(outcome));
                 }
             };
 
-            metrics::gauge!("herald_deliveries_in_flight").increment(1.0);
             let timeout = Duration::from_millis(conn.timeout_ms);
-            let (attempt, verdict) = self.dispatcher.send(&conn, &group.event, timeout).await;
-            metrics::gauge!("herald_deliveries_in_flight").decrement(1.0);
+            let (attempt, verdict) = {
+                let _in_flight = InFlight::new();
+                self.dispatcher.send(&conn, &group.event, timeout).await
+            };
+            job.deferrals = 0;
             let failed = matches!(verdict, Verdict::Failed { .. });
             if let Some(t) = self.breakers.record(&conn.id, !failed, probe, Instant::now()) {
                 self.breaker_changed(&group.workspace_id, &conn.id, t).await;
@@ -380,10 +438,22 @@ impl Deliverer {
                 ),
                 (_, _) => tracing::warn!(error = attempt.error.as_deref().unwrap_or(""), "attempt failed; dead-lettering"),
             }
-            Ok(Done { group, job, next: Next::Attempted(outcome) })
+            Done::new(group, job, Next::Attempted(outcome))
         }
         .instrument(span)
         .await
+    }
+
+    /// Writes a batch again after a failure (pausing first); what was already published is not
+    /// published twice.
+    fn settle_again<'a>(&'a self, batch: Vec<Done<'a>>, reason: String) -> Settling<'a> {
+        tracing::warn!(%reason, "settling failed; trying again");
+        metrics::counter!("herald_settle_failures_total").increment(1);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let written = self.settle(&batch).await;
+            (written, batch)
+        })
     }
 
     /// A job whose connection had no room for it: back through the delay ladder, waiting a
@@ -399,11 +469,7 @@ impl Deliverer {
             after_s = after.as_secs(),
             "connection has no room; deferring"
         );
-        Done {
-            group,
-            job,
-            next: Next::Deferred { after },
-        }
+        Done::new(group, job, Next::Deferred { after })
     }
 
     /// A breaker changed state: metrics, a log line and the connection's breaker history.
@@ -499,70 +565,78 @@ impl Deliverer {
             wait = (wait * 2).min(Duration::from_secs(5));
         }
 
+        // Retries, deferrals and dead letters, each confirmed by the broker. A job whose
+        // message was already published (an earlier try of this batch) is not published again.
         let json = BasicProperties::default().with_content_type("application/json".into());
-        let retries = done.iter().filter_map(|(d, outcome)| match outcome {
-            Outcome::Retry { after } => Some((d, *after)),
-            _ => None,
-        });
-        try_join_all(retries.map(|(d, after)| {
-            let body = serde_json::to_vec(&[JobGroup {
+        let one_job = |d: &Done| {
+            serde_json::to_vec(&[JobGroup {
                 workspace_id: d.group.workspace_id.clone(),
                 event: d.group.event.clone(),
                 jobs: vec![d.job.clone()],
             }])
-            .unwrap_or_default();
-            let props = json.clone();
-            async move {
-                self.broker
-                    .publish(RETRY_EXCHANGE, &ladder_routing_key(after), &body, props)
-                    .await?;
-                metrics::counter!("herald_retries_scheduled_total").increment(1);
-                Ok::<_, amqp::BrokerError>(())
+            .unwrap_or_default()
+        };
+        let mut dead_letters = dead.iter();
+        let mut publishes = Vec::new();
+        for (d, outcome) in &done {
+            let dead_letter = match outcome {
+                Outcome::DeadLetter { .. } => dead_letters.next(),
+                _ => None,
+            };
+            if d.is_published() {
+                continue;
             }
-        }))
-        .await
-        .map_err(|e| format!("scheduling retries: {e}"))?;
-        try_join_all(dead.iter().map(|d| {
-            let body = serde_json::to_vec(d).unwrap_or_default();
-            let props = json
-                .clone()
-                .with_headers(amqp::headers([(amqp::REASON_HEADER, d.reason.clone())]));
-            async move {
-                self.broker.publish(DEAD_EXCHANGE, "", &body, props).await?;
-                metrics::counter!("herald_dead_letters_total").increment(1);
-                Ok::<_, amqp::BrokerError>(())
+            match (outcome, dead_letter) {
+                (Outcome::Retry { after }, _) => publishes.push((
+                    *d,
+                    RETRY_EXCHANGE,
+                    ladder_routing_key(*after),
+                    one_job(d),
+                    json.clone(),
+                    Some("herald_retries_scheduled_total"),
+                )),
+                (Outcome::DeadLetter { .. }, Some(dl)) => publishes.push((
+                    *d,
+                    DEAD_EXCHANGE,
+                    String::new(),
+                    serde_json::to_vec(dl).unwrap_or_default(),
+                    json.clone()
+                        .with_headers(amqp::headers([(amqp::REASON_HEADER, dl.reason.clone())])),
+                    Some("herald_dead_letters_total"),
+                )),
+                _ => {}
             }
-        }))
-        .await
-        .map_err(|e| format!("dead-lettering: {e}"))?;
-
-        try_join_all(
-            all.iter()
-                .filter_map(|d| match &d.next {
-                    Next::Deferred { after } => Some((d, *after)),
-                    _ => None,
-                })
-                .map(|(d, after)| {
-                    let body = serde_json::to_vec(&[JobGroup {
-                        workspace_id: d.group.workspace_id.clone(),
-                        event: d.group.event.clone(),
-                        jobs: vec![d.job.clone()],
-                    }])
-                    .unwrap_or_default();
-                    let props = json.clone();
-                    async move {
-                        self.broker
-                            .publish(RETRY_EXCHANGE, &ladder_routing_key(after), &body, props)
-                            .await
-                    }
-                }),
-        )
-        .await
-        .map_err(|e| format!("deferring jobs: {e}"))?;
+        }
+        for d in all.iter().filter(|d| !d.is_published()) {
+            if let Next::Deferred { after } = d.next {
+                publishes.push((
+                    d,
+                    RETRY_EXCHANGE,
+                    ladder_routing_key(after),
+                    one_job(d),
+                    json.clone(),
+                    None,
+                ));
+            }
+        }
+        let results = join_all(publishes.into_iter().map(
+            |(d, exchange, key, body, props, counter)| async move {
+                self.broker.publish(exchange, &key, &body, props).await?;
+                d.mark_published();
+                if let Some(counter) = counter {
+                    metrics::counter!(counter).increment(1);
+                }
+                Ok::<_, amqp::BrokerError>(())
+            },
+        ))
+        .await;
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(format!("publishing retries and dead letters: {e}"));
+        }
 
         let handed_back: Vec<&Done> = all
             .iter()
-            .filter(|d| matches!(d.next, Next::HandBack))
+            .filter(|d| matches!(d.next, Next::HandBack) && !d.is_published())
             .collect();
         if !handed_back.is_empty() {
             // Shutting down part-way through a message: the jobs not started go back to the jobs
@@ -580,6 +654,7 @@ impl Deliverer {
                 .publish(JOBS_EXCHANGE, "jobs", &body, json)
                 .await
                 .map_err(|e| format!("handing back unstarted jobs: {e}"))?;
+            handed_back.iter().for_each(|d| d.mark_published());
             metrics::counter!("herald_jobs_handed_back_total").increment(handed_back.len() as u64);
         }
         Ok(())
@@ -608,6 +683,23 @@ impl Deliverer {
     }
 }
 
+/// Counts a request in `herald_deliveries_in_flight` for as long as it lives (also when its
+/// future is dropped mid-request).
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        metrics::gauge!("herald_deliveries_in_flight").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("herald_deliveries_in_flight").decrement(1.0);
+    }
+}
+
 /// An outcome's name in metrics.
 fn outcome_word(outcome: &Outcome) -> &'static str {
     match outcome {
@@ -618,9 +710,13 @@ fn outcome_word(outcome: &Outcome) -> &'static str {
 }
 
 /// Waits for the batch being written (the caller only polls this while there is one).
-async fn poll_settling(
-    settling: &mut Option<BoxFuture<'_, Result<(), String>>>,
-) -> Result<(), String> {
+/// A batch of finished jobs being written, giving the batch back with the result.
+type Settling<'a> = BoxFuture<'a, (Result<(), String>, Vec<Done<'a>>)>;
+
+/// Waits for the batch being written (the caller only polls this while there is one).
+async fn poll_settling<'a>(
+    settling: &mut Option<Settling<'a>>,
+) -> (Result<(), String>, Vec<Done<'a>>) {
     match settling {
         Some(f) => f.await,
         None => std::future::pending().await,

@@ -62,13 +62,16 @@ pub struct Policy {
     pub cooldown: Duration,
     /// The longest cool-down.
     pub max_cooldown: Duration,
+    /// How long a probe may take before it counts as lost (its job cancelled) and another is let
+    /// through: longer than any request timeout.
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug)]
 enum Phase {
     Closed,
     Open { until: Instant },
-    HalfOpen,
+    HalfOpen { since: Instant },
 }
 
 #[derive(Debug)]
@@ -107,7 +110,7 @@ impl Breakers {
         match e.phase {
             Phase::Closed => (Admit::Send, None),
             Phase::Open { until } if now >= until => {
-                e.phase = Phase::HalfOpen;
+                e.phase = Phase::HalfOpen { since: now };
                 let t = Transition {
                     to: State::HalfOpen,
                     failures: e.failures,
@@ -121,8 +124,13 @@ impl Breakers {
                 },
                 None,
             ),
+            // A probe that never reported (its job was cancelled) is given up on.
+            Phase::HalfOpen { since } if now.duration_since(since) >= self.policy.probe_timeout => {
+                e.phase = Phase::HalfOpen { since: now };
+                (Admit::Probe, None)
+            }
             // The probe is out: the others wait about as long as it may take.
-            Phase::HalfOpen => (
+            Phase::HalfOpen { .. } => (
                 Admit::Reject {
                     retry_in: self.policy.cooldown,
                 },
@@ -149,7 +157,7 @@ impl Breakers {
             cooldown: self.policy.cooldown,
         });
         match (&e.phase, success, probe) {
-            (Phase::HalfOpen, true, true) => {
+            (Phase::HalfOpen { .. }, true, true) => {
                 let failures = e.failures;
                 entries.remove(connection);
                 Some(Transition {
@@ -158,7 +166,7 @@ impl Breakers {
                     open_for: None,
                 })
             }
-            (Phase::HalfOpen, false, true) => {
+            (Phase::HalfOpen { .. }, false, true) => {
                 e.failures += 1;
                 e.cooldown = (e.cooldown * 2).min(self.policy.max_cooldown);
                 e.phase = Phase::Open {
@@ -211,6 +219,7 @@ mod tests {
             failures: 3,
             cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(25),
+            probe_timeout: Duration::from_secs(60),
         })
     }
 
@@ -269,6 +278,25 @@ mod tests {
         );
         assert_eq!(b.admit("c", at).0, Admit::Send);
         assert_eq!(b.open(), 0);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_given_up_on() {
+        let b = breakers();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record("c", false, false, t0);
+        }
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(b.admit("c", later).0, Admit::Probe);
+        assert!(matches!(
+            b.admit("c", later + Duration::from_secs(59)).0,
+            Admit::Reject { .. }
+        ));
+        assert_eq!(
+            b.admit("c", later + Duration::from_secs(60)).0,
+            Admit::Probe
+        );
     }
 
     #[test]

@@ -25,6 +25,16 @@ use crate::intake::{self, Rejection};
 /// than publishing its jobs can take: the confirm timeout is 15 s).
 const ROUTING_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Claims an event for expanding, atomically: `0` already expanded, `1` claimed (a lease set),
+/// `2` another router holds the lease. KEYS: the event's hash, its lease; ARGV: lease ms.
+const CLAIM_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'expanded') == 1 then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 2
+";
+const CLAIM_DONE: i64 = 0;
+const CLAIM_TAKEN: i64 = 1;
+
 /// A started router.
 pub struct Running {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -183,15 +193,14 @@ impl Router {
         let lease_key = |uuid: &str| self.store.ws_key(ws, &format!("evt:{uuid}:routing"));
         let mut pipe = redis::pipe();
         for r in &routed {
-            pipe.hexists(expanded_key(&r.event.uuid), "expanded");
-            pipe.cmd("SET")
+            pipe.cmd("EVAL")
+                .arg(CLAIM_SCRIPT)
+                .arg(2)
+                .arg(expanded_key(&r.event.uuid))
                 .arg(lease_key(&r.event.uuid))
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
                 .arg(ROUTING_LEASE.as_millis() as u64);
         }
-        let checks: Vec<(bool, Option<String>)> = pipe
+        let checks: Vec<i64> = pipe
             .query_async(&mut self.store.conn())
             .await
             .map_err(|e| format!("reading history: {e}"))?;
@@ -204,12 +213,12 @@ impl Router {
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
         let mut contested = 0usize;
-        for (r, (done, claimed)) in routed.iter().zip(checks) {
-            if done {
+        for (r, check) in routed.iter().zip(checks) {
+            if check == CLAIM_DONE {
                 metrics::counter!("herald_router_duplicate_events_total").increment(1);
                 continue;
             }
-            if claimed.is_none() {
+            if check != CLAIM_TAKEN {
                 // Another router is expanding this uuid right now: look again after it finished.
                 contested += 1;
                 continue;
@@ -245,6 +254,10 @@ impl Router {
         pipe.query_async::<()>(&mut self.store.conn())
             .await
             .map_err(|e| format!("marking events expanded: {e}"))?;
+        metrics::counter!("herald_router_events_total").increment(fresh.len() as u64);
+        metrics::counter!("herald_router_events_unmatched_total").increment(no_match);
+        metrics::counter!("herald_router_jobs_total").increment(jobs as u64);
+        metrics::counter!("herald_router_job_messages_total").increment(messages.len() as u64);
         if contested > 0 {
             // The rest of the message is done; this hands it back so the contested events are
             // looked at again (and skipped, once the other router marked them expanded).
@@ -253,10 +266,6 @@ impl Router {
             ));
         }
 
-        metrics::counter!("herald_router_events_total").increment(parsed.events.len() as u64);
-        metrics::counter!("herald_router_events_unmatched_total").increment(no_match);
-        metrics::counter!("herald_router_jobs_total").increment(jobs as u64);
-        metrics::counter!("herald_router_job_messages_total").increment(messages.len() as u64);
         Ok(())
     }
 

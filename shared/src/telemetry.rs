@@ -60,7 +60,7 @@ fn describe() {
     );
     describe_counter!(
         "herald_router_events_total",
-        "Events the router took off the events queue."
+        "Events the router expanded (seen for the first time)."
     );
     describe_counter!(
         "herald_router_events_unmatched_total",

@@ -230,8 +230,21 @@ pub async fn update(
         // A masked value read back from the API and sent again means "unchanged".
         for (name, value) in &mut v {
             if value == MASK {
-                if let Some(old) = c.headers.get(name) {
-                    value.clone_from(old);
+                // Header names are case-insensitive; a mask for a header that was not there
+                // would be sent to the receiver literally.
+                let old = c
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone());
+                match old {
+                    Some(old) => *value = old,
+                    None => {
+                        return Err(ApiError::field(
+                            format!("headers.{name}"),
+                            "the masked value stands for an existing header's value; send the real value",
+                        ))
+                    }
                 }
             }
         }

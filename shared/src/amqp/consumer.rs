@@ -10,7 +10,7 @@ use std::time::Duration;
 use backoff::backoff::Backoff;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,7 +37,8 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Consumes `queue` until `cancel` fires, running `handler` for each delivery on its own task.
 /// The prefetch bounds how many run at once. The handler acks; a `Requeue` is nacked back; a
-/// handler that panics gets its message once more, then the message goes to quarantine.
+/// handler that panics gets its message once more, then the message goes to quarantine with
+/// its reason.
 pub async fn consume<H, F>(
     broker: Arc<Broker>,
     queue: &'static str,
@@ -102,9 +103,11 @@ pub async fn consume<H, F>(
             match next {
                 Some(Ok(delivery)) => {
                     let handler = handler.clone();
+                    let broker = broker.clone();
                     tracker.spawn(async move {
                         let acker = delivery.acker.clone();
-                        let redelivered = delivery.redelivered;
+                        // Kept for the panic path: the handler consumes the delivery.
+                        let copy = (delivery.data.clone(), delivery.properties.clone());
                         let requeue = match AssertUnwindSafe(handler(delivery)).catch_unwind().await
                         {
                             Ok(Handled::Acked) => return,
@@ -115,14 +118,19 @@ pub async fn consume<H, F>(
                             }
                             Ok(Handled::Release) => true,
                             Err(_) => {
-                                // A bug, not an outage. Try once more (the crash may have been
-                                // about this process); a message that crashes its handler again
-                                // is set aside in quarantine by the queue's dead-letter exchange.
-                                tracing::error!(queue, redelivered, "message handler panicked");
                                 metrics::counter!("herald_handler_panics_total", "queue" => queue)
                                     .increment(1);
                                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                                !redelivered
+                                match set_aside_after_panic(&broker, queue, copy).await {
+                                    Ok(()) => {
+                                        let _ = acker.ack(BasicAckOptions::default()).await;
+                                        return;
+                                    }
+                                    Err(e) => {
+                                        tracing::error!(queue, error = %e, "cannot set a crashing message aside; requeueing it");
+                                        true
+                                    }
+                                }
                             }
                         };
                         let _ = acker
@@ -162,4 +170,56 @@ pub async fn consume<H, F>(
         // Closing hands back whatever is still unacknowledged (prefetched, never started).
         let _ = channel.close(200, "drained").await;
     }
+}
+
+/// Header counting how often a message crashed its handler.
+const PANICS_HEADER: &str = "herald-panics";
+
+/// A message whose handler panicked (a bug, not an outage). The first time it goes back to its
+/// queue with a count in a header (the crash may have been about this process); the second
+/// time it is set aside in quarantine with its reason, so it neither loops nor blocks others.
+/// Either way it is published (and confirmed) before the original is acked.
+async fn set_aside_after_panic(
+    broker: &Broker,
+    queue: &str,
+    (body, properties): (Vec<u8>, lapin::BasicProperties),
+) -> Result<(), super::BrokerError> {
+    use lapin::types::AMQPValue;
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    let panics = match headers.inner().get(PANICS_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        _ => 0,
+    } + 1;
+    headers.insert(PANICS_HEADER.into(), AMQPValue::LongLongInt(panics));
+    if panics < 2 {
+        tracing::error!(
+            queue,
+            "message handler panicked; trying the message once more"
+        );
+        let properties = properties.with_headers(headers);
+        // The default exchange routes by queue name: straight back to the same queue.
+        return broker.publish("", queue, &body, properties).await;
+    }
+    tracing::error!(
+        queue,
+        "message handler panicked again; setting the message aside"
+    );
+    headers.insert(
+        super::REASON_HEADER.into(),
+        AMQPValue::LongString(format!("the {queue} handler crashed on this message twice").into()),
+    );
+    headers.insert(
+        "herald-queue".into(),
+        AMQPValue::LongString(queue.to_string().into()),
+    );
+    metrics::counter!("herald_quarantined_total", "reason" => "handler_panicked").increment(1);
+    broker
+        .publish(
+            super::topology::QUARANTINE_EXCHANGE,
+            "",
+            &body,
+            properties.with_headers(headers),
+        )
+        .await
 }

@@ -157,23 +157,12 @@ pub async fn declare(
         durable: true,
         ..Default::default()
     };
-    // A message the events or jobs consumer rejects (its handler crashed on it twice) is set
-    // aside in quarantine instead of being dropped or redelivered forever.
-    for name in [EVENTS_QUEUE, JOBS_QUEUE] {
-        let mut args = queue_args(queue_type);
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(QUARANTINE_EXCHANGE.into()),
-        );
+    for name in [EVENTS_QUEUE, JOBS_QUEUE, QUARANTINE_QUEUE] {
         channel
-            .queue_declare(name, queue, args)
+            .queue_declare(name, queue, queue_args(queue_type))
             .await
             .map_err(err(name))?;
     }
-    channel
-        .queue_declare(QUARANTINE_QUEUE, queue, queue_args(queue_type))
-        .await
-        .map_err(err(QUARANTINE_QUEUE))?;
     let mut dead_args = queue_args(queue_type);
     dead_args.insert(
         "x-message-ttl".into(),

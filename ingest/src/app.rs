@@ -30,6 +30,8 @@ pub struct AppState {
     pub background: tokio_util::task::TaskTracker,
     /// API keys seen recently.
     pub keys: Arc<crate::keys::KeyCache>,
+    /// Single-event intake, grouped into broker messages.
+    pub batcher: crate::batcher::Batcher,
     /// The intake rate limit, shared with every other ingest through Redis.
     pub limiter: RateLimiter,
 }
@@ -161,6 +163,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         cancel.clone(),
     ));
     let state = AppState {
+        batcher: crate::batcher::Batcher::start(broker.clone()),
         keys: Arc::new(crate::keys::KeyCache::new()),
         settings: Arc::new(settings),
         limiter: RateLimiter::new(store.clone()),

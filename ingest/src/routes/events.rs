@@ -2,7 +2,8 @@
 //!
 //! Intake answers 202 only after the broker confirmed the message to disk. Requests share one
 //! confirm-mode channel, so their confirms pipeline instead of queueing behind each other; a
-//! bulk request goes to the broker as a few large messages, not one per event.
+//! bulk request goes to the broker as a few large messages, not one per event, and single-event
+//! requests arriving together are sent as one message (see [`crate::batcher`]).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -96,11 +97,14 @@ pub async fn create(
         return Err(ApiError::field("time_created", "is set by Herald"));
     }
     let event = validate(envelope).inspect_err(|_| reject("invalid"))?;
-    publish(&state, &ws, std::slice::from_ref(&event))
+    let uuid = event.uuid.clone();
+    state
+        .batcher
+        .publish(&ws, event)
         .await
         .inspect_err(|_| reject("broker_unavailable"))?;
     metrics::counter!("herald_events_accepted_total").increment(1);
-    Ok((StatusCode::ACCEPTED, Json(json!({"uuid": event.uuid}))))
+    Ok((StatusCode::ACCEPTED, Json(json!({ "uuid": uuid }))))
 }
 
 fn reject(reason: &'static str) {

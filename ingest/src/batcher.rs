@@ -1,0 +1,111 @@
+//! Group commit for single-event intake: events sent one per request by many clients at once go
+//! to the broker together, as one message per workspace, and each request is answered 202 when
+//! the message holding its event is confirmed. Under light load a batch is one event (no wait is
+//! added); under heavy load the batch grows while earlier ones wait for their confirms, so the
+//! broker sees far fewer messages than requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_shared::amqp::topology::EVENTS_EXCHANGE;
+use herald_shared::amqp::{headers, Broker, BrokerError, WORKSPACE_HEADER};
+use herald_shared::model::Event;
+use lapin::BasicProperties;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Most events in one batch.
+const MAX_BATCH: usize = 500;
+/// Batches waiting for their confirms at once; while all are out, new events gather.
+const IN_FLIGHT: usize = 8;
+
+struct Item {
+    workspace_id: String,
+    event: Event,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle requests publish through.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Item>,
+}
+
+impl Batcher {
+    /// Starts the batching task; it ends when every handle is dropped.
+    pub fn start(broker: Arc<Broker>) -> Self {
+        let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
+        tokio::spawn(run(broker, rx));
+        Self { tx }
+    }
+
+    /// Publishes one event and waits for the broker's confirm of the message that holds it.
+    pub async fn publish(&self, workspace_id: &str, event: Event) -> Result<(), BrokerError> {
+        // Fail at once while the broker is away, as a direct publish would.
+        let (done, confirmed) = oneshot::channel();
+        let item = Item {
+            workspace_id: workspace_id.to_string(),
+            event,
+            done,
+        };
+        if self.tx.send(item).await.is_err() {
+            return Err(BrokerError::Unavailable("intake is shutting down".into()));
+        }
+        match confirmed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BrokerError::Unavailable(e)),
+            Err(_) => Err(BrokerError::Unavailable("intake is shutting down".into())),
+        }
+    }
+}
+
+async fn run(broker: Arc<Broker>, mut rx: mpsc::Receiver<Item>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // Wait for a free slot first: events that arrive meanwhile make the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut by_workspace: HashMap<String, Vec<Item>> = HashMap::new();
+            for item in batch {
+                by_workspace
+                    .entry(item.workspace_id.clone())
+                    .or_default()
+                    .push(item);
+            }
+            futures::future::join_all(
+                by_workspace
+                    .into_iter()
+                    .map(|(ws, items)| publish(&broker, ws, items)),
+            )
+            .await;
+        });
+    }
+}
+
+async fn publish(broker: &Broker, workspace_id: String, items: Vec<Item>) {
+    let events: Vec<&Event> = items.iter().map(|i| &i.event).collect();
+    let body = serde_json::to_vec(&events).unwrap_or_default();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers([(WORKSPACE_HEADER, workspace_id.clone())]));
+    let result = broker
+        .publish(EVENTS_EXCHANGE, &workspace_id, &body, props)
+        .await
+        .map_err(|e| e.to_string());
+    for item in items {
+        let _ = item.done.send(result.clone());
+    }
+}

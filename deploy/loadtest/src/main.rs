@@ -258,7 +258,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
 
     let mut report = Report {
-        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        scenario: args
+            .scenario
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default(),
         date_utc: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         git_commit: command_line("git", &["describe", "--always", "--dirty"]),
         machine: machine(),

@@ -72,8 +72,9 @@ const hostPage = (src) => `<!doctype html>
 const host = http.createServer(async (req, res) => {
   try {
     if (req.url === "/favicon.ico") { res.writeHead(204).end(); return; }
-    if (req.url !== "/") { res.writeHead(404).end(); return; }
-    const s = await herald("POST", "/v1/sessions", SK, { role: "editor" });
+    if (req.url !== "/" && req.url !== "/viewer") { res.writeHead(404).end(); return; }
+    const role = req.url === "/viewer" ? "viewer" : "editor";
+    const s = await herald("POST", "/v1/sessions", SK, { role });
     res.writeHead(200, { "content-type": "text/html; charset=utf-8" }).end(hostPage(`${HERALD}${s.url}`));
   } catch (e) {
     res.writeHead(500).end(String(e));
@@ -189,6 +190,19 @@ try {
   const frameHeight = await page.locator("iframe#herald").evaluate((f) => f.getBoundingClientRect().height);
   expect(frameHeight === Math.max(200, resizes[resizes.length - 1]), `the host sized the iframe to the portal (${frameHeight})`);
   step(`host resized the iframe ${resizes.length} times`);
+
+  // A viewer sees the same workspace and can change nothing.
+  const viewer = await context.newPage();
+  watch(viewer);
+  await viewer.goto(`${HOST}/viewer`);
+  const vp = viewer.frameLocator("iframe#herald");
+  await vp.locator("#connections-table").getByText("Orders endpoint").waitFor();
+  expect(await vp.locator("form#new-connection").count() === 0, "a viewer gets no form to add a connection");
+  expect(await vp.getByRole("button", { name: /Edit|Rotate/ }).count() === 0, "a viewer gets no edit or rotate buttons");
+  expect(!(await vp.getByRole("tab", { name: "Send test event" }).isVisible()), "a viewer cannot send test events");
+  await shot(viewer, "portal-viewer");
+  await viewer.close();
+  step("a viewer session reads and changes nothing");
 
   // ---- console ------------------------------------------------------------------------------
   const con = await context.newPage();

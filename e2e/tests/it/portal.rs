@@ -530,6 +530,7 @@ async fn portal_and_console_work_in_a_real_browser() {
         "portal-test-event",
         "portal-history",
         "portal-dead-letters",
+        "portal-viewer",
         "console-sign-in",
         "console-dead-letters",
         "console-event",

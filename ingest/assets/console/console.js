@@ -226,7 +226,7 @@ function healthPage() {
   const slot = $("health-slot");
   const ws = workspaceSelect(true);
   const form = h("form", { class: "panel", id: "health-filter", "aria-labelledby": "health-filter-title", novalidate: true },
-    h("h3", { id: "health-filter-title" }, "Workspace"),
+    h("h3", { id: "health-filter-title" }, "Connections of a workspace"),
     h("div", { class: "inline" }, field("health-filter", "workspace_id", "Workspace", ws), h("button", { type: "submit", class: "primary" }, "Show")),
     h("p", { class: "error", "data-error-for": "form", role: "alert" }));
   const list = h("div", { id: "health-list", "aria-live": "polite" });

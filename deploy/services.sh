@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure RabbitMQ and Redis are installed (from Debian's packages) and running on localhost.
+# Makes sure RabbitMQ and Redis are installed (from Debian's packages) and running on localhost,
+# and that the browser test has Chromium, Node and its one npm package.
 # Safe to run again: it installs and starts only what is missing.
 set -euo pipefail
 
@@ -11,6 +12,10 @@ command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# The browser test (e2e/browser): Debian's Chromium, driven by playwright-core under Node.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -40,3 +45,13 @@ for _ in $(seq 1 30); do
 done
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
 echo "==> RabbitMQ and Redis are running on 127.0.0.1"
+
+# playwright-core for the browser test, installed again only when the lock file changed.
+browser="$(cd "$(dirname "$0")/.." && pwd)/e2e/browser"
+stamp="$browser/node_modules/.herald-lock.sha256"
+want=$(sha256sum "$browser/package-lock.json" | cut -d' ' -f1)
+if [ ! -d "$browser/node_modules/playwright-core" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> installing the browser test's packages (npm ci)"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" > "$stamp"
+fi

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use herald_shared::amqp::Broker;
 use herald_shared::config::IngestSettings;
@@ -53,79 +55,77 @@ impl Running {
     }
 }
 
+/// Every route with its OpenAPI description: the one place both the router and
+/// `/openapi.json` come from. `event_limit` and `bulk_limit` are the body limits of intake.
+pub fn api_routes(event_limit: usize, bulk_limit: usize) -> OpenApiRouter<AppState> {
+    use routes::{
+        admin, connections, dead_letters, events, health, pages, rules, sessions, workspaces,
+    };
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(pages::openapi_json))
+        .routes(routes!(workspaces::create, workspaces::list))
+        .routes(routes!(workspaces::roll_key))
+        .routes(routes!(sessions::create))
+        .routes(routes!(sessions::refresh))
+        .routes(routes!(sessions::current))
+        .routes(routes!(sessions::get_settings, sessions::update_settings))
+        .routes(routes!(connections::create, connections::list))
+        .routes(routes!(
+            connections::get,
+            connections::update,
+            connections::delete
+        ))
+        .routes(routes!(connections::secret))
+        .routes(routes!(connections::health))
+        .routes(routes!(connections::rotate_secret))
+        .routes(routes!(rules::create, rules::list))
+        .routes(routes!(rules::get, rules::update, rules::delete))
+        .routes(limited(routes!(rules::test), event_limit))
+        .routes(limited(routes!(events::create, events::list), event_limit))
+        .routes(limited(routes!(events::bulk), bulk_limit))
+        .routes(routes!(events::get))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay_many))
+        .routes(routes!(dead_letters::get, dead_letters::discard))
+        .routes(routes!(dead_letters::replay_one))
+        .routes(routes!(admin::find_event))
+        .routes(routes!(admin::search_events))
+        .routes(routes!(admin::connections))
+        .routes(routes!(admin::connection_health))
+        .routes(routes!(admin::dead_letters))
+        .routes(routes!(admin::replay_dead_letters))
+        .routes(routes!(admin::replay_dead_letter))
+        .routes(routes!(admin::discard_dead_letter))
+        .routes(routes!(pages::portal))
+        .routes(routes!(pages::portal_unframed))
+        .routes(routes!(pages::console))
+        .routes(routes!(pages::console_redirect))
+        .routes(routes!(pages::asset))
+}
+
+/// A route group whose bodies may be up to `limit` bytes (instead of the 256 KiB default).
+fn limited(
+    (schemas, paths, method_router): UtoipaMethodRouter<AppState>,
+    limit: usize,
+) -> UtoipaMethodRouter<AppState> {
+    (
+        schemas,
+        paths,
+        method_router.layer(DefaultBodyLimit::max(limit)),
+    )
+}
+
 /// The whole route table.
 pub fn router(state: AppState) -> Router {
-    let event_limit = state.settings.max_event_bytes;
-    let bulk_limit = state.settings.max_bulk_bytes;
-    Router::new()
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
-        .route(
-            "/v1/workspaces",
-            post(routes::workspaces::create).get(routes::workspaces::list),
-        )
-        .route("/v1/keys/roll", post(routes::workspaces::roll_key))
-        .route(
-            "/v1/connections",
-            post(routes::connections::create).get(routes::connections::list),
-        )
-        .route(
-            "/v1/connections/{id}",
-            get(routes::connections::get)
-                .patch(routes::connections::update)
-                .delete(routes::connections::delete),
-        )
-        .route(
-            "/v1/connections/{id}/secret",
-            get(routes::connections::secret),
-        )
-        .route(
-            "/v1/connections/{id}/health",
-            get(routes::connections::health),
-        )
-        .route(
-            "/v1/connections/{id}/rotate-secret",
-            post(routes::connections::rotate_secret),
-        )
-        .route(
-            "/v1/rules",
-            post(routes::rules::create).get(routes::rules::list),
-        )
-        .route(
-            "/v1/rules/{id}",
-            get(routes::rules::get)
-                .patch(routes::rules::update)
-                .delete(routes::rules::delete),
-        )
-        .route(
-            "/v1/rules/{id}/test",
-            post(routes::rules::test).layer(DefaultBodyLimit::max(event_limit)),
-        )
-        .route(
-            "/v1/events",
-            post(routes::events::create)
-                .layer(DefaultBodyLimit::max(event_limit))
-                .get(routes::events::list),
-        )
-        .route(
-            "/v1/events/bulk",
-            post(routes::events::bulk).layer(DefaultBodyLimit::max(bulk_limit)),
-        )
-        .route("/v1/events/{uuid}", get(routes::events::get))
-        .route("/v1/dead-letters", get(routes::dead_letters::list))
-        .route(
-            "/v1/dead-letters/replay",
-            post(routes::dead_letters::replay_many),
-        )
-        .route(
-            "/v1/dead-letters/{id}",
-            get(routes::dead_letters::get).delete(routes::dead_letters::discard),
-        )
-        .route(
-            "/v1/dead-letters/{id}/replay",
-            post(routes::dead_letters::replay_one),
-        )
+    let (router, _) = api_routes(
+        state.settings.max_event_bytes,
+        state.settings.max_bulk_bytes,
+    )
+    .split_for_parts();
+    router
         .fallback(|| async { crate::error::ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(256 * 1024))
         .with_state(state)

@@ -122,6 +122,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 pub enum Caller {
     /// The operator's admin token.
     Admin,
+    /// A portal session, confined to one workspace and its role.
+    Session {
+        /// The workspace.
+        id: String,
+        /// What the session may do.
+        role: crate::sessions::Role,
+        /// The session as stored.
+        session: crate::sessions::Session,
+    },
     /// A workspace key.
     Workspace {
         /// The workspace.
@@ -159,6 +168,17 @@ impl FromRequestParts<AppState> for Caller {
                 return Ok(Caller::Admin);
             }
         }
+        if token.starts_with(crate::sessions::TOKEN_PREFIX) {
+            // Sessions are looked up by their SHA-256, like keys; an expired one is gone.
+            return match crate::sessions::lookup(&state.store, token).await? {
+                Some(session) => Ok(Caller::Session {
+                    id: session.workspace_id.clone(),
+                    role: session.role,
+                    session,
+                }),
+                None => Err(ApiError::Unauthorized),
+            };
+        }
         if !(token.starts_with("sk_") || token.starts_with("pk_")) {
             return Err(ApiError::Unauthorized);
         }
@@ -191,11 +211,103 @@ impl FromRequestParts<AppState> for SecretKey {
                 scope: KeyScope::Secret,
                 ..
             } => Ok(SecretKey(id)),
-            Caller::Workspace { .. } => Err(ApiError::Forbidden(
-                "a publishable key may only send events; use the workspace's secret key",
+            Caller::Workspace { .. } => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
+            Caller::Session { .. } => Err(ApiError::Forbidden(SESSION_REFUSED)),
+            Caller::Admin => Err(ApiError::Forbidden(ADMIN_REFUSED)),
+        }
+    }
+}
+
+const SESSION_REFUSED: &str =
+    "a portal session cannot do this; the workspace's secret key can (from the SaaS backend)";
+const ADMIN_REFUSED: &str =
+    "the admin token manages workspaces only; use the workspace's secret key";
+const PUBLISHABLE_REFUSED: &str =
+    "a publishable key may only send events; use the workspace's secret key";
+
+/// A caller who may read the workspace's configuration and history: its secret key, or a
+/// portal session of either role.
+pub struct Reader(pub String);
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace {
+                id,
+                scope: KeyScope::Secret,
+                ..
+            }
+            | Caller::Session { id, .. } => Ok(Reader(id)),
+            Caller::Workspace { .. } => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
+            Caller::Admin => Err(ApiError::Forbidden(ADMIN_REFUSED)),
+        }
+    }
+}
+
+/// A caller who may change the workspace's connections and rules, send test events and
+/// replay: its secret key, or an editor session.
+pub struct Editor(pub String);
+
+impl FromRequestParts<AppState> for Editor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace {
+                id,
+                scope: KeyScope::Secret,
+                ..
+            }
+            | Caller::Session {
+                id,
+                role: crate::sessions::Role::Editor,
+                ..
+            } => Ok(Editor(id)),
+            Caller::Session { .. } => Err(ApiError::Forbidden(
+                "a viewer session may only read; mint an editor session to change anything",
             )),
-            Caller::Admin => Err(ApiError::Forbidden(
-                "the admin token manages workspaces only; use the workspace's secret key",
+            Caller::Workspace { .. } => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
+            Caller::Admin => Err(ApiError::Forbidden(ADMIN_REFUSED)),
+        }
+    }
+}
+
+/// A portal session (its token and what it holds).
+pub struct PortalSession {
+    /// The token the caller presented.
+    pub token: String,
+    /// The session.
+    pub session: crate::sessions::Session,
+}
+
+impl FromRequestParts<AppState> for PortalSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Session { session, .. } => {
+                let token = parts
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.get(7..))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default();
+                Ok(PortalSession { token, session })
+            }
+            _ => Err(ApiError::Forbidden(
+                "this endpoint takes a portal session token (sess_...)",
             )),
         }
     }
@@ -221,6 +333,9 @@ impl FromRequestParts<AppState> for AnyKey {
                 workspace_id: id,
                 key_hash,
             }),
+            Caller::Session { .. } => Err(ApiError::Forbidden(
+                "a portal session cannot send events; send events with a workspace key",
+            )),
             Caller::Admin => Err(ApiError::Forbidden(
                 "the admin token manages workspaces only; send events with a workspace key",
             )),
@@ -245,7 +360,7 @@ impl FromRequestParts<AppState> for Admin {
         }
         match Caller::from_request_parts(parts, state).await? {
             Caller::Admin => Ok(Admin),
-            Caller::Workspace { .. } => {
+            Caller::Workspace { .. } | Caller::Session { .. } => {
                 Err(ApiError::Forbidden("this endpoint needs the admin token"))
             }
         }
@@ -279,7 +394,8 @@ pub fn filter_token(field: &str, value: Option<String>) -> Result<Option<String>
 }
 
 /// `limit` and `cursor` of a list.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// 1 to 250; 50 by default.

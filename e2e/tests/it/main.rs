@@ -5,5 +5,6 @@ mod helpers;
 mod idempotency;
 mod isolation;
 mod pipeline;
+mod portal;
 mod retries;
 mod security;

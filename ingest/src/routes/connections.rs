@@ -16,17 +16,21 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery, SecretKey};
+use crate::extract::{not_null, ApiJson, ApiQuery, Editor, NoQuery, Reader, SecretKey};
 
 /// `POST /v1/connections` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConnection {
     name: String,
     url: String,
     secret: Option<String>,
+    /// `POST` (default), `PUT` or `PATCH`.
+    #[schema(value_type = Option<String>, example = "POST")]
     method: Option<HttpMethod>,
     headers: Option<BTreeMap<String, String>>,
+    /// `{"type": "bearer", "token"}` or `{"type": "basic", "username", "password"}`.
+    #[schema(value_type = Option<Object>)]
     auth: Option<Auth>,
     timeout_ms: Option<u64>,
     rate_limit_per_s: Option<u32>,
@@ -35,7 +39,7 @@ pub struct NewConnection {
 
 /// `PATCH /v1/connections/{id}` body: only what changes. `null` clears `auth` and
 /// `rate_limit_per_s`, and is refused for the other fields.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
@@ -44,11 +48,16 @@ pub struct ConnectionPatch {
     url: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
     secret: Option<String>,
+    /// `POST`, `PUT` or `PATCH`.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Option<String>, example = "POST")]
     method: Option<HttpMethod>,
     #[serde(default, deserialize_with = "not_null")]
     headers: Option<BTreeMap<String, String>>,
+    /// `{"type": "bearer", "token"}`, `{"type": "basic", "username", "password"}`, or `null`
+    /// to remove it.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Option<Object>)]
     auth: Option<Option<Auth>>,
     #[serde(default, deserialize_with = "not_null")]
     timeout_ms: Option<u64>,
@@ -107,7 +116,7 @@ fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn load(state: &AppState, ws: &str, id: &str) -> Result<Connection, ApiError> {
+pub(crate) async fn load(state: &AppState, ws: &str, id: &str) -> Result<Connection, ApiError> {
     state
         .store
         .get_connection(ws, id)
@@ -116,9 +125,10 @@ async fn load(state: &AppState, ws: &str, id: &str) -> Result<Connection, ApiErr
 }
 
 /// Creates a connection. The response carries the signing secret (generated when not given).
+#[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = NewConnection, responses((status = 201, description = "The connection, with its signing secret (shown this once)", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     ApiJson(body): ApiJson<NewConnection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let now = herald_shared::now_ms();
@@ -147,9 +157,10 @@ pub async fn create(
 }
 
 /// Lists the workspace's connections, newest first.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", responses((status = 200, description = "`{data, next_cursor}`; secrets are never shown", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
@@ -163,32 +174,76 @@ pub async fn list(
 }
 
 /// One connection.
+#[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path, description = "Connection id")), responses((status = 200, description = "The connection; the secret is never shown", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(view(&load(&state, &ws, &id).await?)))
 }
 
 /// The connection's circuit-breaker history as the deliverers reported it, newest first, and
-/// the latest state (`closed` when no breaker ever opened).
+/// the latest state (`closed` when no breaker ever opened), and the recent success rate.
+#[utoipa::path(get, path = "/v1/connections/{id}/health", tag = "connections", params(("id" = String, Path, description = "Connection id")), responses((status = 200, description = "`{connection_id, breaker, breaker_changes, success_rate, attempts, succeeded}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn health(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = load(&state, &ws, &id).await?;
-    let changes = state.store.breaker_changes(&ws, &c.id).await?;
-    let breaker = changes.first().map_or("closed", |c| c.state.as_str());
-    Ok(Json(json!({
-        "connection_id": c.id,
-        "breaker": breaker,
-        "breaker_changes": changes,
-    })))
+    health_of(&state, &ws, &id).await.map(Json)
 }
 
-/// The current signing secret (and any still in their grace period).
+/// How many of the workspace's newest events the success rate looks at.
+const HEALTH_WINDOW_EVENTS: usize = 200;
+
+/// A connection's breaker state and history, and the share of successful attempts among its
+/// deliveries of the workspace's newest events (`null` when there were none).
+pub async fn health_of(state: &AppState, ws: &str, id: &str) -> Result<Value, ApiError> {
+    let c = load(state, ws, id).await?;
+    let changes = state.store.breaker_changes(ws, &c.id).await?;
+    let breaker = changes.first().map_or("closed", |c| c.state.as_str());
+    let (events, _) = state
+        .store
+        .list_events(
+            ws,
+            &herald_shared::store::history::EventFilter::default(),
+            None,
+            HEALTH_WINDOW_EVENTS,
+        )
+        .await?;
+    let (mut attempts, mut succeeded) = (0u64, 0u64);
+    let mut last_attempt_at = None;
+    for d in events
+        .iter()
+        .flat_map(|e| &e.deliveries)
+        .filter(|d| d.connection_id == c.id)
+    {
+        for a in &d.attempts {
+            attempts += 1;
+            if a.status_code.is_some_and(|s| (200..400).contains(&s)) {
+                succeeded += 1;
+            }
+            last_attempt_at = last_attempt_at.max(Some(a.at));
+        }
+    }
+    let success_rate = (attempts > 0).then(|| succeeded as f64 / attempts as f64);
+    Ok(json!({
+        "connection_id": c.id,
+        "enabled": c.enabled,
+        "breaker": breaker,
+        "breaker_changes": changes,
+        "success_rate": success_rate,
+        "attempts": attempts,
+        "succeeded": succeeded,
+        "last_attempt_at": last_attempt_at,
+        "window_events": HEALTH_WINDOW_EVENTS,
+    }))
+}
+
+/// The current signing secret (and any still in their grace period). Secret key only: a
+/// portal session never reads a secret after it was created.
+#[utoipa::path(get, path = "/v1/connections/{id}/secret", tag = "connections", params(("id" = String, Path, description = "Connection id")), responses((status = 200, description = "`{secret, previous_secrets}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn secret(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
@@ -207,9 +262,10 @@ pub async fn secret(
 }
 
 /// Changes the given fields.
+#[utoipa::path(patch, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path, description = "Connection id")), request_body = ConnectionPatch, responses((status = 200, description = "The changed connection", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<ConnectionPatch>,
 ) -> Result<Json<Value>, ApiError> {
@@ -269,9 +325,10 @@ pub async fn update(
 }
 
 /// Deletes a connection and the rules that point at it.
+#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path, description = "Connection id")), responses((status = 204, description = "Deleted (no body)", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_connection(&ws, &id).await? {
@@ -282,17 +339,18 @@ pub async fn delete(
 }
 
 /// `POST /v1/connections/{id}/rotate-secret` body (optional).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     secret: Option<String>,
 }
 
 /// Makes a new signing secret; the old one keeps signing alongside it for the grace period
-/// (`HERALD_SECRET_GRACE`, 24 h by default).
+/// (`HERALD_SECRET_GRACE`, 24 h by default). The new secret is shown this once.
+#[utoipa::path(post, path = "/v1/connections/{id}/rotate-secret", tag = "connections", params(("id" = String, Path, description = "Connection id")), request_body = Option<Rotate>, responses((status = 200, description = "`{id, secret, previous_secret_expires_at}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
     crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<Json<Value>, ApiError> {

@@ -16,13 +16,14 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{filter_token, list as list_body, page, ApiQuery, SecretKey};
+use crate::extract::{filter_token, list as list_body, page, ApiQuery, Editor, Reader};
 
 /// Replays up to this many are done before answering (200); more run in the background (202).
 const SYNC_REPLAY_LIMIT: usize = 100;
 
 /// `GET /v1/dead-letters` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     connection_id: Option<String>,
@@ -32,11 +33,17 @@ pub struct ListQuery {
 }
 
 /// Dead letters of the workspace, newest first.
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters", params(ListQuery), responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    list_of(&state, &ws, q).await
+}
+
+/// Dead letters of a workspace, newest first (the portal's and the console's list).
+pub async fn list_of(state: &AppState, ws: &str, q: ListQuery) -> Result<Json<Value>, ApiError> {
     let (limit, cursor) = page(q.limit, q.cursor.as_deref())?;
     let filter = DeadLetterFilter {
         connection_id: filter_token("connection_id", q.connection_id)?,
@@ -44,15 +51,16 @@ pub async fn list(
     };
     let (data, next) = state
         .store
-        .list_dead_letters(&ws, &filter, cursor, limit, 5_000)
+        .list_dead_letters(ws, &filter, cursor, limit, 5_000)
         .await?;
     Ok(list_body(data, next))
 }
 
 /// One dead letter with its whole attempt history.
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 200, description = "The dead letter with every attempt", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetter>, ApiError> {
     let d = state
@@ -64,12 +72,18 @@ pub async fn get(
 }
 
 /// Discards a dead letter (it stays in the event's history as `dead`).
+#[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 204, description = "Discarded (no body)", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn discard(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.discard_dead_letter(&ws, &id).await? {
+    discard_of(&state, &ws, &id).await
+}
+
+/// Discards a dead letter of a workspace.
+pub async fn discard_of(state: &AppState, ws: &str, id: &str) -> Result<StatusCode, ApiError> {
+    if state.store.discard_dead_letter(ws, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("dead letter"))
@@ -121,17 +135,27 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
 }
 
 /// Replays one dead letter.
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 202, description = "`{id, event_id, status: pending}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn replay_one(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    replay_one_of(&state, &ws, &id).await
+}
+
+/// Replays one dead letter of a workspace.
+pub async fn replay_one_of(
+    state: &AppState,
+    ws: &str,
+    id: &str,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let d = state
         .store
-        .get_dead_letter(&ws, &id)
+        .get_dead_letter(ws, id)
         .await?
         .ok_or(ApiError::NotFound("dead letter"))?;
-    replay(&state, &d).await?;
+    replay(state, &d).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": d.id, "event_id": d.event.uuid, "status": "pending"})),
@@ -139,7 +163,7 @@ pub async fn replay_one(
 }
 
 /// `POST /v1/dead-letters/replay` body.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFilter {
     connection_id: Option<String>,
@@ -148,15 +172,25 @@ pub struct ReplayFilter {
 
 /// Replays every dead letter that matches: up to 100 before answering 200, more in the
 /// background with 202. Both answer `{"count"}`.
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters", request_body = Option<ReplayFilter>, responses((status = 200, description = "`{count, status: replayed}`: done", body = serde_json::Value), (status = 202, description = "`{count, status: replaying}`: more than 100, in the background", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn replay_many(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     crate::extract::RawBody(body): crate::extract::RawBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    replay_many_of(&state, &ws, &body).await
+}
+
+/// Replays every dead letter of a workspace that matches the filter in `body`.
+pub async fn replay_many_of(
+    state: &AppState,
+    ws: &str,
+    body: &[u8],
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let f: ReplayFilter = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayFilter::default()
     } else {
-        crate::extract::parse_json(&body)?
+        crate::extract::parse_json(body)?
     };
     // An empty string here is a mistake, not "everything": a replay of all is `{}`.
     let strict = |field: &str, v: Option<String>| {
@@ -169,12 +203,12 @@ pub async fn replay_many(
     };
     let (all, _) = state
         .store
-        .list_dead_letters(&ws, &filter, None, usize::MAX, usize::MAX)
+        .list_dead_letters(ws, &filter, None, usize::MAX, usize::MAX)
         .await?;
     let count = all.len();
     if count <= SYNC_REPLAY_LIMIT {
         for d in &all {
-            replay(&state, d).await?;
+            replay(state, d).await?;
         }
         return Ok((
             StatusCode::OK,

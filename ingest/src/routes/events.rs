@@ -21,9 +21,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{
-    filter_token, list as list_body, page, parse_json, AnyKey, ApiQuery, SecretKey,
-};
+use crate::extract::{filter_token, list as list_body, page, parse_json, AnyKey, ApiQuery, Reader};
 
 /// Most events in one broker message.
 const EVENTS_PER_MESSAGE: usize = 500;
@@ -82,6 +80,7 @@ async fn limit_intake(state: &AppState, key_hash: &str, events: usize) -> Result
 }
 
 /// `POST /v1/events`: one envelope.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = serde_json::Value, responses((status = 202, description = "`{uuid}`: accepted, confirmed by the broker", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     AnyKey {
@@ -112,14 +111,16 @@ fn reject(reason: &'static str) {
 }
 
 /// `POST /v1/events/bulk` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bulk {
+    #[schema(value_type = Vec<Object>)]
     events: Vec<Box<RawValue>>,
 }
 
 /// `POST /v1/events/bulk`: each valid event is accepted, each invalid one answered with its
 /// error, in order. Nothing is accepted if the broker does not confirm.
+#[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body = Bulk, responses((status = 202, description = "`{results: [{uuid} | {error}]}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn bulk(
     State(state): State<AppState>,
     AnyKey {
@@ -182,7 +183,8 @@ pub async fn bulk(
 }
 
 /// `GET /v1/events` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
@@ -192,9 +194,10 @@ pub struct ListQuery {
 }
 
 /// Events of the workspace, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(ListQuery), responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (limit, cursor) = page(q.limit, q.cursor.as_deref())?;
@@ -215,9 +218,10 @@ pub async fn list(
 }
 
 /// One event with its deliveries and every attempt.
+#[utoipa::path(get, path = "/v1/events/{uuid}", tag = "events", params(("uuid" = String, Path, description = "Event uuid")), responses((status = 200, description = "The envelope, its status and `deliveries` with every attempt", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = state

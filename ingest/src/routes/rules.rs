@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery, SecretKey};
+use crate::extract::{not_null, ApiJson, ApiQuery, Editor, NoQuery, Reader};
 
 /// `POST /v1/rules` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
     event: String,
@@ -28,7 +28,7 @@ pub struct NewRule {
 }
 
 /// `PATCH /v1/rules/{id}` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulePatch {
     #[serde(default, deserialize_with = "not_null")]
@@ -62,9 +62,10 @@ async fn load(state: &AppState, ws: &str, id: &str) -> Result<Rule, ApiError> {
 }
 
 /// Creates a rule.
+#[utoipa::path(post, path = "/v1/rules", tag = "rules", request_body = NewRule, responses((status = 201, description = "The rule", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     ApiJson(body): ApiJson<NewRule>,
 ) -> Result<(StatusCode, Json<Rule>), ApiError> {
     let now = herald_shared::now_ms();
@@ -86,9 +87,10 @@ pub async fn create(
 }
 
 /// Lists the workspace's rules, newest first.
+#[utoipa::path(get, path = "/v1/rules", tag = "rules", responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let data = state.store.list_rules(&ws).await?;
@@ -96,18 +98,20 @@ pub async fn list(
 }
 
 /// One rule.
+#[utoipa::path(get, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), responses((status = 200, description = "The rule", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Reader(ws): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<Rule>, ApiError> {
     Ok(Json(load(&state, &ws, &id).await?))
 }
 
 /// Changes the given fields.
+#[utoipa::path(patch, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = RulePatch, responses((status = 200, description = "The changed rule", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<RulePatch>,
 ) -> Result<Json<Rule>, ApiError> {
@@ -135,9 +139,10 @@ pub async fn update(
 }
 
 /// Deletes a rule.
+#[utoipa::path(delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), responses((status = 204, description = "Deleted (no body)", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_rule(&ws, &id).await? {
@@ -162,9 +167,10 @@ fn test_event_type(pattern: &str) -> String {
 /// `POST /v1/rules/{id}/test`: sends the body (any JSON; `{}` when empty) as the payload of a
 /// test event to this rule's connection only, through the broker and a deliverer like any
 /// other delivery. Answers 202 with the event's uuid, whose history shows the outcome.
+#[utoipa::path(post, path = "/v1/rules/{id}/test", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = Option<serde_json::Value>, responses((status = 202, description = "`{uuid, event}` of the test event", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn test(
     State(state): State<AppState>,
-    SecretKey(ws): SecretKey,
+    Editor(ws): Editor,
     Path(id): Path<String>,
     crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {

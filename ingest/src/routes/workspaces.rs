@@ -12,13 +12,14 @@ use crate::error::ApiError;
 use crate::extract::{list as list_body, page, Admin, ApiJson, ApiQuery, Page, SecretKey};
 
 /// `POST /v1/workspaces` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
     name: String,
 }
 
 /// Creates a workspace; its keys are shown this once.
+#[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces", request_body = NewWorkspace, responses((status = 201, description = "`{id, name, created_at, secret_key, publishable_key}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -39,6 +40,7 @@ pub async fn create(
 }
 
 /// Lists workspaces, newest first.
+#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces", params(Page), responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     _: Admin,
@@ -50,14 +52,16 @@ pub async fn list(
 }
 
 /// `POST /v1/keys/roll` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Roll {
+    #[schema(value_type = String, example = "secret")]
     scope: KeyScope,
 }
 
 /// Replaces the workspace's key of a scope (`secret` or `publishable`); the old one stops
 /// working at once.
+#[utoipa::path(post, path = "/v1/keys/roll", tag = "workspaces", request_body = Roll, responses((status = 200, description = "`{secret_key}` or `{publishable_key}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn roll_key(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,

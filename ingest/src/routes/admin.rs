@@ -1,0 +1,254 @@
+//! The support console's API (admin token), across workspaces: find an event by uuid or by
+//! workspace, connection, status and time; read connections and their health; list, replay and
+//! discard dead letters.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_shared::model::check_token;
+use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
+use herald_shared::store::{Cursor, StoreError};
+use redis::AsyncCommands;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::{filter_token, page, Admin, ApiQuery, NoQuery};
+use crate::routes::{connections, dead_letters};
+
+async fn workspace(state: &AppState, ws: &str) -> Result<(), ApiError> {
+    if ws.len() > 128 || state.store.get_workspace(ws).await?.is_none() {
+        return Err(ApiError::NotFound("workspace"));
+    }
+    Ok(())
+}
+
+/// Finds an event by uuid in every workspace: the event, its `workspace_id`, its deliveries and
+/// every attempt.
+#[utoipa::path(get, path = "/v1/admin/events/{uuid}", tag = "console",
+    params(("uuid" = String, Path, description = "Event uuid")),
+    responses((status = 200, description = "The event with `workspace_id`, `deliveries` and every attempt", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn find_event(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_token("uuid", &uuid, 128)?;
+    let mut conn = state.store.conn();
+    let workspaces: Vec<String> = conn
+        .zrange(state.store.key("workspaces"), 0, -1)
+        .await
+        .map_err(StoreError::from)?;
+    if workspaces.is_empty() {
+        return Err(ApiError::NotFound("event"));
+    }
+    let mut pipe = redis::pipe();
+    for ws in &workspaces {
+        pipe.exists(state.store.ws_key(ws, &format!("evt:{uuid}")));
+    }
+    let found: Vec<bool> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(StoreError::from)?;
+    for (ws, _) in workspaces.iter().zip(found).filter(|(_, f)| *f) {
+        if let Some(record) = state.store.get_event(ws, &uuid).await? {
+            let mut out = serde_json::to_value(record).map_err(anyhow::Error::from)?;
+            out["workspace_id"] = json!(ws);
+            return Ok(Json(out));
+        }
+    }
+    Err(ApiError::NotFound("event"))
+}
+
+/// `GET /v1/admin/events` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventSearch {
+    /// The workspace (required).
+    workspace_id: String,
+    /// Only events with a delivery to this connection.
+    connection_id: Option<String>,
+    /// `pending`, `delivered`, `retrying`, `dead` or `no_match`.
+    status: Option<String>,
+    /// Only events of this type.
+    event: Option<String>,
+    /// Only events created at or after this time (Unix milliseconds).
+    since: Option<i64>,
+    /// Only events created at or before this time (Unix milliseconds).
+    until: Option<i64>,
+    /// 1 to 250; 50 by default.
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// How many events one search request looks at before answering with a cursor to go on.
+const SEARCH_SCAN: usize = 5_000;
+
+/// Events of a workspace, newest first, by connection, status, type and time.
+#[utoipa::path(get, path = "/v1/admin/events", tag = "console", params(EventSearch),
+    responses((status = 200, description = "`{data, next_cursor}`; each event carries `workspace_id`", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn search_events(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<EventSearch>,
+) -> Result<Json<Value>, ApiError> {
+    check_token("workspace_id", &q.workspace_id, 128)?;
+    workspace(&state, &q.workspace_id).await?;
+    let (limit, mut cursor) = page(q.limit, q.cursor.as_deref())?;
+    if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
+        if !EVENT_STATUSES.contains(&s) {
+            return Err(ApiError::field(
+                "status",
+                format!("must be one of {}", EVENT_STATUSES.join(", ")),
+            ));
+        }
+    }
+    let connection = filter_token("connection_id", q.connection_id)?;
+    let filter = EventFilter {
+        status: q.status.filter(|s| !s.is_empty()),
+        event: filter_token("event", q.event)?,
+    };
+    if let (None, Some(until)) = (&cursor, q.until) {
+        // Everything created at or before `until`: start just after it.
+        cursor = Some(Cursor {
+            score: until.saturating_add(1),
+            member: String::new(),
+        });
+    }
+    let since = q.since.unwrap_or(i64::MIN);
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let (records, next) = state
+            .store
+            .list_events(&q.workspace_id, &filter, cursor.clone(), 100)
+            .await?;
+        scanned += 100;
+        for r in records {
+            if r.event.time_created < since {
+                return Ok(crate::extract::list(out, None));
+            }
+            let here = Cursor {
+                score: r.event.time_created,
+                member: r.event.uuid.clone(),
+            };
+            let wanted = connection
+                .as_deref()
+                .is_none_or(|c| r.deliveries.iter().any(|d| d.connection_id == c));
+            if wanted {
+                let mut v = serde_json::to_value(&r).map_err(anyhow::Error::from)?;
+                v["workspace_id"] = json!(q.workspace_id);
+                out.push(v);
+                if out.len() >= limit {
+                    return Ok(crate::extract::list(out, Some(here)));
+                }
+            }
+        }
+        match next {
+            None => return Ok(crate::extract::list(out, None)),
+            Some(n) if scanned >= SEARCH_SCAN => return Ok(crate::extract::list(out, Some(n))),
+            Some(n) => cursor = Some(n),
+        }
+    }
+}
+
+/// A workspace's connections (secrets never shown).
+#[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/connections", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id")),
+    responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn connections(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(ws): Path<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
+    workspace(&state, &ws).await?;
+    let data: Vec<Value> = state
+        .store
+        .list_connections(&ws)
+        .await?
+        .iter()
+        .map(connections::view)
+        .collect();
+    Ok(Json(json!({"data": data, "next_cursor": null})))
+}
+
+/// A connection's health: breaker state and history, recent success rate.
+#[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/connections/{id}/health", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Connection id")),
+    responses((status = 200, description = "`{breaker, breaker_changes, success_rate, attempts, succeeded, last_attempt_at}`", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn connection_health(
+    State(state): State<AppState>,
+    _: Admin,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    workspace(&state, &ws).await?;
+    connections::health_of(&state, &ws, &id).await.map(Json)
+}
+
+/// A workspace's dead letters, newest first.
+#[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/dead-letters", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), dead_letters::ListQuery),
+    responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(ws): Path<String>,
+    ApiQuery(q): ApiQuery<dead_letters::ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    workspace(&state, &ws).await?;
+    dead_letters::list_of(&state, &ws, q).await
+}
+
+/// Replays one dead letter of a workspace.
+#[utoipa::path(post, path = "/v1/admin/workspaces/{ws}/dead-letters/{id}/replay", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Dead-letter id")),
+    responses((status = 202, description = "`{id, event_id, status: pending}`", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn replay_dead_letter(
+    State(state): State<AppState>,
+    _: Admin,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    workspace(&state, &ws).await?;
+    dead_letters::replay_one_of(&state, &ws, &id).await
+}
+
+/// Replays every dead letter of a workspace that matches `{"connection_id"?, "event"?}`.
+#[utoipa::path(post, path = "/v1/admin/workspaces/{ws}/dead-letters/replay", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id")),
+    request_body = Option<dead_letters::ReplayFilter>,
+    responses((status = 200, description = "`{count, status: replayed}`", body = serde_json::Value),
+        (status = 202, description = "`{count, status: replaying}`", body = serde_json::Value),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn replay_dead_letters(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(ws): Path<String>,
+    crate::extract::RawBody(body): crate::extract::RawBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    workspace(&state, &ws).await?;
+    dead_letters::replay_many_of(&state, &ws, &body).await
+}
+
+/// Discards a dead letter of a workspace.
+#[utoipa::path(delete, path = "/v1/admin/workspaces/{ws}/dead-letters/{id}", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Dead-letter id")),
+    responses((status = 204, description = "Discarded"),
+        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+pub async fn discard_dead_letter(
+    State(state): State<AppState>,
+    _: Admin,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    workspace(&state, &ws).await?;
+    dead_letters::discard_of(&state, &ws, &id).await
+}

@@ -59,7 +59,7 @@ struct Deliverer {
     cache: Arc<ConfigCache>,
     dispatcher: Dispatcher,
     in_flight: Arc<Semaphore>,
-    per_connection: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_connection: Mutex<HashMap<String, Arc<ConnectionSlots>>>,
     /// Fires on shutdown: jobs not yet started are handed back instead of sent.
     shutdown: CancellationToken,
     limiter: RateLimiter,
@@ -266,13 +266,18 @@ impl Deliverer {
         }
     }
 
-    fn connection_slots(&self, connection_id: &str) -> Arc<Semaphore> {
+    fn connection_slots(&self, connection_id: &str) -> Arc<ConnectionSlots> {
         let mut map = self
             .per_connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(connection_id.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.connection_concurrency)))
+            .or_insert_with(|| {
+                Arc::new(ConnectionSlots {
+                    semaphore: Arc::new(Semaphore::new(self.settings.connection_concurrency)),
+                    moved_at: std::sync::atomic::AtomicU64::new(0),
+                })
+            })
             .clone()
     }
 
@@ -312,13 +317,25 @@ impl Deliverer {
             let wait = self.settings.connection_wait;
             let deadline = tokio::time::Instant::now() + wait;
             let slots = self.connection_slots(&conn.id);
-            let slot = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
-                p = tokio::time::timeout(wait, slots.acquire_owned()) => p,
+            let free = slots.semaphore.clone().try_acquire_owned();
+            if free.is_err() && slots.stuck() {
+                // Every slot busy and none moved for a while: a hanging connection. Waiting
+                // would only hold this message; go round the ladder at once.
+                return self.defer(group, job, "connection_busy");
+            }
+            let slot = match free {
+                Ok(p) => Ok(Ok(p)),
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
+                    p = tokio::time::timeout(wait, slots.semaphore.clone().acquire_owned()) => p,
+                },
             };
             let _conn_permit = match slot {
-                Ok(Ok(p)) => p,
+                Ok(Ok(p)) => {
+                    slots.moved();
+                    p
+                }
                 // The semaphores are never closed; were one, the job goes back untouched.
                 Ok(Err(_)) => return Done::new(group, job, Next::HandBack),
                 Err(_) => return self.defer(group, job, "connection_busy"),
@@ -409,6 +426,7 @@ impl Deliverer {
                 let _in_flight = InFlight::new();
                 self.dispatcher.send(&conn, &group.event, timeout).await
             };
+            slots.moved();
             job.deferrals = 0;
             let failed = matches!(verdict, Verdict::Failed { .. });
             if let Some(t) = self.breakers.record(&conn.id, !failed, probe, Instant::now()) {
@@ -680,6 +698,35 @@ impl Deliverer {
                 reason: format!("ack failed: {e}"),
             },
         }
+    }
+}
+
+/// A connection's concurrency slots, and when one was last taken or given back.
+struct ConnectionSlots {
+    semaphore: Arc<Semaphore>,
+    /// Milliseconds since the process started, at the last slot taken or request finished.
+    moved_at: std::sync::atomic::AtomicU64,
+}
+
+/// How long a full connection may go without any request finishing before it counts as stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+impl ConnectionSlots {
+    fn now_ms() -> u64 {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    fn moved(&self) {
+        self.moved_at
+            .store(Self::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// All slots taken and nothing moved for [`STUCK_AFTER`].
+    fn stuck(&self) -> bool {
+        let since =
+            Self::now_ms().saturating_sub(self.moved_at.load(std::sync::atomic::Ordering::Relaxed));
+        self.semaphore.available_permits() == 0 && since >= STUCK_AFTER.as_millis() as u64
     }
 }
 

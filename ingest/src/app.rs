@@ -164,7 +164,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     ));
     let state = AppState {
         batcher: crate::batcher::Batcher::start(broker.clone()),
-        keys: Arc::new(crate::keys::KeyCache::new()),
+        keys: Arc::new(crate::keys::KeyCache::new(settings.common.config_refresh)),
         settings: Arc::new(settings),
         limiter: RateLimiter::new(store.clone()),
         store,

@@ -1,6 +1,7 @@
-//! API keys as intake sees them: looked up in Redis on every request (so a rolled key stops
-//! working at once), and remembered so intake keeps accepting from known keys while Redis is
-//! away.
+//! API keys as intake sees them: looked up in Redis and trusted for `HERALD_CONFIG_REFRESH`
+//! (250 ms) so a busy producer does not cost a Redis read per request, and remembered so intake
+//! keeps accepting from known keys while Redis is away. A key rolled through this ingest stops
+//! working here at once; other ingest replicas refuse it within the refresh interval.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,7 +12,8 @@ use herald_shared::store::{Store, StoreError};
 
 /// Valid keys seen recently, by the key's hash (the key itself is not kept).
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, ApiKey>>,
+    fresh: Duration,
+    entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
     /// When Redis was last found unreachable: for a second after, known keys are honoured
     /// without waiting for Redis to fail again.
     unreachable_at: Mutex<Option<Instant>>,
@@ -20,40 +22,35 @@ pub struct KeyCache {
 /// How long after a failed read known keys skip Redis.
 const UNREACHABLE_HOLD: Duration = Duration::from_secs(1);
 
-impl Default for KeyCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl KeyCache {
-    /// An empty cache.
-    pub fn new() -> Self {
+    /// An empty cache whose entries are trusted for `fresh`.
+    pub fn new(fresh: Duration) -> Self {
         Self {
+            fresh,
             entries: Mutex::new(HashMap::new()),
             unreachable_at: Mutex::new(None),
         }
     }
 
-    /// The key's record from Redis; while Redis cannot be reached, a key seen before is still
-    /// honoured. Unknown keys are never cached, so guessing
-    /// keys does not grow it.
+    /// The key's record: cached while fresh, else from Redis; while Redis cannot be reached, a
+    /// key seen before is still honoured. Unknown keys are never cached, so guessing keys does
+    /// not grow it.
     pub async fn lookup(&self, store: &Store, token: &str) -> Result<Option<ApiKey>, StoreError> {
         let hash = hash_key(token);
         let cached = self.entries().get(&hash).cloned();
-        if let Some(key) = &cached {
+        if let Some((key, at)) = &cached {
             let redis_away = self
                 .unreachable_at
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_some_and(|t| t.elapsed() < UNREACHABLE_HOLD);
-            if redis_away {
+            if redis_away || at.elapsed() < self.fresh {
                 return Ok(Some(key.clone()));
             }
         }
         match store.lookup_key(token).await {
             Ok(Some(key)) => {
-                self.entries().insert(hash, key.clone());
+                self.entries().insert(hash, (key.clone(), Instant::now()));
                 Ok(Some(key))
             }
             Ok(None) => {
@@ -66,13 +63,18 @@ impl KeyCache {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 tracing::debug!(error = %e, "Redis unreachable; honouring a known key");
-                Ok(cached)
+                Ok(cached.map(|(key, _)| key))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, ApiKey>> {
+    /// Forgets every key (after a roll, so the old key is refused here at once).
+    pub fn clear(&self) {
+        self.entries().clear();
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ApiKey, Instant)>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -68,6 +68,7 @@ pub async fn roll_key(
     ApiJson(body): ApiJson<Roll>,
 ) -> Result<Json<Value>, ApiError> {
     let key = state.store.roll_key(&ws, body.scope).await?;
+    state.keys.clear();
     let name = match body.scope {
         KeyScope::Secret => "secret_key",
         KeyScope::Publishable => "publishable_key",

@@ -324,21 +324,33 @@ impl Deliverer {
                 return self.defer(group, job, "connection_busy");
             }
             let slot = match free {
-                Ok(p) => Ok(Ok(p)),
-                Err(_) => tokio::select! {
-                    biased;
-                    _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
-                    p = tokio::time::timeout(wait, slots.semaphore.clone().acquire_owned()) => p,
-                },
+                Ok(p) => Ok(p),
+                Err(_) => {
+                    // Wait in line (the semaphore is fair), looking every quarter second whether
+                    // the connection got stuck meanwhile.
+                    let acquire = slots.semaphore.clone().acquire_owned();
+                    tokio::pin!(acquire);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = self.shutdown.cancelled() => return Done::new(group, job, Next::HandBack),
+                            p = &mut acquire => break p,
+                            _ = tokio::time::sleep(STUCK_CHECK) => {
+                                if slots.stuck() || tokio::time::Instant::now() >= deadline {
+                                    return self.defer(group, job, "connection_busy");
+                                }
+                            }
+                        }
+                    }
+                }
             };
             let _conn_permit = match slot {
-                Ok(Ok(p)) => {
+                Ok(p) => {
                     slots.moved();
                     p
                 }
                 // The semaphores are never closed; were one, the job goes back untouched.
-                Ok(Err(_)) => return Done::new(group, job, Next::HandBack),
-                Err(_) => return self.defer(group, job, "connection_busy"),
+                Err(_) => return Done::new(group, job, Next::HandBack),
             };
             // The connection's rate limit, shared by every deliverer through Redis. A wait is not
             // an attempt; one longer than what is left of HERALD_CONNECTION_WAIT is a deferral.
@@ -710,6 +722,9 @@ struct ConnectionSlots {
 
 /// How long a full connection may go without any request finishing before it counts as stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a job waiting for a slot looks whether its connection got stuck.
+const STUCK_CHECK: Duration = Duration::from_millis(250);
 
 impl ConnectionSlots {
     fn now_ms() -> u64 {

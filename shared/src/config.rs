@@ -463,7 +463,7 @@ impl DelivererSettings {
             destinations: src.policy()?,
             drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             default_timeout: src.duration("HERALD_DEFAULT_TIMEOUT", Duration::from_secs(15))?,
-            connection_wait: src.duration("HERALD_CONNECTION_WAIT", Duration::from_secs(2))?,
+            connection_wait: src.duration("HERALD_CONNECTION_WAIT", Duration::from_secs(10))?,
             breaker_failures: src.positive("HERALD_BREAKER_FAILURES", 20)? as u32,
             breaker_cooldown: src.duration("HERALD_BREAKER_COOLDOWN", Duration::from_secs(30))?,
         })

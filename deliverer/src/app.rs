@@ -272,12 +272,7 @@ impl Deliverer {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(connection_id.to_string())
-            .or_insert_with(|| {
-                Arc::new(ConnectionSlots {
-                    semaphore: Arc::new(Semaphore::new(self.settings.connection_concurrency)),
-                    moved_at: std::sync::atomic::AtomicU64::new(0),
-                })
-            })
+            .or_insert_with(|| Arc::new(ConnectionSlots::new(self.settings.connection_concurrency)))
             .clone()
     }
 
@@ -438,7 +433,7 @@ impl Deliverer {
                 let _in_flight = InFlight::new();
                 self.dispatcher.send(&conn, &group.event, timeout).await
             };
-            slots.moved();
+            slots.finished(attempt.latency_ms);
             job.deferrals = 0;
             let failed = matches!(verdict, Verdict::Failed { .. });
             if let Some(t) = self.breakers.record(&conn.id, !failed, probe, Instant::now()) {
@@ -713,20 +708,35 @@ impl Deliverer {
     }
 }
 
-/// A connection's concurrency slots, and when one was last taken or given back.
+/// A connection's concurrency slots, when one was last taken or given back, and how long its
+/// requests take.
 struct ConnectionSlots {
     semaphore: Arc<Semaphore>,
     /// Milliseconds since the process started, at the last slot taken or request finished.
     moved_at: std::sync::atomic::AtomicU64,
+    /// Moving average of its requests' latency in ms (0 until one finished).
+    latency_ms: std::sync::atomic::AtomicU64,
 }
 
-/// How long a full connection may go without any request finishing before it counts as stuck.
-const STUCK_AFTER: Duration = Duration::from_secs(1);
+/// A full connection counts as stuck when nothing moved for three times its usual latency,
+/// at least this long ...
+const STUCK_AFTER_MIN: Duration = Duration::from_secs(1);
+/// ... and at most this long (a connection that answers slowly is still waited for; one whose
+/// requests hang is not allowed to hold messages longer than this).
+const STUCK_AFTER_MAX: Duration = Duration::from_secs(5);
 
 /// How often a job waiting for a slot looks whether its connection got stuck.
 const STUCK_CHECK: Duration = Duration::from_millis(250);
 
 impl ConnectionSlots {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(concurrency)),
+            moved_at: std::sync::atomic::AtomicU64::new(0),
+            latency_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     fn now_ms() -> u64 {
         static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         START.get_or_init(Instant::now).elapsed().as_millis() as u64
@@ -737,11 +747,28 @@ impl ConnectionSlots {
             .store(Self::now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// All slots taken and nothing moved for [`STUCK_AFTER`].
+    /// A request finished after `latency_ms`.
+    fn finished(&self, latency_ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.moved();
+        let old = self.latency_ms.load(Relaxed);
+        let new = if old == 0 {
+            latency_ms.max(1)
+        } else {
+            (old * 7 + latency_ms) / 8
+        };
+        self.latency_ms.store(new.max(1), Relaxed);
+    }
+
+    /// All slots taken and nothing moved for three times the usual latency (1 to 5 s).
     fn stuck(&self) -> bool {
-        let since =
-            Self::now_ms().saturating_sub(self.moved_at.load(std::sync::atomic::Ordering::Relaxed));
-        self.semaphore.available_permits() == 0 && since >= STUCK_AFTER.as_millis() as u64
+        use std::sync::atomic::Ordering::Relaxed;
+        let since = Self::now_ms().saturating_sub(self.moved_at.load(Relaxed));
+        let limit = (3 * self.latency_ms.load(Relaxed)).clamp(
+            STUCK_AFTER_MIN.as_millis() as u64,
+            STUCK_AFTER_MAX.as_millis() as u64,
+        );
+        self.semaphore.available_permits() == 0 && since >= limit
     }
 }
 

@@ -71,11 +71,23 @@ pub fn all_queues() -> Vec<String> {
 
 /// A declaration the broker refused.
 #[derive(Debug, thiserror::Error)]
-#[error("declaring {what}: {source}")]
+#[error("declaring {what}: {source}{}", hint(source))]
 pub struct TopologyError {
     what: String,
     #[source]
     source: lapin::Error,
+}
+
+/// What to do when a queue exists with other arguments (an older Herald, or another
+/// `HERALD_QUEUE_TYPE`): RabbitMQ never changes a live queue's arguments.
+fn hint(source: &lapin::Error) -> &'static str {
+    if source.to_string().contains("inequivalent arg") {
+        " (the queue exists with other arguments, from another Herald version or \
+         HERALD_QUEUE_TYPE; RabbitMQ cannot change them in place: use a new vhost and drain the \
+         old one, see docs/operations.md, \"Drain and upgrade without loss\")"
+    } else {
+        ""
+    }
 }
 
 /// Binding patterns of the ladder: on exchange `after(k)`, rung j < k gets the messages whose

@@ -195,26 +195,44 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A caller holding a workspace's secret key: may manage everything in it.
-pub struct SecretKey(pub String);
+/// What an endpoint asks of its workspace caller.
+#[derive(Clone, Copy)]
+enum Need {
+    /// The workspace's secret key.
+    SecretKey,
+    /// The secret key or a portal session of either role.
+    Read,
+    /// The secret key or an editor session.
+    Edit,
+}
 
-impl FromRequestParts<AppState> for SecretKey {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        match Caller::from_request_parts(parts, state).await? {
+/// The workspace a caller may act on for `need`, or why not (403).
+fn workspace_for(caller: Caller, need: Need) -> Result<String, ApiError> {
+    use crate::sessions::Role;
+    match (caller, need) {
+        (
             Caller::Workspace {
                 id,
                 scope: KeyScope::Secret,
                 ..
-            } => Ok(SecretKey(id)),
-            Caller::Workspace { .. } => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
-            Caller::Session { .. } => Err(ApiError::Forbidden(SESSION_REFUSED)),
-            Caller::Admin => Err(ApiError::Forbidden(ADMIN_REFUSED)),
-        }
+            },
+            _,
+        ) => Ok(id),
+        (Caller::Session { id, .. }, Need::Read) => Ok(id),
+        (
+            Caller::Session {
+                id,
+                role: Role::Editor,
+                ..
+            },
+            Need::Edit,
+        ) => Ok(id),
+        (Caller::Session { .. }, Need::Edit) => Err(ApiError::Forbidden(
+            "a viewer session may only read; mint an editor session to change anything",
+        )),
+        (Caller::Session { .. }, Need::SecretKey) => Err(ApiError::Forbidden(SESSION_REFUSED)),
+        (Caller::Workspace { .. }, _) => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
+        (Caller::Admin, _) => Err(ApiError::Forbidden(ADMIN_REFUSED)),
     }
 }
 
@@ -225,60 +243,36 @@ const ADMIN_REFUSED: &str =
 const PUBLISHABLE_REFUSED: &str =
     "a publishable key may only send events; use the workspace's secret key";
 
+/// A caller holding a workspace's secret key: may manage everything in it.
+pub struct SecretKey(pub String);
+
 /// A caller who may read the workspace's configuration and history: its secret key, or a
 /// portal session of either role.
 pub struct Reader(pub String);
-
-impl FromRequestParts<AppState> for Reader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        match Caller::from_request_parts(parts, state).await? {
-            Caller::Workspace {
-                id,
-                scope: KeyScope::Secret,
-                ..
-            }
-            | Caller::Session { id, .. } => Ok(Reader(id)),
-            Caller::Workspace { .. } => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
-            Caller::Admin => Err(ApiError::Forbidden(ADMIN_REFUSED)),
-        }
-    }
-}
 
 /// A caller who may change the workspace's connections and rules, send test events and
 /// replay: its secret key, or an editor session.
 pub struct Editor(pub String);
 
-impl FromRequestParts<AppState> for Editor {
-    type Rejection = ApiError;
+macro_rules! workspace_extractor {
+    ($name:ident, $need:expr) => {
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        match Caller::from_request_parts(parts, state).await? {
-            Caller::Workspace {
-                id,
-                scope: KeyScope::Secret,
-                ..
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Self::Rejection> {
+                let caller = Caller::from_request_parts(parts, state).await?;
+                workspace_for(caller, $need).map($name)
             }
-            | Caller::Session {
-                id,
-                role: crate::sessions::Role::Editor,
-                ..
-            } => Ok(Editor(id)),
-            Caller::Session { .. } => Err(ApiError::Forbidden(
-                "a viewer session may only read; mint an editor session to change anything",
-            )),
-            Caller::Workspace { .. } => Err(ApiError::Forbidden(PUBLISHABLE_REFUSED)),
-            Caller::Admin => Err(ApiError::Forbidden(ADMIN_REFUSED)),
         }
-    }
+    };
 }
+
+workspace_extractor!(SecretKey, Need::SecretKey);
+workspace_extractor!(Reader, Need::Read);
+workspace_extractor!(Editor, Need::Edit);
 
 /// A portal session (its token and what it holds).
 pub struct PortalSession {

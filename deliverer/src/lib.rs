@@ -2,14 +2,23 @@
 //! outcome: delivered, retried later through the broker's delay ladder, or dead-lettered.
 //! Stateless: run as many replicas as the load needs.
 //!
-//! - [`outcome`]: the pure part: classifying a response or error, and deciding what follows.
+//! A job's path, one module a stage:
+//! - [`worker`]: a jobs message's loop: look up, admit, send, decide, settle in batches.
+//! - [`admit`]: whether a job may be sent now (connection and deliverer slots, rate limit,
+//!   breaker), as a typed admission.
 //! - [`dispatch`]: building, signing and sending one request.
+//! - [`outcome`]: every classification: a response or error, what follows it, metric names.
+//! - [`settle`]: what a batch of finished jobs writes and publishes (pure), then the I/O.
 //! - [`breaker`]: the per-connection circuit breaker (pure).
-//! - [`app`]: the consume loop, concurrency limits, outcome writes, retries and dead letters.
+//! - [`app`]: start-up on the shared worker skeleton.
 
+pub mod admit;
 pub mod app;
 pub mod breaker;
 pub mod dispatch;
 pub mod outcome;
+pub mod settle;
+pub mod worker;
 
-pub use app::{start, Running};
+pub use app::start;
+pub use herald_shared::service::Running;

@@ -12,5 +12,5 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the deliverer")?;
     tracing::info!(addr = %running.addr, "herald-deliverer running");
-    running.wait().await
+    Ok(running.wait().await?)
 }

@@ -1,7 +1,9 @@
-//! What an attempt's result means: success, a failure worth retrying, or a stop. Pure.
+//! What an attempt's result means: success, a failure worth retrying, or a stop; and how each
+//! is named in metrics. Every classification the deliverer makes is here. Pure.
 
 use std::time::Duration;
 
+use herald_shared::model::Attempt;
 use herald_shared::retry::{decide, Decision, RetrySchedule};
 
 /// How an attempt ended, as far as the next step cares.
@@ -89,6 +91,56 @@ pub fn decide_outcome(
     }
 }
 
+impl Outcome {
+    /// The outcome's name in `herald_deliveries_total{outcome}`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::DeadLetter { .. } => "dead",
+        }
+    }
+}
+
+/// An attempt's class in metrics: `2xx` to `5xx` by its response, `error` when none came.
+pub fn status_class(status_code: Option<u16>) -> &'static str {
+    match status_code.map(|s| s / 100) {
+        Some(1) => "1xx",
+        Some(2) => "2xx",
+        Some(3) => "3xx",
+        Some(4) => "4xx",
+        Some(5) => "5xx",
+        Some(_) => "other",
+        None => "error",
+    }
+}
+
+/// The class of an attempt the circuit breaker refused (no request was made).
+pub const BREAKER_OPEN_CLASS: &str = "breaker_open";
+
+/// The attempt recorded when a connection's circuit breaker refuses a job: no request is made,
+/// it counts as a failed attempt, and the next try waits at least until the next probe.
+pub fn refused_by_breaker(url: &str, retry_in: Duration, at_ms: i64) -> (Attempt, Verdict) {
+    let error = format!(
+        "not sent: the connection's circuit breaker is open after repeated failures; next probe in {} s",
+        retry_in.as_secs().max(1)
+    );
+    let attempt = Attempt {
+        at: at_ms,
+        status_code: None,
+        latency_ms: 0,
+        error: Some(error.clone()),
+        response_excerpt: None,
+        url: url.to_string(),
+        request_headers: Default::default(),
+    };
+    let verdict = Verdict::Failed {
+        error,
+        retry_after: Some(retry_in),
+    };
+    (attempt, verdict)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +192,29 @@ mod tests {
         assert!(matches!(
             decide_outcome(&classify_status(410, None), 1, &schedule, &mut rng),
             Outcome::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn classes_name_the_response_or_its_absence() {
+        assert_eq!(status_class(Some(204)), "2xx");
+        assert_eq!(status_class(Some(503)), "5xx");
+        assert_eq!(status_class(None), "error");
+    }
+
+    #[test]
+    fn a_breaker_refusal_is_a_failed_attempt_that_waits_for_the_probe() {
+        let (attempt, verdict) = refused_by_breaker("https://x.test/", Duration::from_secs(30), 7);
+        assert_eq!(attempt.status_code, None);
+        assert_eq!(attempt.at, 7);
+        assert!(attempt
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("next probe in 30 s"));
+        assert!(matches!(
+            verdict,
+            Verdict::Failed { retry_after: Some(d), .. } if d == Duration::from_secs(30)
         ));
     }
 }

@@ -159,7 +159,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let watch = tokio::spawn(herald_shared::ops::watch(
         broker.clone(),
         store.clone(),
-        false,
+        herald_shared::ops::QueueDepths::Skip,
         cancel.clone(),
     ));
     let state = AppState {

@@ -1,22 +1,21 @@
-//! The router process: consume events, expand, record, publish jobs, acknowledge.
+//! The router's handler: read an events message, claim its events, record them, publish their
+//! jobs and mark them expanded. What then happens to the message (ack, requeue, quarantine) is
+//! the consume loop's; the handler only says which.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use futures::future::try_join_all;
-use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
-use lapin::BasicProperties;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use herald_shared::amqp::topology::{EVENTS_QUEUE, JOBS_EXCHANGE, QUARANTINE_EXCHANGE};
-use herald_shared::amqp::{self, Broker, Handled};
+use herald_shared::amqp::topology::EVENTS_QUEUE;
+use herald_shared::amqp::{self, Handled, JobsSource, Message, Origin, PublishError, Publisher};
 use herald_shared::config::RouterSettings;
+use herald_shared::ops::QueueDepths;
+use herald_shared::service::{start_worker, Running, WorkerSpec};
 use herald_shared::store::history::Routed;
-use herald_shared::store::{ConfigCache, Store};
+use herald_shared::store::routing::Claim;
+use herald_shared::store::{ConfigCache, Store, StoreError};
 
 use crate::expand;
 use crate::intake::{self, Rejection};
@@ -25,155 +24,112 @@ use crate::intake::{self, Rejection};
 /// than publishing its jobs can take: the confirm timeout is 15 s).
 const ROUTING_LEASE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Claims an event for expanding, atomically: `0` already expanded, `1` claimed (a lease set),
-/// `2` another router holds the lease. KEYS: the event's hash, its lease; ARGV: lease ms.
-const CLAIM_SCRIPT: &str = r"
-if redis.call('HEXISTS', KEYS[1], 'expanded') == 1 then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
-return 2
-";
-const CLAIM_DONE: i64 = 0;
-const CLAIM_TAKEN: i64 = 1;
-
-/// A started router.
-pub struct Running {
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
-    pub addr: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
+/// Why a message could not be routed now (it goes back to the queue and is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The workspace's configuration could not be read.
+    #[error("reading configuration: {0}")]
+    Config(#[source] StoreError),
+    /// Redis refused a history write or a claim.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being written.
+        what: &'static str,
+        /// Why.
+        source: StoreError,
+    },
+    /// The broker did not take jobs or a quarantined part.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Some events are being expanded by another router right now.
+    #[error("{0} event(s) are being routed by another router")]
+    Contested(usize),
 }
 
-impl Running {
-    /// Waits until every task ended (after cancellation).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        for t in self.tasks {
-            t.await.context("a router task panicked")?;
-        }
-        Ok(())
-    }
+fn store_error(what: &'static str) -> impl FnOnce(StoreError) -> RouteError {
+    move |source| RouteError::Store { what, source }
 }
 
 struct Router {
     settings: RouterSettings,
-    broker: Arc<Broker>,
+    publisher: Publisher,
     store: Store,
     cache: Arc<ConfigCache>,
 }
 
 /// Connects to Redis and the broker, serves ops endpoints and starts consuming events.
 pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyhow::Result<Running> {
-    let _ = herald_shared::telemetry::metrics();
-    let store = Store::connect(&settings.common, &cancel)
-        .await
-        .context("connecting to Redis")?;
-    let broker = Broker::new(&settings.common, "herald-router");
-    let cache = ConfigCache::new(store.clone());
-    let store_for_watch = store.clone();
-    let (addr, ops) =
-        herald_shared::ops::serve(settings.addr, broker.clone(), store.clone(), cancel.clone())
-            .await
-            .with_context(|| format!("binding HERALD_ROUTER_ADDR {}", settings.addr))?;
-
-    let router = Arc::new(Router {
-        settings: settings.clone(),
-        broker: broker.clone(),
-        store,
-        cache: cache.clone(),
-    });
-    // The broker connection outlives the consumer, so in-flight work can still publish and ack
-    // while draining; it closes once the consumer has finished.
-    let broker_cancel = CancellationToken::new();
-    let supervise = tokio::spawn(broker.clone().supervise(broker_cancel.clone()));
-    let refresh = tokio::spawn(cache.refresh(settings.common.config_refresh, cancel.clone()));
-    let watch = tokio::spawn(herald_shared::ops::watch(
-        broker.clone(),
-        store_for_watch,
-        true,
-        cancel.clone(),
-    ));
-    let consuming = amqp::consume(
-        broker,
-        EVENTS_QUEUE,
-        settings.prefetch,
-        cancel.clone(),
-        std::time::Duration::from_secs(30),
-        move |delivery| {
+    let spec = WorkerSpec {
+        name: "herald-router",
+        addr: settings.addr,
+        addr_setting: "HERALD_ROUTER_ADDR",
+        queue: EVENTS_QUEUE,
+        prefetch: settings.prefetch,
+        queue_depths: QueueDepths::Sample,
+    };
+    let common = settings.common.clone();
+    start_worker(&common, spec, cancel, move |worker| {
+        let router = Arc::new(Router {
+            settings,
+            publisher: worker.publisher,
+            store: worker.store,
+            cache: worker.cache,
+        });
+        move |message: Arc<Message>| {
             let router = router.clone();
-            async move { router.handle(delivery).await }
-        },
-    );
-    let consume = tokio::spawn(async move {
-        consuming.await;
-        broker_cancel.cancel();
-    });
-    Ok(Running {
-        addr,
-        tasks: vec![consume, supervise, refresh, watch, ops],
+            async move { router.handle(&message).await }
+        }
     })
+    .await
 }
 
 impl Router {
-    async fn handle(&self, delivery: Delivery) -> Handled {
-        let workspace_id = amqp::header_str(delivery.properties.headers(), amqp::WORKSPACE_HEADER)
-            .map(str::to_string);
-        let span = tracing::info_span!(
-            "route",
-            workspace_id = workspace_id.as_deref().unwrap_or("")
-        );
+    async fn handle(&self, message: &Message) -> Handled {
+        let workspace_id = amqp::header_str(message.properties.headers(), amqp::WORKSPACE_HEADER);
+        let span = tracing::info_span!("route", workspace_id = workspace_id.unwrap_or(""));
         async {
-            match self.route(&delivery, workspace_id.as_deref()).await {
-                Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-                    Ok(()) => Handled::Acked,
-                    Err(e) => Handled::Requeue {
-                        reason: format!("ack failed: {e}"),
-                    },
+            match self.route(message, workspace_id).await {
+                Ok(handled) => handled,
+                Err(e) => Handled::Requeue {
+                    reason: e.to_string(),
                 },
-                Err(reason) => Handled::Requeue { reason },
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn route(&self, delivery: &Delivery, workspace_id: Option<&str>) -> Result<(), String> {
+    async fn route(
+        &self,
+        message: &Message,
+        workspace_id: Option<&str>,
+    ) -> Result<Handled, RouteError> {
         let Some(ws) = workspace_id else {
-            return self
-                .quarantine(
-                    delivery,
-                    &delivery.data,
-                    None,
-                    &Rejection::NoWorkspace.to_string(),
-                )
-                .await;
+            return Ok(Handled::Quarantine(Rejection::NoWorkspace.into()));
         };
-        let config = self
-            .cache
-            .workspace(ws)
-            .await
-            .map_err(|e| format!("reading configuration: {e}"))?;
+        let config = self.cache.workspace(ws).await.map_err(RouteError::Config)?;
         if !config.exists {
-            let reason = Rejection::UnknownWorkspace(ws.to_string()).to_string();
-            return self
-                .quarantine(delivery, &delivery.data, Some(ws), &reason)
-                .await;
+            return Ok(Handled::Quarantine(
+                Rejection::UnknownWorkspace(ws.to_string()).into(),
+            ));
         }
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str());
-        let parsed = match intake::parse(ws, &delivery.data, message_id, herald_shared::now_ms()) {
+        let message_id = message.properties.message_id().as_ref().map(|m| m.as_str());
+        let parsed = match intake::parse(ws, &message.data, message_id, herald_shared::now_ms()) {
             Ok(p) => p,
-            Err(reject) => {
-                return self
-                    .quarantine(delivery, &delivery.data, Some(ws), &reject.to_string())
-                    .await
-            }
+            Err(reject) => return Ok(Handled::Quarantine(reject.into())),
         };
-        for (raw, reason) in &parsed.rejected {
-            self.quarantine(delivery, raw, Some(ws), reason).await?;
+        for (raw, reason) in parsed.rejected {
+            let origin = Origin {
+                queue: message.queue,
+                routing_key: Some(&message.routing_key),
+                workspace_id: Some(ws),
+            };
+            self.publisher
+                .quarantine(&raw, &reason.into(), origin, None)
+                .await?;
         }
         if parsed.events.is_empty() {
-            return Ok(());
+            return Ok(Handled::Ack);
         }
 
         let routed: Vec<Routed> = parsed
@@ -185,43 +141,33 @@ impl Router {
                 connection_ids: expand::connections_for(&config, event),
             })
             .collect();
-        // Events already expanded (a redelivery after a crash, or a producer resending the same
-        // uuid) get no second set of jobs. An event is claimed with a short lease while its jobs
-        // are published, so two routers holding the same uuid at once do not both expand it; a
-        // router that dies holding a lease only delays the event until the lease runs out.
-        let expanded_key = |uuid: &str| self.store.ws_key(ws, &format!("evt:{uuid}"));
-        let lease_key = |uuid: &str| self.store.ws_key(ws, &format!("evt:{uuid}:routing"));
-        let mut pipe = redis::pipe();
-        for r in &routed {
-            pipe.cmd("EVAL")
-                .arg(CLAIM_SCRIPT)
-                .arg(2)
-                .arg(expanded_key(&r.event.uuid))
-                .arg(lease_key(&r.event.uuid))
-                .arg(ROUTING_LEASE.as_millis() as u64);
-        }
-        let checks: Vec<i64> = pipe
-            .query_async(&mut self.store.conn())
+        let uuids: Vec<&str> = routed.iter().map(|r| r.event.uuid.as_str()).collect();
+        let claims = self
+            .store
+            .claim_for_routing(ws, &uuids, ROUTING_LEASE)
             .await
-            .map_err(|e| format!("reading history: {e}"))?;
+            .map_err(store_error("claiming events"))?;
         self.store
             .record_routed(&routed)
             .await
-            .map_err(|e| format!("recording events: {e}"))?;
+            .map_err(store_error("recording events"))?;
 
         let mut groups = Vec::new();
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
         let mut contested = 0usize;
-        for (r, check) in routed.iter().zip(checks) {
-            if check == CLAIM_DONE {
-                metrics::counter!("herald_router_duplicate_events_total").increment(1);
-                continue;
-            }
-            if check != CLAIM_TAKEN {
+        for (r, claim) in routed.iter().zip(claims) {
+            match claim {
+                Claim::Done => {
+                    metrics::counter!("herald_router_duplicate_events_total").increment(1);
+                    continue;
+                }
                 // Another router is expanding this uuid right now: look again after it finished.
-                contested += 1;
-                continue;
+                Claim::Contested => {
+                    contested += 1;
+                    continue;
+                }
+                Claim::Taken => {}
             }
             fresh.push(r.event.uuid.as_str());
             if r.connection_ids.is_empty() {
@@ -233,27 +179,17 @@ impl Router {
         }
         let jobs: usize = groups.iter().map(|g| g.jobs.len()).sum();
         let messages = expand::pack(groups, self.settings.jobs_per_message);
-        let props = BasicProperties::default().with_content_type("application/json".into());
-        try_join_all(messages.iter().map(|m| {
-            let body = serde_json::to_vec(m).unwrap_or_default();
-            let props = props.clone();
-            async move {
-                self.broker
-                    .publish(JOBS_EXCHANGE, "jobs", &body, props)
-                    .await
-            }
-        }))
-        .await
-        .map_err(|e| format!("publishing jobs: {e}"))?;
+        try_join_all(
+            messages
+                .iter()
+                .map(|m| self.publisher.jobs(m, JobsSource::Routed)),
+        )
+        .await?;
 
-        let mut pipe = redis::pipe();
-        for uuid in &fresh {
-            pipe.hset(expanded_key(uuid), "expanded", 1).ignore();
-            pipe.del(lease_key(uuid)).ignore();
-        }
-        pipe.query_async::<()>(&mut self.store.conn())
+        self.store
+            .mark_expanded(ws, &fresh)
             .await
-            .map_err(|e| format!("marking events expanded: {e}"))?;
+            .map_err(store_error("marking events expanded"))?;
         metrics::counter!("herald_router_events_total").increment(fresh.len() as u64);
         metrics::counter!("herald_router_events_unmatched_total").increment(no_match);
         metrics::counter!("herald_router_jobs_total").increment(jobs as u64);
@@ -261,48 +197,8 @@ impl Router {
         if contested > 0 {
             // The rest of the message is done; this hands it back so the contested events are
             // looked at again (and skipped, once the other router marked them expanded).
-            return Err(format!(
-                "{contested} event(s) are being routed by another router"
-            ));
+            return Err(RouteError::Contested(contested));
         }
-
-        Ok(())
-    }
-
-    /// Sets a message (or part of one) aside in the quarantine queue with its reason.
-    async fn quarantine(
-        &self,
-        delivery: &Delivery,
-        body: &[u8],
-        workspace_id: Option<&str>,
-        reason: &str,
-    ) -> Result<(), String> {
-        tracing::warn!(reason, "quarantining a message");
-        let mut headers = vec![
-            (amqp::REASON_HEADER, reason.to_string()),
-            ("herald-routing-key", delivery.routing_key.to_string()),
-        ];
-        if let Some(ws) = workspace_id {
-            headers.push((amqp::WORKSPACE_HEADER, ws.to_string()));
-        }
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_headers(amqp::headers(headers));
-        self.broker
-            .publish(QUARANTINE_EXCHANGE, "", body, props)
-            .await
-            .map_err(|e| format!("quarantining: {e}"))?;
-        let kind = reason.split(':').next().unwrap_or(reason);
-        let kind = if kind.starts_with("unknown workspace") {
-            "unknown_workspace"
-        } else if kind.starts_with("missing header") {
-            "no_workspace"
-        } else if kind.starts_with("body is not JSON") {
-            "not_json"
-        } else {
-            "invalid_envelope"
-        };
-        metrics::counter!("herald_quarantined_total", "reason" => kind).increment(1);
-        Ok(())
+        Ok(Handled::Ack)
     }
 }

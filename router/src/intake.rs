@@ -11,10 +11,10 @@ pub struct Parsed {
     /// The valid events.
     pub events: Vec<Event>,
     /// Invalid parts: the raw JSON and why.
-    pub rejected: Vec<(Vec<u8>, String)>,
+    pub rejected: Vec<(Vec<u8>, Rejection)>,
 }
 
-/// Why a whole message is quarantined.
+/// Why a message (or one item of a batch) is quarantined.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Rejection {
     /// No workspace header.
@@ -26,6 +26,27 @@ pub enum Rejection {
     /// The workspace does not exist.
     #[error("unknown workspace {0}")]
     UnknownWorkspace(String),
+    /// One item is not a valid envelope.
+    #[error("invalid envelope: {0}")]
+    InvalidEnvelope(String),
+}
+
+impl Rejection {
+    /// The reason's word in `herald_quarantined_total{reason}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::NoWorkspace => "no_workspace",
+            Rejection::NotJson(_) => "not_json",
+            Rejection::UnknownWorkspace(_) => "unknown_workspace",
+            Rejection::InvalidEnvelope(_) => "invalid_envelope",
+        }
+    }
+}
+
+impl From<Rejection> for herald_shared::amqp::Rejection {
+    fn from(r: Rejection) -> Self {
+        Self::new(r.label(), r.to_string())
+    }
 }
 
 /// Reads a message body. `message_id` (the AMQP property) makes the ids of events without a
@@ -59,8 +80,9 @@ pub fn parse(
             format!("evt_{}", &hex::encode(h.finalize())[..32])
         };
         let parsed = serde_json::from_str::<Envelope>(raw.get())
-            .map_err(|e| format!("invalid envelope: {e}"))
-            .and_then(|env| env.into_event(derived, now_ms).map_err(|e| e.to_string()));
+            .map_err(|e| e.to_string())
+            .and_then(|env| env.into_event(derived, now_ms).map_err(|e| e.to_string()))
+            .map_err(Rejection::InvalidEnvelope);
         match parsed {
             Ok(event) => events.push(event),
             Err(reason) => rejected.push((raw.get().as_bytes().to_vec(), reason)),
@@ -96,7 +118,9 @@ mod tests {
         assert_eq!(p.events.len(), 2);
         assert_ne!(p.events[0].uuid, p.events[1].uuid);
         assert_eq!(p.rejected.len(), 1);
-        assert!(p.rejected[0].1.contains("resource"), "{}", p.rejected[0].1);
+        let reason = p.rejected[0].1.to_string();
+        assert!(reason.contains("resource"), "{reason}");
+        assert_eq!(p.rejected[0].1.label(), "invalid_envelope");
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! - [`expand`]: the pure part: rule matching, job expansion and batching.
 //! - [`intake`]: reading an events message (a batch from ingest or one envelope from a direct
 //!   producer) into events, and the reasons a message is quarantined.
-//! - [`app`]: the consume loop, history writes, publishing, and the health/metrics server.
+//! - [`app`]: the handler: claims, history writes and publishing jobs; start-up on the shared
+//!   worker skeleton (`herald_shared::service`).
 
 pub mod app;
 pub mod expand;
 pub mod intake;
 
-pub use app::{start, Running};
+pub use app::start;
+pub use herald_shared::service::Running;

@@ -12,5 +12,5 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the router")?;
     tracing::info!(addr = %running.addr, "herald-router running");
-    running.wait().await
+    Ok(running.wait().await?)
 }

@@ -3,6 +3,8 @@
 //! - [`config`]: typed, validated settings read from defaults, an optional file and `HERALD_*`.
 //! - [`telemetry`]: `tracing` set-up (text or JSON) and the Prometheus recorder.
 //! - [`shutdown`]: SIGINT/SIGTERM into a `CancellationToken`.
+//! - [`service`]: named tasks under one cancellation, and the start-up router and deliverer share.
+//! - [`duration`]: durations as settings spell them (`500ms`, `30s`, `5m`, `2h`, `7d`).
 //! - [`model`]: the domain types: envelope and event, workspace, connection, rule, job, attempt.
 //! - [`signing`]: Standard Webhooks signatures (sign and verify).
 //! - [`retry`]: the retry schedule, its jitter, and the broker delay ladder it maps onto.
@@ -17,6 +19,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod duration;
 pub mod ids;
 pub mod model;
 pub mod netguard;
@@ -26,6 +29,7 @@ mod proptests;
 pub mod ratelimit;
 pub mod retry;
 pub mod secrets;
+pub mod service;
 pub mod shutdown;
 pub mod signing;
 pub mod store;

@@ -74,10 +74,23 @@ pub async fn serve(
 /// How often [`watch`] samples.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether a service samples queue depths (one service per installation is enough).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueDepths {
+    /// Sample every queue's depth into `herald_queue_messages{queue}`.
+    Sample,
+    /// Leave it to another service.
+    Skip,
+}
+
 /// Keeps the connection gauges true between probes (`herald_redis_connected`; the broker's is
-/// set on every change) and, with `queues`, samples every queue's depth into
-/// `herald_queue_messages{queue}`. Runs until `cancel`.
-pub async fn watch(broker: Arc<Broker>, store: Store, queues: bool, cancel: CancellationToken) {
+/// set on every change) and samples queue depths if asked to. Runs until `cancel`.
+pub async fn watch(
+    broker: Arc<Broker>,
+    store: Store,
+    queue_depths: QueueDepths,
+    cancel: CancellationToken,
+) {
     let names = crate::amqp::topology::all_queues();
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,7 +100,7 @@ pub async fn watch(broker: Arc<Broker>, store: Store, queues: bool, cancel: Canc
             _ = tick.tick() => {}
         }
         store.ping().await;
-        if queues {
+        if queue_depths == QueueDepths::Sample {
             if let Some(depths) = broker.queue_depths(&names).await {
                 for (queue, n) in depths {
                     metrics::gauge!("herald_queue_messages", "queue" => queue).set(f64::from(n));

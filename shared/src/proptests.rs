@@ -13,10 +13,9 @@ use proptest::prelude::*;
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::config::{
-    parse_duration, parse_file, CommonSettings, DelivererSettings, IngestSettings, RouterSettings,
-    Source,
-};
+use crate::config::source::parse_file;
+use crate::config::{CommonSettings, DelivererSettings, IngestSettings, RouterSettings, Source};
+use crate::duration::parse_duration;
 use crate::model::envelope::check_payload_depth;
 use crate::model::{check_event_type, check_name, Envelope};
 use crate::netguard::{is_public, Subnet};

@@ -53,7 +53,7 @@ impl RetrySchedule {
         let delays = text
             .split(',')
             .map(|part| {
-                let d = crate::config::parse_duration(part)
+                let d = crate::duration::parse_duration(part)
                     .ok_or_else(|| format!("{part:?} is not a duration such as 5s, 5m or 2h"))?;
                 if d > MAX_DELAY {
                     return Err(format!("{part:?} is longer than the longest delay, 36h"));

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_shared::amqp::topology::{EVENTS_EXCHANGE, EVENTS_QUEUE, QUARANTINE_QUEUE};
-use herald_shared::amqp::{consume, header_str, Broker, Handled, REASON_HEADER};
+use herald_shared::amqp::{consume, header_str, Broker, Handled, Publisher, REASON_HEADER};
 use herald_shared::config::{CommonSettings, Source};
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
@@ -30,21 +30,20 @@ async fn a_message_that_crashes_its_handler_twice_is_quarantined_with_its_reason
     let consuming = {
         let (crashes, handled) = (crashes.clone(), handled.clone());
         tokio::spawn(consume(
-            broker.clone(),
+            Publisher::new(broker.clone()),
             EVENTS_QUEUE,
             8,
             cancel.clone(),
             Duration::from_secs(5),
-            move |delivery| {
+            move |message| {
                 let (crashes, handled) = (crashes.clone(), handled.clone());
                 async move {
-                    if delivery.data == b"crash" {
+                    if message.data == b"crash" {
                         crashes.fetch_add(1, Ordering::SeqCst);
                         panic!("a handler bug, on purpose");
                     }
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                     handled.fetch_add(1, Ordering::SeqCst);
-                    Handled::Acked
+                    Handled::Ack
                 }
             },
         ))

@@ -1,6 +1,9 @@
 //! A consume loop that survives the broker going away: it reopens its channel with backoff,
 //! hands every delivery to a handler task, and on shutdown stops taking messages and waits for
 //! the handlers (up to a drain timeout) so in-flight work finishes or goes back to the queue.
+//!
+//! The loop owns the acknowledgement: a handler only says what should happen ([`Handled`]) and
+//! never sees the acker, so ack, requeue and quarantine are written once, here.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -9,19 +12,33 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use futures::{FutureExt, StreamExt};
-use lapin::message::Delivery;
+use lapin::acker::Acker;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Broker;
+use super::{Origin, PublishError, Publisher, Rejection};
 
-/// What a handler did with its delivery.
+/// A consumed message as a handler sees it: what it says, not how to acknowledge it.
+#[derive(Debug)]
+pub struct Message {
+    /// The body.
+    pub data: Vec<u8>,
+    /// Its properties (headers, message id).
+    pub properties: BasicProperties,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// The queue it was consumed from.
+    pub queue: &'static str,
+}
+
+/// What should happen to a message once its handler is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
-    /// Done and acknowledged.
-    Acked,
+    /// Done: acknowledge it.
+    Ack,
     /// Could not finish now (Redis or broker trouble): handed back to the queue after a pause.
     Requeue {
         /// Why, for the log.
@@ -29,27 +46,30 @@ pub enum Handled {
     },
     /// Not started because the process is shutting down: handed back at once, untouched.
     Release,
+    /// Not valid input: set aside in quarantine with its reason, then acknowledged.
+    Quarantine(Rejection),
 }
 
 /// Pause before a message that could not be handled goes back to the queue, so a Redis outage
 /// does not turn into a hot redelivery loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
-/// Consumes `queue` until `cancel` fires, running `handler` for each delivery on its own task.
-/// The prefetch bounds how many run at once. The handler acks; a `Requeue` is nacked back; a
-/// handler that panics gets its message once more, then the message goes to quarantine with
-/// its reason.
+/// Consumes `queue` until `cancel` fires, running `handler` for each message on its own task.
+/// The prefetch bounds how many run at once. What the handler returns is carried out here: ack,
+/// nack back to the queue, or quarantine then ack. A handler that panics gets its message once
+/// more, then the message goes to quarantine with its reason.
 pub async fn consume<H, F>(
-    broker: Arc<Broker>,
+    publisher: Publisher,
     queue: &'static str,
     prefetch: u16,
     cancel: CancellationToken,
     drain_timeout: Duration,
     handler: H,
 ) where
-    H: Fn(Delivery) -> F + Send + Sync + 'static,
+    H: Fn(Arc<Message>) -> F + Send + Sync + 'static,
     F: Future<Output = Handled> + Send + 'static,
 {
+    let broker = publisher.broker().clone();
     let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
     let mut backoff = backoff::ExponentialBackoff {
@@ -103,42 +123,19 @@ pub async fn consume<H, F>(
             match next {
                 Some(Ok(delivery)) => {
                     let handler = handler.clone();
-                    let broker = broker.clone();
+                    let publisher = publisher.clone();
+                    let acker = delivery.acker;
+                    let message = Arc::new(Message {
+                        data: delivery.data,
+                        properties: delivery.properties,
+                        routing_key: delivery.routing_key.to_string(),
+                        queue,
+                    });
                     tracker.spawn(async move {
-                        let acker = delivery.acker.clone();
-                        // Kept for the panic path: the handler consumes the delivery.
-                        let copy = (delivery.data.clone(), delivery.properties.clone());
-                        let requeue = match AssertUnwindSafe(handler(delivery)).catch_unwind().await
-                        {
-                            Ok(Handled::Acked) => return,
-                            Ok(Handled::Requeue { reason }) => {
-                                tracing::warn!(queue, %reason, "handing a message back to the queue");
-                                tokio::time::sleep(REQUEUE_PAUSE).await;
-                                true
-                            }
-                            Ok(Handled::Release) => true,
-                            Err(_) => {
-                                metrics::counter!("herald_handler_panics_total", "queue" => queue)
-                                    .increment(1);
-                                tokio::time::sleep(REQUEUE_PAUSE).await;
-                                match set_aside_after_panic(&broker, queue, copy).await {
-                                    Ok(()) => {
-                                        let _ = acker.ack(BasicAckOptions::default()).await;
-                                        return;
-                                    }
-                                    Err(e) => {
-                                        tracing::error!(queue, error = %e, "cannot set a crashing message aside; requeueing it");
-                                        true
-                                    }
-                                }
-                            }
-                        };
-                        let _ = acker
-                            .nack(BasicNackOptions {
-                                requeue,
-                                ..Default::default()
-                            })
+                        let handled = AssertUnwindSafe(handler(message.clone()))
+                            .catch_unwind()
                             .await;
+                        settle(&publisher, &acker, &message, handled).await;
                     });
                 }
                 Some(Err(e)) => {
@@ -175,51 +172,108 @@ pub async fn consume<H, F>(
 /// Header counting how often a message crashed its handler.
 const PANICS_HEADER: &str = "herald-panics";
 
+/// Carries out what the handler decided (or what follows its crash).
+async fn settle(
+    publisher: &Publisher,
+    acker: &Acker,
+    message: &Message,
+    handled: std::thread::Result<Handled>,
+) {
+    let queue = message.queue;
+    let requeue = match handled {
+        Ok(Handled::Ack) => false,
+        Ok(Handled::Requeue { reason }) => {
+            tracing::warn!(queue, %reason, "handing a message back to the queue");
+            tokio::time::sleep(REQUEUE_PAUSE).await;
+            true
+        }
+        Ok(Handled::Release) => true,
+        Ok(Handled::Quarantine(rejection)) => {
+            let origin = Origin {
+                queue,
+                routing_key: Some(&message.routing_key),
+                workspace_id: None,
+            };
+            match publisher
+                .quarantine(&message.data, &rejection, origin, Some(&message.properties))
+                .await
+            {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "cannot quarantine a message; requeueing it");
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    true
+                }
+            }
+        }
+        Err(_) => {
+            metrics::counter!("herald_handler_panics_total", "queue" => queue).increment(1);
+            tokio::time::sleep(REQUEUE_PAUSE).await;
+            match set_aside_after_panic(publisher, message).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!(queue, error = %e, "cannot set a crashing message aside; requeueing it");
+                    true
+                }
+            }
+        }
+    };
+    let result = if requeue {
+        acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+    } else {
+        acker.ack(BasicAckOptions::default()).await
+    };
+    if let Err(e) = result {
+        // The channel is gone: the broker hands the message to another consumer.
+        tracing::warn!(queue, error = %e, "cannot settle a message; the broker will redeliver it");
+        metrics::counter!("herald_ack_failures_total", "queue" => queue).increment(1);
+    }
+}
+
 /// A message whose handler panicked (a bug, not an outage). The first time it goes back to its
 /// queue with a count in a header (the crash may have been about this process); the second
 /// time it is set aside in quarantine with its reason, so it neither loops nor blocks others.
 /// Either way it is published (and confirmed) before the original is acked.
 async fn set_aside_after_panic(
-    broker: &Broker,
-    queue: &str,
-    (body, properties): (Vec<u8>, lapin::BasicProperties),
-) -> Result<(), super::BrokerError> {
-    use lapin::types::AMQPValue;
-    let mut headers = properties.headers().clone().unwrap_or_default();
+    publisher: &Publisher,
+    message: &Message,
+) -> Result<(), PublishError> {
+    let queue = message.queue;
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
     let panics = match headers.inner().get(PANICS_HEADER) {
         Some(AMQPValue::LongLongInt(n)) => *n,
         Some(AMQPValue::LongInt(n)) => i64::from(*n),
         _ => 0,
     } + 1;
     headers.insert(PANICS_HEADER.into(), AMQPValue::LongLongInt(panics));
+    let properties = message.properties.clone().with_headers(headers);
     if panics < 2 {
         tracing::error!(
             queue,
             "message handler panicked; trying the message once more"
         );
-        let properties = properties.with_headers(headers);
-        // The default exchange routes by queue name: straight back to the same queue.
-        return broker.publish("", queue, &body, properties).await;
+        return publisher
+            .again_after_crash(queue, &message.data, properties)
+            .await;
     }
     tracing::error!(
         queue,
         "message handler panicked again; setting the message aside"
     );
-    headers.insert(
-        super::REASON_HEADER.into(),
-        AMQPValue::LongString(format!("the {queue} handler crashed on this message twice").into()),
+    let rejection = Rejection::new(
+        "handler_panicked",
+        format!("the {queue} handler crashed on this message twice"),
     );
-    headers.insert(
-        "herald-queue".into(),
-        AMQPValue::LongString(queue.to_string().into()),
-    );
-    metrics::counter!("herald_quarantined_total", "reason" => "handler_panicked").increment(1);
-    broker
-        .publish(
-            super::topology::QUARANTINE_EXCHANGE,
-            "",
-            &body,
-            properties.with_headers(headers),
-        )
+    let origin = Origin {
+        queue,
+        ..Default::default()
+    };
+    publisher
+        .quarantine(&message.data, &rejection, origin, Some(&properties))
         .await
 }

@@ -58,7 +58,7 @@ pub fn event_status(routed: Option<usize>, deliveries: &[Delivery]) -> &'static 
 }
 
 impl Store {
-    fn event_key(&self, ws: &str, uuid: &str) -> String {
+    pub(super) fn event_key(&self, ws: &str, uuid: &str) -> String {
         self.ws_key(ws, &format!("evt:{uuid}"))
     }
 

@@ -5,6 +5,7 @@
 //! - [`history`]: events, their deliveries and every attempt; the event index.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
+//! - [`routing`]: the claims that keep an event from being expanded twice.
 //!
 //! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
 //! ```text
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+pub mod routing;
 
 use std::time::Duration;
 

@@ -1,236 +1,19 @@
-//! Typed settings for each service, layered: built-in defaults, then an optional file named by
-//! `HERALD_CONFIG` (lines of `HERALD_X=value`), then the `HERALD_*` environment variables.
-//! Everything is parsed and validated once at start-up; an error names the setting.
+//! Typed settings for each service, read once at start-up from a [`Source`] (defaults, then an
+//! optional `HERALD_CONFIG` file, then `HERALD_*` variables); an error names the setting.
+//!
+//! - [`source`]: where values come from and how one value is read and checked.
+//! - this module: the settings of each service and what they share.
 
-use std::collections::HashMap;
+pub mod source;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
 use crate::retry::RetrySchedule;
-
-/// A setting that could not be read, with the variable's name.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The value is not of the expected form.
-    #[error("setting {name}: {message} (got {value:?})")]
-    Invalid {
-        /// The variable, e.g. `HERALD_INGEST_ADDR`.
-        name: &'static str,
-        /// What was expected.
-        message: String,
-        /// What was given.
-        value: String,
-    },
-    /// The file named by `HERALD_CONFIG` could not be read.
-    #[error("setting HERALD_CONFIG: cannot read {path}: {source}")]
-    File {
-        /// The path given.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// Where settings come from: the file's lines under the environment's variables.
-#[derive(Debug, Clone, Default)]
-pub struct Source {
-    values: HashMap<String, String>,
-}
-
-impl Source {
-    /// Reads `HERALD_CONFIG` (if set) and then the process environment on top of it.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut values = HashMap::new();
-        if let Ok(path) = std::env::var("HERALD_CONFIG") {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| ConfigError::File { path, source })?;
-            values.extend(parse_file(&text));
-        }
-        values.extend(std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")));
-        Ok(Self { values })
-    }
-
-    /// A source made of the given pairs only (tests, embedding).
-    pub fn from_pairs<I, K, V>(pairs: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        Self {
-            values: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values
-            .get(name)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn string(&self, name: &'static str, default: &str) -> String {
-        self.get(name).unwrap_or(default).to_string()
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        name: &'static str,
-        default: T,
-        expected: &str,
-    ) -> Result<T, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| invalid(name, expected, v)),
-        }
-    }
-
-    fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name).map(|v| v.to_ascii_lowercase()) {
-            None => Ok(default),
-            Some(v) => match v.as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(invalid(name, "true or false", &v)),
-            },
-        }
-    }
-
-    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => parse_duration(v)
-                .ok_or_else(|| invalid(name, "a duration such as 500ms, 30s, 5m, 2h or 7d", v)),
-        }
-    }
-
-    fn addr(&self, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-        let v = self.string(name, default);
-        v.parse()
-            .map_err(|_| invalid(name, "an address such as 127.0.0.1:8080", &v))
-    }
-
-    fn policy(&self) -> Result<crate::netguard::DestinationPolicy, ConfigError> {
-        let allowlist = match self.get("HERALD_DESTINATION_ALLOWLIST") {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(|s| {
-                    s.parse().map_err(|m: String| ConfigError::Invalid {
-                        name: "HERALD_DESTINATION_ALLOWLIST",
-                        message: m,
-                        value: v.to_string(),
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        Ok(crate::netguard::DestinationPolicy {
-            allow_private: self.bool("HERALD_ALLOW_PRIVATE_DESTINATIONS", false)?,
-            allowlist,
-        })
-    }
-
-    /// A prefetch count: 1-65535 (0 would mean unlimited in AMQP).
-    fn prefetch(&self, name: &'static str, default: u16) -> Result<u16, ConfigError> {
-        let v: u16 = self.parse(name, default, "a number 1-65535")?;
-        if v == 0 {
-            return Err(invalid(name, "a number 1-65535", "0"));
-        }
-        Ok(v)
-    }
-
-    /// `HERALD_SECRETS_KEY` and `HERALD_SECRETS_KEYS_OLD`: base64 of 32 bytes each.
-    fn secrets(&self) -> Result<crate::secrets::SecretsKeys, ConfigError> {
-        use crate::secrets::{decode_key, SecretsKeys};
-        const EXPECTED: &str = "base64 of 32 random bytes (e.g. `openssl rand -base64 32`)";
-        let old = match self.get("HERALD_SECRETS_KEYS_OLD") {
-            None => Vec::new(),
-            Some(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(|k| {
-                    decode_key(k).ok_or_else(|| {
-                        invalid(
-                            "HERALD_SECRETS_KEYS_OLD",
-                            &format!("a comma-separated list of keys, each {EXPECTED}"),
-                            "(hidden)",
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        match self.get("HERALD_SECRETS_KEY") {
-            None => Ok(SecretsKeys::development(&old)),
-            Some(v) => {
-                let key = decode_key(v)
-                    .ok_or_else(|| invalid("HERALD_SECRETS_KEY", EXPECTED, "(hidden)"))?;
-                Ok(SecretsKeys::new(&key, &old))
-            }
-        }
-    }
-
-    /// A number that may be 0 (meaning "off").
-    fn rate(&self, name: &'static str) -> Result<u32, ConfigError> {
-        self.parse(
-            name,
-            0,
-            "a whole number of events per second (0 = no limit)",
-        )
-    }
-
-    fn positive(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
-        let v = self.parse(name, default, "a positive whole number")?;
-        if v == 0 {
-            return Err(invalid(name, "a positive whole number", "0"));
-        }
-        Ok(v)
-    }
-}
-
-fn invalid(name: &'static str, expected: &str, value: &str) -> ConfigError {
-    ConfigError::Invalid {
-        name,
-        message: format!("expected {expected}"),
-        value: value.to_string(),
-    }
-}
-
-pub(crate) fn parse_file(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            let v = v.trim().trim_matches('"').to_string();
-            (k.trim().to_string(), v)
-        })
-        .collect()
-}
-
-/// Parses `500ms`, `30s`, `5m`, `2h`, `7d` (and a bare number of seconds).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit.trim() {
-        "ms" => n,
-        "" | "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
+use source::invalid;
+pub use source::{ConfigError, Source};
 
 /// `text` logs for people, `json` (one object per line) for machines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +52,8 @@ pub struct CommonSettings {
     pub retention: Duration,
     /// `HERALD_CONFIG_REFRESH`: how often cached configuration is checked for changes.
     pub config_refresh: Duration,
+    /// `HERALD_DRAIN_TIMEOUT`: how long shutdown waits for in-flight work.
+    pub drain_timeout: Duration,
     /// `HERALD_SECRETS_KEY` (seals) and `HERALD_SECRETS_KEYS_OLD` (still open): the keys that
     /// encrypt signing secrets and destination credentials in Redis.
     pub secrets: crate::secrets::SecretsKeys,
@@ -320,6 +105,7 @@ impl CommonSettings {
             retry_schedule,
             retention: src.duration("HERALD_RETENTION", Duration::from_secs(30 * 86_400))?,
             config_refresh: src.duration("HERALD_CONFIG_REFRESH", Duration::from_millis(250))?,
+            drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             secrets: src.secrets()?,
         })
     }
@@ -428,8 +214,6 @@ pub struct DelivererSettings {
     pub connection_concurrency: usize,
     /// `HERALD_ALLOW_PRIVATE_DESTINATIONS` and `HERALD_DESTINATION_ALLOWLIST`.
     pub destinations: crate::netguard::DestinationPolicy,
-    /// `HERALD_DRAIN_TIMEOUT`: how long shutdown waits for in-flight deliveries.
-    pub drain_timeout: Duration,
     /// `HERALD_DEFAULT_TIMEOUT`: request timeout of a connection that sets none.
     pub default_timeout: Duration,
     /// `HERALD_CONNECTION_WAIT`: how long a job waits for a busy (or rate-limited) connection
@@ -438,8 +222,13 @@ pub struct DelivererSettings {
     /// `HERALD_BREAKER_FAILURES`: consecutive failed attempts that open a connection's breaker.
     pub breaker_failures: u32,
     /// `HERALD_BREAKER_COOLDOWN`: how long an opened breaker keeps a connection uncalled before
-    /// a probe (doubling after each failed probe, up to 10 minutes).
+    /// a probe (doubling after each failed probe, up to `HERALD_BREAKER_MAX_COOLDOWN`).
     pub breaker_cooldown: Duration,
+    /// `HERALD_BREAKER_MAX_COOLDOWN`: the longest an opened breaker waits between probes.
+    pub breaker_max_cooldown: Duration,
+    /// `HERALD_BREAKER_PROBE_TIMEOUT`: a probe that has not reported after this long (its
+    /// request hung or its task died) no longer blocks the next one.
+    pub breaker_probe_timeout: Duration,
 }
 
 impl DelivererSettings {
@@ -450,6 +239,7 @@ impl DelivererSettings {
 
     /// Reads the given source.
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let breaker_cooldown = src.duration("HERALD_BREAKER_COOLDOWN", Duration::from_secs(30))?;
         Ok(Self {
             common: CommonSettings::from_source(src)?,
             addr: src.addr("HERALD_DELIVERER_ADDR", "127.0.0.1:8082")?,
@@ -461,11 +251,16 @@ impl DelivererSettings {
             concurrency: src.positive("HERALD_DELIVERER_CONCURRENCY", 512)?,
             connection_concurrency: src.positive("HERALD_CONNECTION_CONCURRENCY", 32)?,
             destinations: src.policy()?,
-            drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             default_timeout: src.duration("HERALD_DEFAULT_TIMEOUT", Duration::from_secs(15))?,
             connection_wait: src.duration("HERALD_CONNECTION_WAIT", Duration::from_secs(10))?,
             breaker_failures: src.positive("HERALD_BREAKER_FAILURES", 20)? as u32,
-            breaker_cooldown: src.duration("HERALD_BREAKER_COOLDOWN", Duration::from_secs(30))?,
+            breaker_cooldown,
+            breaker_max_cooldown: src
+                .duration("HERALD_BREAKER_MAX_COOLDOWN", Duration::from_secs(600))?
+                .max(breaker_cooldown),
+            // Above the longest connection timeout (120 s).
+            breaker_probe_timeout: src
+                .duration("HERALD_BREAKER_PROBE_TIMEOUT", Duration::from_secs(150))?,
         })
     }
 }
@@ -539,27 +334,5 @@ mod tests {
         let src = Source::from_pairs([("HERALD_INTAKE_RATE_LIMIT_PER_S", "-3")]);
         let err = IngestSettings::from_source(&src).expect_err("negative");
         assert!(err.to_string().contains("HERALD_INTAKE_RATE_LIMIT_PER_S"));
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("x"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
-    }
-
-    #[test]
-    fn file_lines_are_read_and_comments_skipped() {
-        let pairs = parse_file("# c\nHERALD_INGEST_ADDR=0.0.0.0:9\n\nHERALD_LOG_FORMAT=\"json\"\n");
-        assert_eq!(
-            pairs,
-            vec![
-                ("HERALD_INGEST_ADDR".into(), "0.0.0.0:9".into()),
-                ("HERALD_LOG_FORMAT".into(), "json".into())
-            ]
-        );
     }
 }

@@ -1,0 +1,384 @@
+//! Settling finished jobs: what a batch writes to Redis and publishes to the broker is worked
+//! out by a pure function ([`plan`]); then [`Settler::settle`] writes every outcome (holding on
+//! while Redis is away, so no outcome is lost and no request is sent again because of it),
+//! publishes retries, deferrals, dead letters and hand-backs, and waits for their confirms.
+//! A job whose message the broker confirmed is marked, so a batch written again after a
+//! failure never publishes it twice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use herald_shared::amqp::{JobsSource, PublishError, Publisher};
+use herald_shared::model::job::delivery_id;
+use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::store::dead_letters::DeadLetter;
+use herald_shared::store::Store;
+
+use crate::outcome::Outcome;
+
+/// What follows one job's turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Attempted (or refused without a call, which counts as an attempt): record and go on.
+    Attempted(Outcome),
+    /// Its connection was busy or rate-limited past `HERALD_CONNECTION_WAIT`: back through the
+    /// delay ladder, no attempt counted.
+    Deferred {
+        /// How long it waits.
+        after: Duration,
+    },
+    /// Not started because the process is shutting down: back to the jobs queue untouched.
+    HandBack,
+}
+
+/// One job after its turn: the job (with its attempt appended, if one was made) and what next.
+#[derive(Debug)]
+pub struct Done<'a> {
+    /// The event and workspace it belongs to.
+    pub group: &'a JobGroup,
+    /// The job as it now stands.
+    pub job: JobItem,
+    /// What follows.
+    pub next: Next,
+    /// Its retry, deferral, dead letter or hand-back is confirmed by the broker.
+    published: AtomicBool,
+}
+
+impl<'a> Done<'a> {
+    /// A job's turn and what follows it.
+    pub fn new(group: &'a JobGroup, job: JobItem, next: Next) -> Self {
+        Self {
+            group,
+            job,
+            next,
+            published: AtomicBool::new(false),
+        }
+    }
+
+    fn is_published(&self) -> bool {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    fn mark_published(&self) {
+        self.published.store(true, Ordering::SeqCst);
+    }
+
+    /// The job as a group of its own (a retry or deferral retries on its own).
+    fn alone(&self) -> JobGroup {
+        JobGroup {
+            workspace_id: self.group.workspace_id.clone(),
+            event: self.group.event.clone(),
+            jobs: vec![self.job.clone()],
+        }
+    }
+}
+
+/// One message to publish for a job of the batch (by its index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// A failed attempt, to be tried again after this long.
+    Retry {
+        /// Index of the job in the batch.
+        job: usize,
+        /// The wait.
+        after: Duration,
+    },
+    /// A job that found no room, round the ladder for this long.
+    Defer {
+        /// Index of the job in the batch.
+        job: usize,
+        /// The wait.
+        after: Duration,
+    },
+    /// A dead letter (index into [`Plan::dead`]).
+    Dead {
+        /// Index of the job in the batch.
+        job: usize,
+        /// Index of its dead letter.
+        dead: usize,
+    },
+}
+
+impl Publish {
+    fn job(&self) -> usize {
+        match self {
+            Publish::Retry { job, .. } | Publish::Defer { job, .. } | Publish::Dead { job, .. } => {
+                *job
+            }
+        }
+    }
+}
+
+/// What one batch writes and publishes.
+#[derive(Debug)]
+pub struct Plan {
+    /// One delivery row per attempted job: (index of the job, the delivery as it now stands).
+    pub rows: Vec<(usize, Delivery)>,
+    /// The dead letters among them.
+    pub dead: Vec<DeadLetter>,
+    /// Retries, deferrals and dead letters not published yet.
+    pub publish: Vec<Publish>,
+    /// Jobs not started (shutting down), not handed back yet.
+    pub hand_back: Vec<usize>,
+}
+
+/// Works out what `batch` writes and publishes, at `now` (Unix ms). What an earlier try of
+/// the same batch already published is left out.
+pub fn plan(batch: &[Done<'_>], now: i64) -> Plan {
+    let mut plan = Plan {
+        rows: Vec::new(),
+        dead: Vec::new(),
+        publish: Vec::new(),
+        hand_back: Vec::new(),
+    };
+    for (index, d) in batch.iter().enumerate() {
+        let unpublished = !d.is_published();
+        let outcome = match &d.next {
+            Next::Attempted(outcome) => outcome,
+            Next::Deferred { after } => {
+                if unpublished {
+                    plan.publish.push(Publish::Defer {
+                        job: index,
+                        after: *after,
+                    });
+                }
+                continue;
+            }
+            Next::HandBack => {
+                if unpublished {
+                    plan.hand_back.push(index);
+                }
+                continue;
+            }
+        };
+        let id = delivery_id(&d.group.event.uuid, &d.job.connection_id);
+        let (status, next_attempt_at, dead_letter_id) = match outcome {
+            Outcome::Delivered => (DeliveryStatus::Delivered, None, None),
+            Outcome::Retry { after } => {
+                if unpublished {
+                    plan.publish.push(Publish::Retry {
+                        job: index,
+                        after: *after,
+                    });
+                }
+                (
+                    DeliveryStatus::Retrying,
+                    Some(now + after.as_millis() as i64),
+                    None,
+                )
+            }
+            Outcome::DeadLetter { reason } => {
+                if unpublished {
+                    plan.publish.push(Publish::Dead {
+                        job: index,
+                        dead: plan.dead.len(),
+                    });
+                }
+                plan.dead.push(DeadLetter {
+                    id: id.clone(),
+                    workspace_id: d.group.workspace_id.clone(),
+                    connection_id: d.job.connection_id.clone(),
+                    event: d.group.event.clone(),
+                    attempts: d.job.attempts.clone(),
+                    reason: reason.clone(),
+                    dead_at: now,
+                });
+                (DeliveryStatus::Dead, None, Some(id))
+            }
+        };
+        plan.rows.push((
+            index,
+            Delivery {
+                connection_id: d.job.connection_id.clone(),
+                status,
+                attempts: d.job.attempts.clone(),
+                next_attempt_at,
+                dead_letter_id,
+                updated_at: now,
+            },
+        ));
+    }
+    plan
+}
+
+/// Settling failed part-way: the batch is to be settled again (what was published stays so).
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// A retry, deferral or dead letter was not confirmed.
+    #[error("publishing retries and dead letters: {0}")]
+    Publish(#[source] PublishError),
+    /// Jobs not started could not be handed back.
+    #[error("handing back unstarted jobs: {0}")]
+    HandBack(#[source] PublishError),
+}
+
+/// Writes outcomes and publishes what follows them.
+pub struct Settler {
+    /// Redis.
+    pub store: Store,
+    /// The broker.
+    pub publisher: Publisher,
+}
+
+impl Settler {
+    /// Records every outcome of `batch` in Redis, then publishes its retries, deferrals, dead
+    /// letters and hand-backs and waits for the broker's confirms. Redis trouble holds the
+    /// batch (and its message's ack) and retries.
+    pub async fn settle(&self, batch: &[Done<'_>]) -> Result<(), SettleError> {
+        let plan = plan(batch, herald_shared::now_ms());
+        let rows: Vec<(&str, &str, &Delivery)> = plan
+            .rows
+            .iter()
+            .map(|(i, delivery)| {
+                let group = batch[*i].group;
+                (
+                    group.workspace_id.as_str(),
+                    group.event.uuid.as_str(),
+                    delivery,
+                )
+            })
+            .collect();
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.store.record_outcomes(&rows, &plan.dead).await {
+            tracing::warn!(error = %e, "cannot record outcomes; holding the message and retrying");
+            metrics::counter!("herald_outcome_write_failures_total").increment(1);
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+
+        let dead = &plan.dead;
+        let results = join_all(plan.publish.iter().map(|p| async move {
+            let d = &batch[p.job()];
+            match p {
+                Publish::Retry { after, .. } => {
+                    self.publisher.retry_after(&d.alone(), *after).await?;
+                    metrics::counter!("herald_retries_scheduled_total").increment(1);
+                }
+                Publish::Defer { after, .. } => {
+                    self.publisher.retry_after(&d.alone(), *after).await?;
+                }
+                Publish::Dead {
+                    dead: dead_index, ..
+                } => {
+                    self.publisher.dead_letter(&dead[*dead_index]).await?;
+                    metrics::counter!("herald_dead_letters_total").increment(1);
+                }
+            }
+            d.mark_published();
+            Ok::<_, PublishError>(())
+        }))
+        .await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(SettleError::Publish(e));
+        }
+
+        if !plan.hand_back.is_empty() {
+            // Shutting down part-way through a message: the jobs not started go back to the jobs
+            // queue as a message of their own, so the ones already sent are not sent again.
+            let groups: Vec<JobGroup> = plan.hand_back.iter().map(|i| batch[*i].alone()).collect();
+            self.publisher
+                .jobs(&groups, JobsSource::HandBack)
+                .await
+                .map_err(SettleError::HandBack)?;
+            plan.hand_back
+                .iter()
+                .for_each(|i| batch[*i].mark_published());
+            metrics::counter!("herald_jobs_handed_back_total")
+                .increment(plan.hand_back.len() as u64);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_shared::model::Event;
+
+    fn group() -> JobGroup {
+        JobGroup {
+            workspace_id: "ws_1".into(),
+            event: Event {
+                uuid: "evt_1".into(),
+                event: "order.completed".into(),
+                resource: "order".into(),
+                resource_id: "ord_1".into(),
+                payload: serde_json::value::RawValue::from_string("{}".into()).expect("valid JSON"),
+                time_created: 1,
+            },
+            jobs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_kind_of_turn_writes_and_publishes_what_it_should() {
+        let g = group();
+        let after = Duration::from_secs(5);
+        let batch = vec![
+            Done::new(
+                &g,
+                JobItem::new("c_ok"),
+                Next::Attempted(Outcome::Delivered),
+            ),
+            Done::new(
+                &g,
+                JobItem::new("c_retry"),
+                Next::Attempted(Outcome::Retry { after }),
+            ),
+            Done::new(
+                &g,
+                JobItem::new("c_dead"),
+                Next::Attempted(Outcome::DeadLetter {
+                    reason: "410 Gone".into(),
+                }),
+            ),
+            Done::new(&g, JobItem::new("c_busy"), Next::Deferred { after }),
+            Done::new(&g, JobItem::new("c_late"), Next::HandBack),
+        ];
+        let p = plan(&batch, 1_000);
+        let statuses: Vec<_> = p.rows.iter().map(|(i, d)| (*i, d.status)).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                (0, DeliveryStatus::Delivered),
+                (1, DeliveryStatus::Retrying),
+                (2, DeliveryStatus::Dead)
+            ]
+        );
+        assert_eq!(p.rows[1].1.next_attempt_at, Some(6_000));
+        assert_eq!(p.rows[2].1.dead_letter_id.as_deref(), Some("evt_1.c_dead"));
+        assert_eq!(p.dead.len(), 1);
+        assert_eq!(p.dead[0].reason, "410 Gone");
+        assert_eq!(
+            p.publish,
+            vec![
+                Publish::Retry { job: 1, after },
+                Publish::Dead { job: 2, dead: 0 },
+                Publish::Defer { job: 3, after },
+            ]
+        );
+        assert_eq!(p.hand_back, vec![4]);
+    }
+
+    #[test]
+    fn what_was_published_is_written_again_but_not_published_again() {
+        let g = group();
+        let after = Duration::from_secs(5);
+        let batch = vec![
+            Done::new(
+                &g,
+                JobItem::new("c_retry"),
+                Next::Attempted(Outcome::Retry { after }),
+            ),
+            Done::new(&g, JobItem::new("c_late"), Next::HandBack),
+        ];
+        batch[0].mark_published();
+        batch[1].mark_published();
+        let p = plan(&batch, 1_000);
+        assert_eq!(p.rows.len(), 1, "the outcome is written again");
+        assert!(p.publish.is_empty());
+        assert!(p.hand_back.is_empty());
+    }
+}

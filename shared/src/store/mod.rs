@@ -1,7 +1,9 @@
 //! Everything Herald keeps in Redis, under `HERALD_REDIS_PREFIX`.
 //!
-//! - [`config`]: workspaces, API keys, connections and rules, and the cache services read them
-//!   through (refreshed within `HERALD_CONFIG_REFRESH` of a change).
+//! - [`tenants`]: workspaces, API keys, connections and rules.
+//! - [`sealing`]: secrets at rest in stored connections.
+//! - [`cache`]: the configuration cache services read through (refreshed within
+//!   `HERALD_CONFIG_REFRESH` of a change).
 //! - [`history`]: events, their deliveries and every attempt; the event index.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
@@ -28,11 +30,13 @@
 //!
 //! Secrets inside connection JSON are sealed (see `secrets`): `enc:v1:<key id>:<base64>`.
 
-pub mod config;
+pub mod cache;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
 pub mod routing;
+mod sealing;
+pub mod tenants;
 
 use std::time::Duration;
 
@@ -43,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonSettings;
 
-pub use config::{ConfigCache, WorkspaceConfig};
+pub use cache::{ConfigCache, WorkspaceConfig};
+pub use tenants::NewWorkspace;
 
 /// A Redis operation failed, or stored data did not parse.
 #[derive(Debug, thiserror::Error)]

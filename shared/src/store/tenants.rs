@@ -1,14 +1,13 @@
-//! Workspaces, API keys, connections and rules, and the cache services read them through.
+//! Workspaces, their API keys, connections and rules: what operators and tenants manage. Every
+//! write bumps the configuration version the caches poll.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use redis::AsyncCommands;
-use tokio_util::sync::CancellationToken;
 
+use super::cache::WorkspaceConfig;
 use super::{parse, to_json, Store, StoreError};
-use crate::model::connection::{is_sensitive_header, Auth};
 use crate::model::workspace::{generate_key, hash_key};
 use crate::model::{ApiKey, Connection, KeyScope, Rule, Workspace};
 
@@ -23,108 +22,6 @@ pub struct NewWorkspace {
 }
 
 impl Store {
-    /// A connection as stored: its signing secrets and credentials sealed, the connection id
-    /// as their context.
-    fn seal_connection(&self, c: &Connection) -> String {
-        let keys = self.secrets();
-        let mut sealed = c.clone();
-        sealed.secret = keys.seal(&c.secret, &c.id);
-        for p in &mut sealed.previous_secrets {
-            p.secret = keys.seal(&p.secret, &c.id);
-        }
-        match &mut sealed.auth {
-            Some(Auth::Bearer { token }) => *token = keys.seal(token, &c.id),
-            Some(Auth::Basic { password, .. }) => *password = keys.seal(password, &c.id),
-            None => {}
-        }
-        for (name, value) in &mut sealed.headers {
-            if is_sensitive_header(name) {
-                *value = keys.seal(value, &c.id);
-            }
-        }
-        to_json(&sealed)
-    }
-
-    /// A stored connection with its secrets opened.
-    fn open_connection(&self, key: &str, json: &str) -> Result<Connection, StoreError> {
-        let mut c: Connection = parse(key, json)?;
-        let keys = self.secrets();
-        let open = |v: &mut String, id: &str| {
-            *v = keys.open(v, id).map_err(|source| StoreError::Secret {
-                key: key.to_string(),
-                source,
-            })?;
-            Ok::<_, StoreError>(())
-        };
-        let id = c.id.clone();
-        open(&mut c.secret, &id)?;
-        for p in &mut c.previous_secrets {
-            open(&mut p.secret, &id)?;
-        }
-        match &mut c.auth {
-            Some(Auth::Bearer { token }) => open(token, &id)?,
-            Some(Auth::Basic { password, .. }) => open(password, &id)?,
-            None => {}
-        }
-        for (name, value) in &mut c.headers {
-            if is_sensitive_header(name) {
-                open(value, &id)?;
-            }
-        }
-        Ok(c)
-    }
-
-    /// Re-seals, with the current key, every stored connection whose secrets are plaintext or
-    /// sealed with an old key (after `HERALD_SECRETS_KEY` changed). A connection changed
-    /// meanwhile is left to its writer, which sealed it with the current key anyway. Returns how
-    /// many were re-sealed.
-    pub async fn reseal_connections(&self) -> Result<usize, StoreError> {
-        const SWAP: &str = r"
-            if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-                redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-                return 1
-            end
-            return 0";
-        let swap = redis::Script::new(SWAP);
-        let mut conn = self.conn();
-        let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
-        let mut resealed = 0;
-        for ws in workspaces {
-            let key = self.ws_key(&ws, "conns");
-            let all: HashMap<String, String> = conn.hgetall(&key).await?;
-            for (id, stored) in all {
-                let raw: Connection = parse(&key, &stored)?;
-                let keys = self.secrets();
-                let mut fields = vec![raw.secret.as_str()];
-                fields.extend(raw.previous_secrets.iter().map(|p| p.secret.as_str()));
-                match &raw.auth {
-                    Some(Auth::Bearer { token }) => fields.push(token),
-                    Some(Auth::Basic { password, .. }) => fields.push(password),
-                    None => {}
-                }
-                fields.extend(
-                    raw.headers
-                        .iter()
-                        .filter(|(n, _)| is_sensitive_header(n))
-                        .map(|(_, v)| v.as_str()),
-                );
-                if fields.iter().all(|f| keys.is_current(f)) {
-                    continue;
-                }
-                let opened = self.open_connection(&key, &stored)?;
-                let done: i64 = swap
-                    .key(&key)
-                    .arg(&id)
-                    .arg(&stored)
-                    .arg(self.seal_connection(&opened))
-                    .invoke_async(&mut conn)
-                    .await?;
-                resealed += done as usize;
-            }
-        }
-        Ok(resealed)
-    }
-
     async fn bump_version(&self, pipe: &mut redis::Pipeline) {
         pipe.incr(self.key("config:ver"), 1).ignore();
     }
@@ -369,111 +266,5 @@ impl Store {
             connections,
             rules,
         })
-    }
-}
-
-/// A workspace's connections and rules as services use them.
-#[derive(Debug, Default)]
-pub struct WorkspaceConfig {
-    /// False for an unknown workspace id.
-    pub exists: bool,
-    /// By id.
-    pub connections: HashMap<String, Arc<Connection>>,
-    /// All rules, enabled or not.
-    pub rules: Vec<Rule>,
-}
-
-struct Cached {
-    config: Arc<WorkspaceConfig>,
-    stale: bool,
-}
-
-/// Configuration as the router and deliverer read it: from memory, reloaded after any change
-/// (a version key polled every `HERALD_CONFIG_REFRESH`), and still served from memory while
-/// Redis is down.
-pub struct ConfigCache {
-    store: Store,
-    entries: RwLock<HashMap<String, Cached>>,
-    /// Bumped by every invalidation: a load that started before one is stored as stale.
-    generation: std::sync::atomic::AtomicU64,
-}
-
-impl ConfigCache {
-    /// An empty cache over the store.
-    pub fn new(store: Store) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            entries: RwLock::new(HashMap::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-
-    /// A workspace's configuration: cached, or loaded. When Redis fails and a stale copy is
-    /// at hand, the stale copy is used.
-    pub async fn workspace(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
-        let cached = self
-            .entries
-            .read()
-            .ok()
-            .and_then(|e| e.get(ws).map(|c| (c.config.clone(), c.stale)));
-        match cached {
-            Some((config, false)) => Ok(config),
-            Some((stale, true)) => match self.load(ws).await {
-                Ok(fresh) => Ok(fresh),
-                Err(e) => {
-                    tracing::warn!(error = %e, workspace_id = ws, "using cached configuration");
-                    Ok(stale)
-                }
-            },
-            None => self.load(ws).await,
-        }
-    }
-
-    /// Reads a workspace from Redis and caches it; fresh only if no change was announced while
-    /// it was being read (otherwise the next use reads again).
-    async fn load(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
-        use std::sync::atomic::Ordering;
-        let generation = self.generation.load(Ordering::SeqCst);
-        let config = Arc::new(self.store.load_workspace_config(ws).await?);
-        if let Ok(mut e) = self.entries.write() {
-            e.insert(
-                ws.to_string(),
-                Cached {
-                    config: config.clone(),
-                    stale: self.generation.load(Ordering::SeqCst) != generation,
-                },
-            );
-        }
-        Ok(config)
-    }
-
-    /// Marks every entry stale (they reload on next use).
-    pub fn invalidate(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(mut e) = self.entries.write() {
-            e.values_mut().for_each(|c| c.stale = true);
-        }
-    }
-
-    /// Polls the configuration version and invalidates the cache when it moves.
-    pub async fn refresh(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let mut seen: Option<i64> = None;
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match self.store.config_version().await {
-                Ok(v) if seen != Some(v) => {
-                    self.invalidate();
-                    seen = Some(v);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "config version poll failed"),
-            }
-        }
     }
 }

@@ -23,8 +23,8 @@ pub async fn start(
     settings: DelivererSettings,
     cancel: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let dispatcher =
-        Dispatcher::new(settings.destinations.clone()).context("building the HTTP client")?;
+    let dispatcher = Dispatcher::new(settings.destinations.clone(), settings.egress_proxy.clone())
+        .context("building the HTTP client")?;
     let spec = WorkerSpec {
         name: "herald-deliverer",
         addr: settings.addr,

@@ -61,9 +61,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A client that never follows redirects and resolves through the guard.
-    pub fn new(policy: DestinationPolicy) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+    /// A client that never follows redirects and resolves through the guard. Proxy variables
+    /// of the environment are ignored: a proxy resolves the destination itself, past the guard.
+    /// With `egress_proxy` (`HERALD_EGRESS_PROXY`) every request goes through that proxy, which
+    /// must then enforce the destination policy; literal addresses are still checked here.
+    pub fn new(policy: DestinationPolicy, egress_proxy: Option<String>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(proxy) = egress_proxy {
+            builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+        }
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),

@@ -224,6 +224,10 @@ pub struct DelivererSettings {
     /// `HERALD_BREAKER_COOLDOWN`: how long an opened breaker keeps a connection uncalled before
     /// a probe (doubling after each failed probe, up to `HERALD_BREAKER_MAX_COOLDOWN`).
     pub breaker_cooldown: Duration,
+    /// `HERALD_EGRESS_PROXY`: an explicit proxy for every delivery (for static egress
+    /// addresses); it must enforce the destination policy itself. Proxy variables of the
+    /// environment are ignored.
+    pub egress_proxy: Option<String>,
     /// `HERALD_BREAKER_MAX_COOLDOWN`: the longest an opened breaker waits between probes.
     pub breaker_max_cooldown: Duration,
     /// `HERALD_BREAKER_PROBE_TIMEOUT`: a probe that has not reported after this long (its
@@ -255,6 +259,7 @@ impl DelivererSettings {
             connection_wait: src.duration("HERALD_CONNECTION_WAIT", Duration::from_secs(10))?,
             breaker_failures: src.positive("HERALD_BREAKER_FAILURES", 20)? as u32,
             breaker_cooldown,
+            egress_proxy: src.proxy("HERALD_EGRESS_PROXY")?,
             breaker_max_cooldown: src
                 .duration("HERALD_BREAKER_MAX_COOLDOWN", Duration::from_secs(600))?
                 .max(breaker_cooldown),

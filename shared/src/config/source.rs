@@ -179,6 +179,19 @@ impl Source {
         }
     }
 
+    /// An optional `http://` or `https://` proxy URL.
+    pub(crate) fn proxy(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        match url::Url::parse(v) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Ok(Some(v.to_string()))
+            }
+            _ => Err(invalid(name, "an http:// or https:// proxy URL", v)),
+        }
+    }
+
     /// A number that may be 0 (meaning "off").
     pub(crate) fn rate(&self, name: &'static str) -> Result<u32, ConfigError> {
         self.parse(

@@ -38,12 +38,9 @@ pub enum RouteError {
         /// Why.
         source: StoreError,
     },
-    /// The broker did not take jobs or a quarantined part.
+    /// The broker did not take jobs, a quarantined part or events to look at again.
     #[error(transparent)]
     Publish(#[from] PublishError),
-    /// Some events are being expanded by another router right now.
-    #[error("{0} event(s) are being routed by another router")]
-    Contested(usize),
 }
 
 fn store_error(what: &'static str) -> impl FnOnce(StoreError) -> RouteError {
@@ -155,7 +152,7 @@ impl Router {
         let mut groups = Vec::new();
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
-        let mut contested = 0usize;
+        let mut contested = Vec::new();
         for (r, claim) in routed.iter().zip(claims) {
             match claim {
                 Claim::Done => {
@@ -164,7 +161,7 @@ impl Router {
                 }
                 // Another router is expanding this uuid right now: look again after it finished.
                 Claim::Contested => {
-                    contested += 1;
+                    contested.push(r.event);
                     continue;
                 }
                 Claim::Taken => {}
@@ -194,10 +191,13 @@ impl Router {
         metrics::counter!("herald_router_events_unmatched_total").increment(no_match);
         metrics::counter!("herald_router_jobs_total").increment(jobs as u64);
         metrics::counter!("herald_router_job_messages_total").increment(messages.len() as u64);
-        if contested > 0 {
-            // The rest of the message is done; this hands it back so the contested events are
-            // looked at again (and skipped, once the other router marked them expanded).
-            return Err(RouteError::Contested(contested));
+        if !contested.is_empty() {
+            // They wait a moment in a queue of their own (not in this router's prefetch) and
+            // are looked at again: skipped once the other router marked them expanded, or
+            // expanded here if its lease ran out.
+            metrics::counter!("herald_router_contested_events_total")
+                .increment(contested.len() as u64);
+            self.publisher.events_later(ws, &contested).await?;
         }
         Ok(Handled::Ack)
     }

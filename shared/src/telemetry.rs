@@ -71,6 +71,10 @@ fn describe() {
         "Events already expanded (a redelivery or a resent uuid): no second set of jobs."
     );
     describe_counter!(
+        "herald_router_contested_events_total",
+        "Events another router was expanding at the same moment, set to wait a second."
+    );
+    describe_counter!(
         "herald_router_jobs_total",
         "Delivery jobs published (one per event and connection)."
     );
@@ -99,6 +103,10 @@ fn describe() {
     describe_counter!(
         "herald_quarantined_total",
         "Messages set aside in the quarantine queue, by reason."
+    );
+    describe_counter!(
+        "herald_ack_failures_total",
+        "Messages that could not be acknowledged (their channel was gone; the broker redelivers them)."
     );
     describe_counter!(
         "herald_handler_panics_total",

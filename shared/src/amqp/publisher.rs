@@ -11,7 +11,8 @@ use lapin::BasicProperties;
 use serde::Serialize;
 
 use super::topology::{
-    DEAD_EXCHANGE, EVENTS_EXCHANGE, JOBS_EXCHANGE, QUARANTINE_EXCHANGE, RETRY_EXCHANGE,
+    DEAD_EXCHANGE, EVENTS_EXCHANGE, EVENTS_WAIT_QUEUE, JOBS_EXCHANGE, QUARANTINE_EXCHANGE,
+    RETRY_EXCHANGE,
 };
 use super::{Broker, BrokerError, Rejection, QUEUE_HEADER, REASON_HEADER, WORKSPACE_HEADER};
 use crate::model::JobGroup;
@@ -110,6 +111,24 @@ impl Publisher {
         Ok(self
             .broker
             .publish(EVENTS_EXCHANGE, workspace_id, &body, props)
+            .await?)
+    }
+
+    /// Events of one workspace that another router is expanding right now: they wait a moment
+    /// in their own queue, then come back to the events queue.
+    pub async fn events_later<E: Serialize>(
+        &self,
+        workspace_id: &str,
+        events: &[E],
+    ) -> Result<(), PublishError> {
+        let body = encode("events", &events)?;
+        let mut headers = FieldTable::default();
+        string_header(&mut headers, WORKSPACE_HEADER, workspace_id);
+        let props = json_props().with_headers(headers);
+        // The default exchange routes by queue name.
+        Ok(self
+            .broker
+            .publish("", EVENTS_WAIT_QUEUE, &body, props)
             .await?)
     }
 

@@ -28,6 +28,11 @@ use crate::retry::LADDER_BITS;
 pub const EVENTS_EXCHANGE: &str = "herald.events";
 /// The router consumes events from here.
 pub const EVENTS_QUEUE: &str = "herald.events";
+/// Events another router is expanding right now wait here a moment, then go back to
+/// [`EVENTS_EXCHANGE`] (so a router never holds a prefetch slot while it waits).
+pub const EVENTS_WAIT_QUEUE: &str = "herald.events.wait";
+/// How long an event waits in [`EVENTS_WAIT_QUEUE`].
+pub const EVENTS_WAIT: Duration = Duration::from_secs(1);
 /// The router publishes delivery jobs here.
 pub const JOBS_EXCHANGE: &str = "herald.jobs";
 /// Deliverers consume jobs from here.
@@ -61,6 +66,7 @@ fn after_exchange(bit: u32) -> String {
 pub fn all_queues() -> Vec<String> {
     let mut q = vec![
         EVENTS_QUEUE.to_string(),
+        EVENTS_WAIT_QUEUE.to_string(),
         JOBS_QUEUE.to_string(),
         DEAD_QUEUE.to_string(),
         QUARANTINE_QUEUE.to_string(),
@@ -132,6 +138,31 @@ fn queue_args(queue_type: QueueType) -> FieldTable {
     args
 }
 
+/// The arguments of a queue whose messages wait `ttl`, then move on to `exchange`.
+fn delay_args(queue_type: QueueType, ttl: Duration, exchange: &str) -> FieldTable {
+    let mut args = queue_args(queue_type);
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(ttl.as_millis() as i64),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(exchange.into()),
+    );
+    if queue_type == QueueType::Quorum {
+        // Without these, a quorum queue dead-letters at most once; with them, at least once.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+    args
+}
+
 /// Declares every exchange, queue and binding. Safe to call again at any time.
 pub async fn declare(
     channel: &Channel,
@@ -186,31 +217,18 @@ pub async fn declare(
         .map_err(err(DEAD_QUEUE))?;
     for bit in 0..LADDER_BITS {
         let name = delay_queue(bit);
-        let mut args = queue_args(queue_type);
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(1000 * (1i64 << bit)),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(after_exchange(bit).into()),
-        );
-        if queue_type == QueueType::Quorum {
-            // Without these, a quorum queue dead-letters at most once; with them, at least once.
-            args.insert(
-                "x-dead-letter-strategy".into(),
-                AMQPValue::LongString("at-least-once".into()),
-            );
-            args.insert(
-                "x-overflow".into(),
-                AMQPValue::LongString("reject-publish".into()),
-            );
-        }
+        let ttl = Duration::from_secs(1 << bit);
+        let args = delay_args(queue_type, ttl, &after_exchange(bit));
         channel
             .queue_declare(&name, queue, args)
             .await
             .map_err(err(&name))?;
     }
+    let args = delay_args(queue_type, EVENTS_WAIT, EVENTS_EXCHANGE);
+    channel
+        .queue_declare(EVENTS_WAIT_QUEUE, queue, args)
+        .await
+        .map_err(err(EVENTS_WAIT_QUEUE))?;
 
     let bind = |queue: String, exchange: String, key: String| async move {
         channel

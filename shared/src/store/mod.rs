@@ -19,7 +19,7 @@
 //! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
 //! {p}:ws:{ws}:events             ZSET time_created -> event uuid
 //! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
-//! {p}:ws:{ws}:evt:{uuid}:routing a router's short lease while it expands the event
+//! {p}:ws:{ws}:lease:{uuid}       a router's short lease while it expands the event
 //! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50)
 //! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
 //! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
@@ -27,6 +27,9 @@
 //! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
 //! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
 //! ```
+//!
+//! A producer's uuid (which may contain `:`) is only ever the last part of a key, so no uuid can
+//! spell a key of another kind.
 //!
 //! Secrets inside connection JSON are sealed (see `secrets`): `enc:v1:<key id>:<base64>`.
 

@@ -27,8 +27,10 @@ pub enum Claim {
 }
 
 impl Store {
+    /// The lease is a key of its own kind: a producer's uuid is always the last part of a
+    /// key, so no uuid (which may contain `:`) can spell another event's lease.
     fn lease_key(&self, ws: &str, uuid: &str) -> String {
-        self.ws_key(ws, &format!("evt:{uuid}:routing"))
+        self.ws_key(ws, &format!("lease:{uuid}"))
     }
 
     /// Claims each of `uuids` (events of workspace `ws`) for `lease`, in one round trip.

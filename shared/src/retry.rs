@@ -7,7 +7,7 @@
 //! in-process sleeps from a multiplier; Herald uses it for reconnecting to the broker and Redis
 //! instead (see `amqp::connection`).
 //!
-//! The broker delay is a *binary ladder*: queues `herald.delay.1s`, `2s`, `4s` ... `65536s`,
+//! The broker delay is a *binary ladder*: queues `herald.ladder.1s`, `2s`, `4s` ... `65536s`,
 //! each with a fixed TTL. A delay of d seconds is written in binary in the routing key, and the
 //! message walks down from its highest set bit to its lowest, then into the jobs queue (see
 //! `amqp::topology`). Every queue holds messages of one TTL, so expiry is always at the head:

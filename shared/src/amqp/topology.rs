@@ -4,16 +4,24 @@
 //! ```text
 //! herald.events (topic) --#--> [herald.events] --> router
 //! herald.jobs   (topic) --#--> [herald.jobs]   --> deliverer
-//! herald.retry  (topic) --bits of the delay--> [herald.delay.<2^k>s] --TTL--> herald.retry.after.<k>
+//! herald.ladder (topic) --bits of the delay--> [herald.ladder.<2^k>s] --TTL--> herald.ladder.after.<k>
 //!     ... down the ladder, lowest set bit last ...  --> [herald.jobs]
+//! [herald.events.wait] --TTL 1 s--> herald.events   events another router is expanding
 //! herald.dead   (fanout) --> [herald.dead]        jobs whose schedule ran out (archive)
 //! herald.quarantine (fanout) --> [herald.quarantine]  messages that are not valid input
 //! ```
 //!
 //! Queue type: classic version 2 on one node (`HERALD_QUEUE_TYPE=classic`, the default: the
-//! fastest there), quorum queues for a cluster (`quorum`: replicated, and dead-lettering between
-//! delay rungs becomes at-least-once). Queue arguments cannot change on a live queue: moving an
-//! installation from one type to the other means new queues (a new vhost), see the runbook.
+//! fastest there), quorum queues for a cluster (`quorum`: replicated). Queue arguments cannot
+//! change on a live queue: moving an installation from one type to the other means new queues
+//! (a new vhost), see the runbook.
+//!
+//! The waiting queues (the delay ladder and `herald.events.wait`) are quorum queues whatever the
+//! type, with at-least-once dead-lettering: a message moves on from a rung only once the next
+//! queue confirmed it, so a broker killed mid-move loses no waiting retry. (Classic queues
+//! dead-letter at most once, without confirms: a SIGKILL of the node lost retries waiting in
+//! them.) The ladder before that change was named `herald.retry`/`herald.delay.*`; on an upgraded
+//! broker those queues drain into `herald.jobs` by themselves and can be deleted once empty.
 
 use std::time::Duration;
 
@@ -38,7 +46,7 @@ pub const JOBS_EXCHANGE: &str = "herald.jobs";
 /// Deliverers consume jobs from here.
 pub const JOBS_QUEUE: &str = "herald.jobs";
 /// A delayed job enters the delay ladder here, with [`crate::retry::ladder_routing_key`].
-pub const RETRY_EXCHANGE: &str = "herald.retry";
+pub const RETRY_EXCHANGE: &str = "herald.ladder";
 /// Jobs whose schedule ran out.
 pub const DEAD_EXCHANGE: &str = "herald.dead";
 /// The dead-letter archive queue.
@@ -50,7 +58,7 @@ pub const QUARANTINE_QUEUE: &str = "herald.quarantine";
 
 /// The delay queue of rung `bit` (TTL 2^bit seconds).
 pub fn delay_queue(bit: u32) -> String {
-    format!("herald.delay.{}s", 1u64 << bit)
+    format!("{RETRY_EXCHANGE}.{}s", 1u64 << bit)
 }
 
 /// The exchange a rung's expired messages go to. `after(LADDER_BITS)` is the ladder's entry.
@@ -58,7 +66,7 @@ fn after_exchange(bit: u32) -> String {
     if bit == LADDER_BITS {
         RETRY_EXCHANGE.to_string()
     } else {
-        format!("herald.retry.after.{bit}")
+        format!("{RETRY_EXCHANGE}.after.{bit}")
     }
 }
 
@@ -138,9 +146,10 @@ fn queue_args(queue_type: QueueType) -> FieldTable {
     args
 }
 
-/// The arguments of a queue whose messages wait `ttl`, then move on to `exchange`.
-fn delay_args(queue_type: QueueType, ttl: Duration, exchange: &str) -> FieldTable {
-    let mut args = queue_args(queue_type);
+/// The arguments of a queue whose messages wait `ttl`, then move on to `exchange`: a quorum
+/// queue that dead-letters at least once (see the module's top).
+fn delay_args(ttl: Duration, exchange: &str) -> FieldTable {
+    let mut args = queue_args(QueueType::Quorum);
     args.insert(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(ttl.as_millis() as i64),
@@ -149,17 +158,15 @@ fn delay_args(queue_type: QueueType, ttl: Duration, exchange: &str) -> FieldTabl
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(exchange.into()),
     );
-    if queue_type == QueueType::Quorum {
-        // Without these, a quorum queue dead-letters at most once; with them, at least once.
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-    }
+    // Without these, a quorum queue dead-letters at most once; with them, at least once.
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
     args
 }
 
@@ -218,13 +225,13 @@ pub async fn declare(
     for bit in 0..LADDER_BITS {
         let name = delay_queue(bit);
         let ttl = Duration::from_secs(1 << bit);
-        let args = delay_args(queue_type, ttl, &after_exchange(bit));
+        let args = delay_args(ttl, &after_exchange(bit));
         channel
             .queue_declare(&name, queue, args)
             .await
             .map_err(err(&name))?;
     }
-    let args = delay_args(queue_type, EVENTS_WAIT, EVENTS_EXCHANGE);
+    let args = delay_args(EVENTS_WAIT, EVENTS_EXCHANGE);
     channel
         .queue_declare(EVENTS_WAIT_QUEUE, queue, args)
         .await

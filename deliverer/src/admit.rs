@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use herald_shared::model::Connection;
 use herald_shared::ratelimit::{Decision as RateDecision, RateLimiter};
 
-use crate::breaker::{Admit, Breakers, Transition};
+use crate::breaker::{Admit, Breakers, Call, Transition};
 
 /// Why a job goes back through the delay ladder without an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +129,28 @@ impl Gate {
             .clone()
     }
 
-    /// Admits a job for `conn` or says why not. `now` is the breaker's clock. A breaker change
-    /// it caused is returned for the caller to record.
+    /// Admits a job for `conn` or says why not; a `replay` passes an open breaker as its probe.
+    /// `now` is the breaker's clock. A breaker change it caused is returned for the caller to
+    /// record.
     pub async fn admit(
         &self,
         conn: &Connection,
+        replay: bool,
+        give_up: &CancellationToken,
+        now: impl Fn() -> Instant,
+    ) -> (Admission, Option<Transition>) {
+        tokio::select! {
+            biased;
+            // The job's message lets go of its waiting jobs (see `flight`): round the ladder.
+            _ = give_up.cancelled() => (Admission::Defer(DeferReason::ConnectionBusy), None),
+            admitted = self.admit_waiting(conn, replay, now) => admitted,
+        }
+    }
+
+    async fn admit_waiting(
+        &self,
+        conn: &Connection,
+        replay: bool,
         now: impl Fn() -> Instant,
     ) -> (Admission, Option<Transition>) {
         let deadline = tokio::time::Instant::now() + self.connection_wait;
@@ -154,7 +171,11 @@ impl Gate {
         }
         // The circuit breaker: a connection failing again and again is not called until a
         // probe succeeds; its jobs fail fast and wait in the retry ladder instead.
-        let (admit, transition) = self.breakers.admit(&conn.id, now());
+        let call = Call {
+            settings: conn.delivery_fingerprint(),
+            replay,
+        };
+        let (admit, transition) = self.breakers.admit_call(&conn.id, call, now());
         let admission = match admit {
             Admit::Send | Admit::Probe => Admission::Go(Pass {
                 probe: admit == Admit::Probe,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use herald_shared::amqp::topology::JOBS_QUEUE;
 use herald_shared::amqp::Message;
@@ -25,6 +26,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let dispatcher = Dispatcher::new(settings.destinations.clone(), settings.egress_proxy.clone())
         .context("building the HTTP client")?;
+    let detached = TaskTracker::new();
     let spec = WorkerSpec {
         name: "herald-deliverer",
         addr: settings.addr,
@@ -32,6 +34,9 @@ pub async fn start(
         queue: JOBS_QUEUE,
         prefetch: settings.prefetch,
         queue_depths: QueueDepths::Skip,
+        // Jobs that finish after their message was acknowledged (see `flight`); a process
+        // killed instead of drained leaves them to their stand-ins.
+        background: Some(detached.clone()),
     };
     let common = settings.common.clone();
     let shutdown = cancel.clone();
@@ -60,6 +65,7 @@ pub async fn start(
                 publisher: worker.publisher,
             },
             shutdown,
+            detached: detached.clone(),
             name: format!(
                 "{}:{}",
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "deliverer".into()),

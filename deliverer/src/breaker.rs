@@ -81,10 +81,25 @@ struct Entry {
     cooldown: Duration,
 }
 
+/// What an admission knows of the call besides its connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Call {
+    /// A fingerprint of the connection's delivery settings (URL, credentials, headers,
+    /// enabled): when it changes, the breaker starts over, since the failures were about the
+    /// old settings.
+    pub settings: u64,
+    /// An explicit replay by a person: sent at once, as the probe, even while the breaker is
+    /// open.
+    pub replay: bool,
+}
+
 /// Every connection's breaker in this process.
 pub struct Breakers {
     policy: Policy,
     entries: Mutex<HashMap<String, Entry>>,
+    /// The settings fingerprint each connection was last admitted with (one per connection
+    /// seen, like the connection's slots).
+    settings: Mutex<HashMap<String, u64>>,
 }
 
 impl Breakers {
@@ -93,6 +108,7 @@ impl Breakers {
         Self {
             policy,
             entries: Mutex::new(HashMap::new()),
+            settings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -103,10 +119,47 @@ impl Breakers {
     /// Whether a job for `connection` may call it now. An open breaker whose cool-down ended
     /// lets exactly one probe through.
     pub fn admit(&self, connection: &str, now: Instant) -> (Admit, Option<Transition>) {
+        self.admit_call(connection, Call::default(), now)
+    }
+
+    /// [`Breakers::admit`], knowing the connection's settings and whether this is a replay.
+    pub fn admit_call(
+        &self,
+        connection: &str,
+        call: Call,
+        now: Instant,
+    ) -> (Admit, Option<Transition>) {
+        let changed = {
+            let mut seen = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            seen.insert(connection.to_string(), call.settings)
+                .is_some_and(|before| before != call.settings)
+        };
         let mut entries = self.entries();
+        if changed {
+            // The connection was fixed (or changed): its past failures say nothing about it now.
+            let reset = entries
+                .remove(connection)
+                .filter(|e| !matches!(e.phase, Phase::Closed));
+            let t = reset.map(|e| Transition {
+                to: State::Closed,
+                failures: e.failures,
+                open_for: None,
+            });
+            return (Admit::Send, t);
+        }
         let Some(e) = entries.get_mut(connection) else {
             return (Admit::Send, None);
         };
+        if call.replay && !matches!(e.phase, Phase::Closed) {
+            let was_open = matches!(e.phase, Phase::Open { .. });
+            e.phase = Phase::HalfOpen { since: now };
+            let t = was_open.then_some(Transition {
+                to: State::HalfOpen,
+                failures: e.failures,
+                open_for: None,
+            });
+            return (Admit::Probe, t);
+        }
         match e.phase {
             Phase::Closed => (Admit::Send, None),
             Phase::Open { until } if now >= until => {
@@ -309,5 +362,43 @@ mod tests {
         assert_eq!(b.record("c", true, false, t0), None);
         assert_eq!(b.record("c", false, false, t0), None);
         assert!(matches!(b.admit("c", t0).0, Admit::Reject { .. }));
+    }
+
+    #[test]
+    fn a_change_of_settings_closes_the_breaker_and_a_replay_goes_through_as_the_probe() {
+        let b = breakers();
+        let t0 = Instant::now();
+        let old = Call {
+            settings: 1,
+            replay: false,
+        };
+        assert_eq!(b.admit_call("c", old, t0).0, Admit::Send);
+        for _ in 0..3 {
+            b.record("c", false, false, t0);
+        }
+        assert!(matches!(b.admit_call("c", old, t0).0, Admit::Reject { .. }));
+
+        // An explicit replay is sent at once, as the probe; others still wait for it.
+        let replay = Call {
+            replay: true,
+            ..old
+        };
+        let (admit, t) = b.admit_call("c", replay, t0);
+        assert_eq!(admit, Admit::Probe);
+        assert_eq!(t.expect("half-open").to, State::HalfOpen);
+        assert!(matches!(b.admit_call("c", old, t0).0, Admit::Reject { .. }));
+        b.record("c", false, true, t0)
+            .expect("the failed probe re-opens it");
+
+        // The customer fixes the URL: every job goes through again, and the change is told.
+        let fixed = Call {
+            settings: 2,
+            replay: false,
+        };
+        let (admit, t) = b.admit_call("c", fixed, t0);
+        assert_eq!(admit, Admit::Send);
+        assert_eq!(t.expect("closed").to, State::Closed);
+        assert_eq!(b.admit_call("c", fixed, t0), (Admit::Send, None));
+        assert_eq!(b.open(), 0);
     }
 }

@@ -3,7 +3,9 @@
 //! Stateless: run as many replicas as the load needs.
 //!
 //! A job's path, one module a stage:
-//! - [`worker`]: a jobs message's loop: look up, admit, send, decide, settle in batches.
+//! - [`worker`]: a job's turn: look up, admit, send, decide.
+//! - [`flight`]: a message's jobs running and settling together; letting go of a message whose
+//!   jobs hang (stand-ins in the ladder, then the ack).
 //! - [`admit`]: whether a job may be sent now (connection and deliverer slots, rate limit,
 //!   breaker), as a typed admission.
 //! - [`dispatch`]: building, signing and sending one request.
@@ -16,6 +18,7 @@ pub mod admit;
 pub mod app;
 pub mod breaker;
 pub mod dispatch;
+pub mod flight;
 pub mod outcome;
 pub mod settle;
 pub mod worker;

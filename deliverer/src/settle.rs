@@ -6,6 +6,7 @@
 //! failure never publishes it twice.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -31,13 +32,15 @@ pub enum Next {
     },
     /// Not started because the process is shutting down: back to the jobs queue untouched.
     HandBack,
+    /// A stand-in whose attempt was recorded by the deliverer it stood in for: nothing to do.
+    Superseded,
 }
 
 /// One job after its turn: the job (with its attempt appended, if one was made) and what next.
 #[derive(Debug)]
-pub struct Done<'a> {
+pub struct Done {
     /// The event and workspace it belongs to.
-    pub group: &'a JobGroup,
+    pub group: Arc<JobGroup>,
     /// The job as it now stands.
     pub job: JobItem,
     /// What follows.
@@ -46,9 +49,9 @@ pub struct Done<'a> {
     published: AtomicBool,
 }
 
-impl<'a> Done<'a> {
+impl Done {
     /// A job's turn and what follows it.
-    pub fn new(group: &'a JobGroup, job: JobItem, next: Next) -> Self {
+    pub fn new(group: Arc<JobGroup>, job: JobItem, next: Next) -> Self {
         Self {
             group,
             job,
@@ -126,7 +129,7 @@ pub struct Plan {
 
 /// Works out what `batch` writes and publishes, at `now` (Unix ms). What an earlier try of
 /// the same batch already published is left out.
-pub fn plan(batch: &[Done<'_>], now: i64) -> Plan {
+pub fn plan(batch: &[Done], now: i64) -> Plan {
     let mut plan = Plan {
         rows: Vec::new(),
         dead: Vec::new(),
@@ -152,6 +155,7 @@ pub fn plan(batch: &[Done<'_>], now: i64) -> Plan {
                 }
                 continue;
             }
+            Next::Superseded => continue,
         };
         let id = delivery_id(&d.group.event.uuid, &d.job.connection_id);
         let (status, next_attempt_at, dead_letter_id) = match outcome {
@@ -226,13 +230,13 @@ impl Settler {
     /// Records every outcome of `batch` in Redis, then publishes its retries, deferrals, dead
     /// letters and hand-backs and waits for the broker's confirms. Redis trouble holds the
     /// batch (and its message's ack) and retries.
-    pub async fn settle(&self, batch: &[Done<'_>]) -> Result<(), SettleError> {
+    pub async fn settle(&self, batch: &[Done]) -> Result<(), SettleError> {
         let plan = plan(batch, herald_shared::now_ms());
         let rows: Vec<(&str, &str, &Delivery)> = plan
             .rows
             .iter()
             .map(|(i, delivery)| {
-                let group = batch[*i].group;
+                let group = &batch[*i].group;
                 (
                     group.workspace_id.as_str(),
                     group.event.uuid.as_str(),
@@ -297,8 +301,8 @@ mod tests {
     use super::*;
     use herald_shared::model::Event;
 
-    fn group() -> JobGroup {
-        JobGroup {
+    fn group() -> Arc<JobGroup> {
+        Arc::new(JobGroup {
             workspace_id: "ws_1".into(),
             event: Event {
                 uuid: "evt_1".into(),
@@ -309,7 +313,7 @@ mod tests {
                 time_created: 1,
             },
             jobs: Vec::new(),
-        }
+        })
     }
 
     #[test]
@@ -318,24 +322,24 @@ mod tests {
         let after = Duration::from_secs(5);
         let batch = vec![
             Done::new(
-                &g,
+                g.clone(),
                 JobItem::new("c_ok"),
                 Next::Attempted(Outcome::Delivered),
             ),
             Done::new(
-                &g,
+                g.clone(),
                 JobItem::new("c_retry"),
                 Next::Attempted(Outcome::Retry { after }),
             ),
             Done::new(
-                &g,
+                g.clone(),
                 JobItem::new("c_dead"),
                 Next::Attempted(Outcome::DeadLetter {
                     reason: "410 Gone".into(),
                 }),
             ),
-            Done::new(&g, JobItem::new("c_busy"), Next::Deferred { after }),
-            Done::new(&g, JobItem::new("c_late"), Next::HandBack),
+            Done::new(g.clone(), JobItem::new("c_busy"), Next::Deferred { after }),
+            Done::new(g.clone(), JobItem::new("c_late"), Next::HandBack),
         ];
         let p = plan(&batch, 1_000);
         let statuses: Vec<_> = p.rows.iter().map(|(i, d)| (*i, d.status)).collect();
@@ -368,11 +372,11 @@ mod tests {
         let after = Duration::from_secs(5);
         let batch = vec![
             Done::new(
-                &g,
+                g.clone(),
                 JobItem::new("c_retry"),
                 Next::Attempted(Outcome::Retry { after }),
             ),
-            Done::new(&g, JobItem::new("c_late"), Next::HandBack),
+            Done::new(g.clone(), JobItem::new("c_late"), Next::HandBack),
         ];
         batch[0].mark_published();
         batch[1].mark_published();

@@ -1,36 +1,29 @@
 //! A jobs message's path through the deliverer: each job is looked up, admitted, sent and its
-//! outcome decided ([`Deliverer::run_job`]); finished jobs are settled in small batches while
-//! slower ones still run ([`Deliverer::handle`]), and the message is acknowledged only once
-//! every job is settled.
+//! outcome decided ([`Deliverer::run_job`]); the message's jobs run and settle together as a
+//! [`Flight`], which lets go of the message early when some of them hang.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use herald_shared::amqp::{Handled, Message, Rejection};
 use herald_shared::config::DelivererSettings;
-use herald_shared::model::{JobGroup, JobItem};
+use herald_shared::model::{Connection, JobGroup, JobItem};
 use herald_shared::store::health::BreakerChange;
-use herald_shared::store::ConfigCache;
+use herald_shared::store::{ConfigCache, StoreError, WorkspaceConfig};
 
 use crate::admit::{deferral_delay, Admission, DeferReason, Gate};
 use crate::breaker::Transition;
 use crate::dispatch::Dispatcher;
+use crate::flight::{Flight, JobState, DETACH_AFTER};
 use crate::outcome::{
     decide_outcome, refused_by_breaker, status_class, Outcome, Verdict, BREAKER_OPEN_CLASS,
 };
-use crate::settle::{Done, Next, SettleError, Settler};
-
-/// How long finished jobs of a message wait for others before their outcomes are written, so
-/// the history shows each attempt within a second while writes stay batched.
-const SETTLE_EVERY: Duration = Duration::from_millis(200);
-
-/// How long a batch whose settling failed waits before it is written again.
-const SETTLE_AGAIN_AFTER: Duration = Duration::from_millis(500);
+use crate::settle::{Done, Next, Settler};
 
 /// Everything a deliverer's jobs go through.
 pub struct Deliverer {
@@ -46,16 +39,15 @@ pub struct Deliverer {
     pub settler: Settler,
     /// Fires on shutdown: jobs not yet started are handed back instead of sent.
     pub shutdown: CancellationToken,
+    /// Jobs finishing after their message was acknowledged; shutdown waits for them.
+    pub detached: TaskTracker,
     /// This process, as named in the breaker history (host and pid).
     pub name: String,
 }
 
-/// A batch of finished jobs being written, giving the batch back with the result.
-type Settling<'a> = BoxFuture<'a, (Result<(), SettleError>, Vec<Done<'a>>)>;
-
 impl Deliverer {
     /// Runs every job of a jobs message and settles them; says what to do with the message.
-    pub async fn handle(&self, message: &Message) -> Handled {
+    pub async fn handle(self: &Arc<Self>, message: &Message) -> Handled {
         let groups: Vec<JobGroup> = match serde_json::from_slice(&message.data) {
             Ok(g) => g,
             Err(e) => {
@@ -71,117 +63,104 @@ impl Deliverer {
                 "a jobs message with no jobs",
             ));
         }
-        // Jobs run concurrently; finished ones are settled in small batches while the rest are
-        // still running, so one slow connection delays neither the history nor the retries of
-        // the others in the same message.
-        let mut running: FuturesUnordered<_> = groups
-            .iter()
-            .flat_map(|g| g.jobs.iter().map(move |j| self.run_job(g, j)))
-            .collect();
-        let mut ready: Vec<Done> = Vec::new();
-        let mut attempted_any = false;
-        let mut settle_at: Option<tokio::time::Instant> = None;
-        // A batch being written runs alongside the jobs still in flight (their responses keep
-        // being read, and their timeouts keep meaning what they say).
-        let mut settling: Option<Settling<'_>> = None;
-        let mut all_ran = false;
-        while !all_ran || settling.is_some() {
-            tokio::select! {
-                next = running.next(), if !all_ran => match next {
-                    Some(done) => {
-                        attempted_any |= done.next != Next::HandBack;
-                        ready.push(done);
-                        settle_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE_EVERY);
-                    }
-                    None => all_ran = true,
-                },
-                (written, batch) = poll_settling(&mut settling), if settling.is_some() => {
-                    settling = match written {
-                        Ok(()) => None,
-                        // Never requeue a message part of which is settled: its jobs would be
-                        // sent again and their retry chains forked. Write the rest again.
-                        Err(e) => Some(self.settle_again(batch, e)),
-                    };
+        let mut flight = Flight::start(self.clone(), groups);
+        if !flight
+            .drive(Some(tokio::time::Instant::now() + DETACH_AFTER))
+            .await
+        {
+            // Some jobs still run (a slow or hanging destination): they must not hold this
+            // message's prefetch slot. Once each has a stand-in confirmed by the broker, the
+            // message is acknowledged and they finish in the background.
+            match flight.let_go().await {
+                Ok(n) => {
+                    metrics::counter!("herald_jobs_detached_total").increment(n as u64);
+                    self.detached.spawn(async move {
+                        flight.drive(None).await;
+                        flight.finish().await;
+                    });
+                    return Handled::Ack;
                 }
-                _ = sleep_until_or_never(settle_at), if settling.is_none() && !all_ran => {
-                    let batch = std::mem::take(&mut ready);
-                    settle_at = None;
-                    settling = Some(self.settle_later(batch, Duration::ZERO));
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish stand-ins; holding the message");
+                    flight.drive(None).await;
                 }
             }
         }
-        if !attempted_any {
+        if flight.untouched() {
             // Shutting down before any of it started: the whole message goes back as it was.
             return Handled::Release;
         }
-        let mut batch = ready;
-        let mut written = self.settler.settle(&batch).await;
-        while let Err(e) = written {
-            (written, batch) = self.settle_again(batch, e).await;
-        }
+        flight.finish().await;
         Handled::Ack
     }
 
-    /// Writes `batch` after `pause`.
-    fn settle_later<'a>(&'a self, batch: Vec<Done<'a>>, pause: Duration) -> Settling<'a> {
-        Box::pin(async move {
-            tokio::time::sleep(pause).await;
-            let written = self.settler.settle(&batch).await;
-            (written, batch)
-        })
-    }
-
-    /// Writes a batch again after a failure (pausing first); what was already published is not
-    /// published twice.
-    fn settle_again<'a>(&'a self, batch: Vec<Done<'a>>, error: SettleError) -> Settling<'a> {
-        tracing::warn!(%error, "settling failed; trying again");
-        metrics::counter!("herald_settle_failures_total").increment(1);
-        self.settle_later(batch, SETTLE_AGAIN_AFTER)
-    }
-
     /// Makes one attempt of one job (or decides it cannot be made) and what follows from it.
-    async fn run_job<'a>(&self, group: &'a JobGroup, job: &JobItem) -> Done<'a> {
+    pub async fn run_job(&self, group: Arc<JobGroup>, mut job: JobItem, state: &JobState) -> Done {
         let span = tracing::info_span!(
             "deliver",
             event_id = %group.event.uuid,
             connection_id = %job.connection_id,
             attempt = job.attempts.len() + 1
         );
-        let mut job = job.clone();
-        let next = self.turn(group, &mut job).instrument(span).await;
+        let next = self.turn(&group, &mut job, state).instrument(span).await;
         Done::new(group, job, next)
     }
 
     /// One job's turn: look up, admit, send, decide. The attempt made (if any) is appended to
     /// `job`; returns what follows.
-    async fn turn(&self, group: &JobGroup, job: &mut JobItem) -> Next {
-        let config = match self.cache.workspace(&group.workspace_id).await {
-            Ok(c) => c,
+    async fn turn(&self, group: &JobGroup, job: &mut JobItem, state: &JobState) -> Next {
+        if job.stand_in {
+            let recorded = self
+                .settler
+                .store
+                .attempts_recorded(&group.workspace_id, &group.event.uuid, &job.connection_id)
+                .await;
+            match recorded {
+                Ok(Some(n)) if n > job.attempts.len() => {
+                    // The attempt it stood in for was recorded: nothing to do.
+                    metrics::counter!("herald_stand_ins_total", "outcome" => "superseded")
+                        .increment(1);
+                    return Next::Superseded;
+                }
+                Ok(_) => {
+                    // The deliverer that ran it died first: this is the job now.
+                    metrics::counter!("herald_stand_ins_total", "outcome" => "sent").increment(1);
+                    job.stand_in = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the history; deferring a stand-in");
+                    return self.defer(job, DeferReason::ConfigUnavailable);
+                }
+            }
+        }
+        let conn = match self.connection(group, job).await {
+            Ok(Lookup::Found(conn)) => conn,
+            Ok(Lookup::Stop(reason)) => {
+                tracing::warn!(reason, "dead-lettering");
+                return Next::Attempted(Outcome::DeadLetter {
+                    reason: reason.to_string(),
+                });
+            }
             Err(e) => {
                 // Redis away and nothing cached: try again shortly, through the broker.
                 tracing::warn!(error = %e, "cannot read the configuration; deferring");
                 return self.defer(job, DeferReason::ConfigUnavailable);
             }
         };
-        let stop = |reason: &str| {
-            Next::Attempted(Outcome::DeadLetter {
-                reason: reason.to_string(),
-            })
-        };
-        let Some(conn) = config.connections.get(&job.connection_id).cloned() else {
-            tracing::warn!("connection no longer exists; dead-lettering");
-            return stop("the connection no longer exists");
-        };
-        if !conn.enabled {
-            return stop("the connection is disabled");
-        }
 
-        let (admission, transition) = self.gate.admit(&conn, Instant::now).await;
+        let (admission, transition) = self
+            .gate
+            .admit(&conn, job.replay, &state.give_up, Instant::now)
+            .await;
         if let Some(t) = transition {
             self.breaker_changed(&group.workspace_id, &conn.id, t).await;
         }
         let pass = match admission {
-            Admission::Go(pass) => pass,
+            Admission::Go(pass) => {
+                // A replay passes the breaker once; its retries wait like any other.
+                job.replay = false;
+                pass
+            }
             Admission::Defer(reason) => return self.defer(job, reason),
             Admission::HandBack => return Next::HandBack,
             Admission::Refused { retry_in } => {
@@ -194,6 +173,7 @@ impl Deliverer {
             }
         };
 
+        state.sending.store(true, Ordering::SeqCst);
         let timeout = Duration::from_millis(conn.timeout_ms);
         let (attempt, verdict) = {
             let _in_flight = InFlight::new();
@@ -235,6 +215,18 @@ impl Deliverer {
             ),
         }
         Next::Attempted(outcome)
+    }
+
+    /// The job's connection, from the cache. A connection that seems gone or disabled is read
+    /// again from Redis before the job is given up: the cache may be a moment behind a change
+    /// (a connection just created, or enabled again).
+    async fn connection(&self, group: &JobGroup, job: &JobItem) -> Result<Lookup, StoreError> {
+        let cached = self.cache.workspace(&group.workspace_id).await?;
+        if let Lookup::Found(conn) = Lookup::of(&cached, &job.connection_id) {
+            return Ok(Lookup::Found(conn));
+        }
+        let fresh = self.cache.reload(&group.workspace_id).await?;
+        Ok(Lookup::of(&fresh, &job.connection_id))
     }
 
     fn decide(&self, verdict: &Verdict, job: &JobItem) -> Outcome {
@@ -291,6 +283,24 @@ impl Deliverer {
     }
 }
 
+/// A job's connection as the configuration has it.
+enum Lookup {
+    /// Enabled: send.
+    Found(Arc<Connection>),
+    /// Gone or disabled: the job stops here, with this reason.
+    Stop(&'static str),
+}
+
+impl Lookup {
+    fn of(config: &WorkspaceConfig, connection_id: &str) -> Self {
+        match config.connections.get(connection_id) {
+            None => Lookup::Stop("the connection no longer exists"),
+            Some(c) if !c.enabled => Lookup::Stop("the connection is disabled"),
+            Some(c) => Lookup::Found(c.clone()),
+        }
+    }
+}
+
 /// Counts a request in `herald_deliveries_in_flight` for as long as it lives (also when its
 /// future is dropped mid-request).
 struct InFlight;
@@ -305,23 +315,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!("herald_deliveries_in_flight").decrement(1.0);
-    }
-}
-
-/// Waits for the batch being written (the caller only polls this while there is one).
-async fn poll_settling<'a>(
-    settling: &mut Option<Settling<'a>>,
-) -> (Result<(), SettleError>, Vec<Done<'a>>) {
-    match settling {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

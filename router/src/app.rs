@@ -63,6 +63,7 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         queue: EVENTS_QUEUE,
         prefetch: settings.prefetch,
         queue_depths: QueueDepths::Sample,
+        background: None,
     };
     let common = settings.common.clone();
     start_worker(&common, spec, cancel, move |worker| {

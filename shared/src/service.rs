@@ -11,6 +11,7 @@ use anyhow::Context;
 use futures::future::select_all;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::amqp::{consume, Broker, Handled, Message, Publisher};
 use crate::config::CommonSettings;
@@ -99,6 +100,10 @@ pub struct WorkerSpec {
     pub prefetch: u16,
     /// Whether this worker samples every queue's depth into metrics.
     pub queue_depths: QueueDepths,
+    /// Work that outlives its message (acknowledged before it finished): on shutdown it is
+    /// drained after the consumer and before the broker connection closes, since it may still
+    /// publish.
+    pub background: Option<TaskTracker>,
 }
 
 /// Starts a worker: connects to Redis and the broker, serves the ops endpoints, and consumes
@@ -149,8 +154,16 @@ where
         common.drain_timeout,
         handler,
     );
+    let background = spec.background;
+    let drain = common.drain_timeout;
     let consume = tokio::spawn(async move {
         consuming.await;
+        if let Some(tracker) = background {
+            tracker.close();
+            if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+                tracing::warn!("drain timeout: background work still running is abandoned");
+            }
+        }
         broker_cancel.cancel();
     });
     Ok(Running::new(

@@ -114,6 +114,14 @@ fn describe() {
     );
     describe_counter!("herald_jobs_deferred_total", "Jobs sent back through the delay ladder without an attempt because their connection was busy or rate-limited.");
     describe_counter!(
+        "herald_jobs_detached_total",
+        "Jobs still running when their message let go of its prefetch slot (each got a stand-in)."
+    );
+    describe_counter!(
+        "herald_stand_ins_total",
+        "Stand-ins that came back, by outcome: superseded (the attempt was recorded) or sent."
+    );
+    describe_counter!(
         "herald_jobs_handed_back_total",
         "Jobs not started at shutdown, returned to the jobs queue."
     );

@@ -96,6 +96,8 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
         attempts: d.attempts.clone(),
         round_start: d.attempts.len(),
         deferrals: 0,
+        replay: true,
+        stand_in: false,
     };
     let group = JobGroup {
         workspace_id: d.workspace_id.clone(),

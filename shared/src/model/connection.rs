@@ -199,6 +199,19 @@ const RESERVED_HEADERS: &[&str] = &[
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 
 impl Connection {
+    /// A fingerprint of what decides whether a delivery can succeed: URL, method, credentials,
+    /// headers and whether it is enabled. It changes when a customer fixes their endpoint.
+    pub fn delivery_fingerprint(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        self.url.hash(&mut h);
+        self.method.as_str().hash(&mut h);
+        serde_json::to_string(&self.auth).ok().hash(&mut h);
+        self.headers.hash(&mut h);
+        self.enabled.hash(&mut h);
+        h.finish()
+    }
+
     /// The secrets that sign a request sent at `now_ms`: the current one first.
     pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &str> {
         std::iter::once(self.secret.as_str()).chain(

@@ -36,6 +36,15 @@ pub struct JobItem {
     /// connection was busy or rate-limited (each wait is longer, up to half a minute).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deferrals: u32,
+    /// Sent again by a person (a dead letter replayed): goes out at once, past an open circuit
+    /// breaker, as its probe. Only the first attempt after the replay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+    /// A stand-in published while this job's attempt was still running, after its message was
+    /// acknowledged (so one hanging request holds no prefetch slot). It is sent only if the
+    /// history holds no newer attempt: the deliverer that ran it died before recording one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stand_in: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -50,6 +59,8 @@ impl JobItem {
             attempts: Vec::new(),
             round_start: 0,
             deferrals: 0,
+            replay: false,
+            stand_in: false,
         }
     }
 }

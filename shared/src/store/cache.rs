@@ -66,6 +66,13 @@ impl ConfigCache {
         }
     }
 
+    /// A workspace's configuration read from Redis now, past the cache (and cached). For a
+    /// decision that cannot be taken back on a copy up to `HERALD_CONFIG_REFRESH` old, such as
+    /// dead-lettering a job because its connection seems gone or disabled.
+    pub async fn reload(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
+        self.load(ws).await
+    }
+
     /// Reads a workspace from Redis and caches it; fresh only if no change was announced while
     /// it was being read (otherwise the next use reads again).
     async fn load(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {

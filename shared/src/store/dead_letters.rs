@@ -62,7 +62,7 @@ impl Store {
         let ttl = self.retention_secs();
         let mut pipe = redis::pipe();
         for (ws, uuid, delivery) in deliveries {
-            let key = self.ws_key(ws, &format!("evt:{uuid}"));
+            let key = self.event_key(ws, uuid);
             pipe.hset(
                 &key,
                 format!("d:{}", delivery.connection_id),

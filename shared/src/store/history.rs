@@ -102,6 +102,19 @@ impl Store {
         Ok(())
     }
 
+    /// How many attempts the history holds for one delivery (None: not recorded).
+    pub async fn attempts_recorded(
+        &self,
+        ws: &str,
+        uuid: &str,
+        connection_id: &str,
+    ) -> Result<Option<usize>, StoreError> {
+        let key = self.event_key(ws, uuid);
+        let raw: Option<String> = self.conn().hget(&key, format!("d:{connection_id}")).await?;
+        raw.map(|json| parse::<Delivery>(&key, &json).map(|d| d.attempts.len()))
+            .transpose()
+    }
+
     /// An event with its deliveries.
     pub async fn get_event(&self, ws: &str, uuid: &str) -> Result<Option<EventRecord>, StoreError> {
         let key = self.event_key(ws, uuid);

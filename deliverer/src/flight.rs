@@ -1,0 +1,226 @@
+//! A jobs message's jobs in flight. They run concurrently; finished ones are settled in small
+//! batches while the rest still run, so one slow connection delays neither the history nor the
+//! retries of the others. A message whose jobs still run after [`DETACH_AFTER`] stops holding
+//! its prefetch slot: each unfinished job gets a stand-in in the delay ladder (sent only if
+//! this process dies before recording the attempt), the message is acknowledged, and the jobs
+//! finish in the background. So any number of hanging destinations cannot fill the prefetch
+//! and starve healthy connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use futures::future::{try_join_all, BoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use herald_shared::amqp::PublishError;
+use herald_shared::model::{JobGroup, JobItem};
+
+use crate::settle::{Done, Next, SettleError};
+use crate::worker::Deliverer;
+
+/// How long finished jobs of a message wait for others before their outcomes are written, so
+/// the history shows each attempt within a second while writes stay batched.
+const SETTLE_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a batch whose settling failed waits before it is written again.
+const SETTLE_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
+/// A message whose jobs still run this long lets go of its prefetch slot.
+pub const DETACH_AFTER: Duration = Duration::from_secs(1);
+
+/// When a stand-in comes back: after the longest request (120 s timeout, plus the wait for a
+/// slot and settling) could have been recorded.
+pub const STAND_IN_AFTER: Duration = Duration::from_secs(150);
+
+/// A batch of finished jobs being written, giving the batch back with the result.
+type Settling = BoxFuture<'static, (Result<(), SettleError>, Vec<Done>)>;
+
+/// Where one job of a flight stands, shared between the flight and the job's turn.
+#[derive(Default)]
+pub struct JobState {
+    /// Cancelled when the flight lets go of its message: a job still waiting for admission
+    /// stops waiting and goes round the ladder.
+    pub give_up: CancellationToken,
+    /// Set once its request is about to be sent: from then on it records an attempt.
+    pub sending: AtomicBool,
+}
+
+/// How often a flight letting go looks whether its waiting jobs have stepped aside.
+const STEP_ASIDE_CHECK: Duration = Duration::from_millis(20);
+
+/// The jobs of one message, from start to settled.
+pub struct Flight {
+    deliverer: Arc<Deliverer>,
+    running: FuturesUnordered<BoxFuture<'static, (usize, Done)>>,
+    /// Jobs not finished yet, by their place in the message (for their stand-ins).
+    unfinished: HashMap<usize, (Arc<JobGroup>, JobItem, Arc<JobState>)>,
+    ready: Vec<Done>,
+    settle_at: Option<tokio::time::Instant>,
+    settling: Option<Settling>,
+    all_ran: bool,
+    attempted_any: bool,
+}
+
+impl Flight {
+    /// Starts every job of `groups`.
+    pub fn start(deliverer: Arc<Deliverer>, groups: Vec<JobGroup>) -> Self {
+        let running = FuturesUnordered::new();
+        let mut unfinished = HashMap::new();
+        for group in groups.into_iter().map(Arc::new) {
+            for job in &group.jobs {
+                let index = unfinished.len();
+                let state = Arc::new(JobState::default());
+                unfinished.insert(index, (group.clone(), job.clone(), state.clone()));
+                let (d, g, j) = (deliverer.clone(), group.clone(), job.clone());
+                let run: BoxFuture<'static, (usize, Done)> =
+                    Box::pin(async move { (index, d.run_job(g, j, &state).await) });
+                running.push(run);
+            }
+        }
+        Self {
+            deliverer,
+            running,
+            unfinished,
+            ready: Vec::new(),
+            settle_at: None,
+            settling: None,
+            all_ran: false,
+            attempted_any: false,
+        }
+    }
+
+    /// Runs jobs and settles finished ones until all are done (true) or `until` (false).
+    pub async fn drive(&mut self, until: Option<tokio::time::Instant>) -> bool {
+        let deadline = sleep_until_or_never(until);
+        tokio::pin!(deadline);
+        while !self.all_ran || self.settling.is_some() {
+            tokio::select! {
+                next = self.running.next(), if !self.all_ran => match next {
+                    Some((index, done)) => {
+                        self.unfinished.remove(&index);
+                        self.attempted_any |= done.next != Next::HandBack;
+                        self.ready.push(done);
+                        self.settle_at
+                            .get_or_insert_with(|| tokio::time::Instant::now() + SETTLE_EVERY);
+                    }
+                    None => self.all_ran = true,
+                },
+                (written, batch) = poll_settling(&mut self.settling), if self.settling.is_some() => {
+                    self.settling = match written {
+                        Ok(()) => None,
+                        // Never requeue a message part of which is settled: its jobs would be
+                        // sent again and their retry chains forked. Write the rest again.
+                        Err(e) => Some(settle_again(self.deliverer.clone(), batch, e)),
+                    };
+                }
+                _ = sleep_until_or_never(self.settle_at), if self.settling.is_none() && !self.all_ran => {
+                    let batch = std::mem::take(&mut self.ready);
+                    self.settle_at = None;
+                    self.settling = Some(settle_later(self.deliverer.clone(), batch, Duration::ZERO));
+                }
+                _ = &mut deadline => return false,
+            }
+        }
+        true
+    }
+
+    /// True when no job was started (the process is shutting down): the message can go back
+    /// as it was.
+    pub fn untouched(&self) -> bool {
+        !self.attempted_any && self.all_ran
+    }
+
+    /// Settles what is left, holding on until it is written.
+    pub async fn finish(mut self) {
+        let mut batch = std::mem::take(&mut self.ready);
+        let mut written = self.deliverer.settler.settle(&batch).await;
+        while let Err(e) = written {
+            (written, batch) = settle_again(self.deliverer.clone(), batch, e).await;
+        }
+    }
+
+    /// Lets go of the message: jobs still waiting for admission step aside (they go round the
+    /// ladder, as on a busy connection), and every job whose request is out gets a stand-in
+    /// confirmed by the broker. Returns how many stand-ins were published; the flight is then
+    /// free to finish in the background.
+    pub async fn let_go(&mut self) -> Result<usize, PublishError> {
+        self.unfinished
+            .values()
+            .filter(|(_, _, s)| !s.sending.load(Ordering::SeqCst))
+            .for_each(|(_, _, s)| s.give_up.cancel());
+        while !self
+            .unfinished
+            .values()
+            .all(|(_, _, s)| s.sending.load(Ordering::SeqCst))
+        {
+            if self
+                .drive(Some(tokio::time::Instant::now() + STEP_ASIDE_CHECK))
+                .await
+            {
+                return Ok(0);
+            }
+        }
+        self.publish_stand_ins().await
+    }
+
+    /// Publishes a stand-in for every unfinished job, confirmed by the broker.
+    async fn publish_stand_ins(&mut self) -> Result<usize, PublishError> {
+        let publisher = self.deliverer.settler.publisher.clone();
+        let stand_ins: Vec<JobGroup> = self
+            .unfinished
+            .values()
+            .map(|(group, job, _)| JobGroup {
+                workspace_id: group.workspace_id.clone(),
+                event: group.event.clone(),
+                jobs: vec![JobItem {
+                    stand_in: true,
+                    ..job.clone()
+                }],
+            })
+            .collect();
+        try_join_all(
+            stand_ins
+                .iter()
+                .map(|group| publisher.retry_after(group, STAND_IN_AFTER)),
+        )
+        .await?;
+        Ok(stand_ins.len())
+    }
+}
+
+/// Writes `batch` after `pause`.
+fn settle_later(deliverer: Arc<Deliverer>, batch: Vec<Done>, pause: Duration) -> Settling {
+    Box::pin(async move {
+        tokio::time::sleep(pause).await;
+        let written = deliverer.settler.settle(&batch).await;
+        (written, batch)
+    })
+}
+
+/// Writes a batch again after a failure (pausing first); what was already published is not
+/// published twice.
+fn settle_again(deliverer: Arc<Deliverer>, batch: Vec<Done>, error: SettleError) -> Settling {
+    tracing::warn!(%error, "settling failed; trying again");
+    metrics::counter!("herald_settle_failures_total").increment(1);
+    settle_later(deliverer, batch, SETTLE_AGAIN_AFTER)
+}
+
+/// Waits for the batch being written (the caller only polls this while there is one).
+async fn poll_settling(settling: &mut Option<Settling>) -> (Result<(), SettleError>, Vec<Done>) {
+    match settling {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

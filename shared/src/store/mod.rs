@@ -31,6 +31,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+pub mod sessions;
 
 use std::time::Duration;
 

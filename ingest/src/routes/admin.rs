@@ -12,16 +12,17 @@ use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{existing_workspace, Admin, AdminOf};
 use crate::error::ApiError;
-use crate::extract::{filter_token, page, Admin, ApiQuery, NoQuery};
+use crate::extract::{ApiQuery, NoQuery, OptionalJson};
+use crate::paging::{filter_token, list, page};
 use crate::routes::{connections, dead_letters};
+use crate::state::AppState;
 
-async fn workspace(state: &AppState, ws: &str) -> Result<(), ApiError> {
-    if ws.len() > 128 || state.store.get_workspace(ws).await?.is_none() {
-        return Err(ApiError::NotFound("workspace"));
-    }
-    Ok(())
+/// The `{id}` of a console path under `/v1/admin/workspaces/{ws}` (`AdminOf` takes the `{ws}`).
+#[derive(Deserialize)]
+pub struct OfWorkspace {
+    id: String,
 }
 
 /// Finds an event by uuid in every workspace: the event, its `workspace_id`, its deliveries and
@@ -98,7 +99,7 @@ pub async fn search_events(
     ApiQuery(q): ApiQuery<EventSearch>,
 ) -> Result<Json<Value>, ApiError> {
     check_token("workspace_id", &q.workspace_id, 128)?;
-    workspace(&state, &q.workspace_id).await?;
+    existing_workspace(&state, &q.workspace_id).await?;
     let (limit, mut cursor) = page(q.limit, q.cursor.as_deref())?;
     if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
         if !EVENT_STATUSES.contains(&s) {
@@ -131,7 +132,7 @@ pub async fn search_events(
         scanned += 100;
         for r in records {
             if r.event.time_created < since {
-                return Ok(crate::extract::list(out, None));
+                return Ok(list(out, None));
             }
             let here = Cursor {
                 score: r.event.time_created,
@@ -145,13 +146,13 @@ pub async fn search_events(
                 v["workspace_id"] = json!(q.workspace_id);
                 out.push(v);
                 if out.len() >= limit {
-                    return Ok(crate::extract::list(out, Some(here)));
+                    return Ok(list(out, Some(here)));
                 }
             }
         }
         match next {
-            None => return Ok(crate::extract::list(out, None)),
-            Some(n) if scanned >= SEARCH_SCAN => return Ok(crate::extract::list(out, Some(n))),
+            None => return Ok(list(out, None)),
+            Some(n) if scanned >= SEARCH_SCAN => return Ok(list(out, Some(n))),
             Some(n) => cursor = Some(n),
         }
     }
@@ -164,11 +165,9 @@ pub async fn search_events(
         (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn connections(
     State(state): State<AppState>,
-    _: Admin,
-    Path(ws): Path<String>,
+    AdminOf(ws): AdminOf,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    workspace(&state, &ws).await?;
     let data: Vec<Value> = state
         .store
         .list_connections(&ws)
@@ -186,10 +185,9 @@ pub async fn connections(
         (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn connection_health(
     State(state): State<AppState>,
-    _: Admin,
-    Path((ws, id)): Path<(String, String)>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
 ) -> Result<Json<Value>, ApiError> {
-    workspace(&state, &ws).await?;
     connections::health_of(&state, &ws, &id).await.map(Json)
 }
 
@@ -200,11 +198,9 @@ pub async fn connection_health(
         (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn dead_letters(
     State(state): State<AppState>,
-    _: Admin,
-    Path(ws): Path<String>,
+    AdminOf(ws): AdminOf,
     ApiQuery(q): ApiQuery<dead_letters::ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    workspace(&state, &ws).await?;
     dead_letters::list_of(&state, &ws, q).await
 }
 
@@ -215,10 +211,9 @@ pub async fn dead_letters(
         (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn replay_dead_letter(
     State(state): State<AppState>,
-    _: Admin,
-    Path((ws, id)): Path<(String, String)>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    workspace(&state, &ws).await?;
     dead_letters::replay_one_of(&state, &ws, &id).await
 }
 
@@ -231,12 +226,10 @@ pub async fn replay_dead_letter(
         (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn replay_dead_letters(
     State(state): State<AppState>,
-    _: Admin,
-    Path(ws): Path<String>,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    AdminOf(ws): AdminOf,
+    OptionalJson(filter): OptionalJson<dead_letters::ReplayFilter>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    workspace(&state, &ws).await?;
-    dead_letters::replay_many_of(&state, &ws, &body).await
+    dead_letters::replay_many_of(&state, &ws, filter).await
 }
 
 /// Discards a dead letter of a workspace.
@@ -246,9 +239,8 @@ pub async fn replay_dead_letters(
         (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
-    _: Admin,
-    Path((ws, id)): Path<(String, String)>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
 ) -> Result<StatusCode, ApiError> {
-    workspace(&state, &ws).await?;
     dead_letters::discard_of(&state, &ws, &id).await
 }

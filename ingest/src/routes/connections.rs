@@ -14,9 +14,10 @@ use herald_shared::signing::generate_secret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{Editor, Reader, SecretKey};
 use crate::error::ApiError;
-use crate::extract::{not_null, ApiJson, ApiQuery, Editor, NoQuery, Reader, SecretKey};
+use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery, OptionalJson};
+use crate::state::AppState;
 
 /// `POST /v1/connections` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -352,13 +353,8 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     Editor(ws): Editor,
     Path(id): Path<String>,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    OptionalJson(body): OptionalJson<Rotate>,
 ) -> Result<Json<Value>, ApiError> {
-    let body: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
-        Rotate::default()
-    } else {
-        crate::extract::parse_json(&body)?
-    };
     let mut c = load(&state, &ws, &id).await?;
     let now = herald_shared::now_ms();
     let expires_at = now + state.settings.secret_grace.as_millis() as i64;

@@ -14,9 +14,11 @@ use lapin::BasicProperties;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
-use crate::extract::{filter_token, list as list_body, page, ApiQuery, Editor, Reader};
+use crate::extract::{ApiQuery, OptionalJson};
+use crate::paging::{filter_token, list as list_body, page};
+use crate::state::AppState;
 
 /// Replays up to this many are done before answering (200); more run in the background (202).
 const SYNC_REPLAY_LIMIT: usize = 100;
@@ -176,22 +178,17 @@ pub struct ReplayFilter {
 pub async fn replay_many(
     State(state): State<AppState>,
     Editor(ws): Editor,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    OptionalJson(filter): OptionalJson<ReplayFilter>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    replay_many_of(&state, &ws, &body).await
+    replay_many_of(&state, &ws, filter).await
 }
 
-/// Replays every dead letter of a workspace that matches the filter in `body`.
+/// Replays every dead letter of a workspace that matches `f` (an empty filter: all of them).
 pub async fn replay_many_of(
     state: &AppState,
     ws: &str,
-    body: &[u8],
+    f: ReplayFilter,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let f: ReplayFilter = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayFilter::default()
-    } else {
-        crate::extract::parse_json(body)?
-    };
     // An empty string here is a mistake, not "everything": a replay of all is `{}`.
     let strict = |field: &str, v: Option<String>| {
         v.map(|v| check_token(field, &v, 128).map(|()| v))

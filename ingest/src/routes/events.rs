@@ -19,9 +19,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{AnyKey, Reader};
 use crate::error::ApiError;
-use crate::extract::{filter_token, list as list_body, page, parse_json, AnyKey, ApiQuery, Reader};
+use crate::extract::{parse_json, ApiQuery, RawBody};
+use crate::paging::{filter_token, list as list_body, page};
+use crate::state::AppState;
 
 /// Most events in one broker message.
 const EVENTS_PER_MESSAGE: usize = 500;
@@ -87,7 +89,7 @@ pub async fn create(
         workspace_id: ws,
         key_hash,
     }: AnyKey,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     limit_intake(&state, &key_hash, 1).await?;
     let envelope: Envelope = parse_json(&body).inspect_err(|_| reject("invalid"))?;
@@ -127,7 +129,7 @@ pub async fn bulk(
         workspace_id: ws,
         key_hash,
     }: AnyKey,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let bulk: Bulk = parse_json(&body)?;
     if bulk.events.is_empty() {

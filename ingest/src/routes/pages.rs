@@ -1,18 +1,15 @@
-//! The portal, the support console and their assets, shipped inside the binary, and the
-//! OpenAPI document.
+//! The portal, the support console and their assets, shipped inside the binary.
 //!
 //! Every page gets a strict Content-Security-Policy: no inline script or style, nothing from
 //! another origin, requests only to this origin. The portal may be framed only by the origins
 //! its workspace listed in `frame_ancestors`; the console by nobody.
 
-use std::sync::OnceLock;
-
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 const PORTAL_HTML: &str = include_str!("../../assets/portal/index.html");
 const CONSOLE_HTML: &str = include_str!("../../assets/console/index.html");
@@ -82,7 +79,9 @@ fn page(html: &'static str, frame_ancestors: &[String]) -> Response {
     responses((status = 200, description = "The portal page (HTML)", content_type = "text/html")))]
 pub async fn portal(State(state): State<AppState>, Path(ws): Path<String>) -> Response {
     let ancestors = if ws.len() <= 128 {
-        crate::sessions::settings(&state.store, &ws)
+        state
+            .store
+            .portal_settings(&ws)
             .await
             .map(|s| s.frame_ancestors)
             .unwrap_or_default()
@@ -131,21 +130,4 @@ pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
-}
-
-/// This API's OpenAPI 3.1 document, generated from the route table and its handlers.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
-    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
-pub async fn openapi_json() -> Response {
-    static SPEC: OnceLock<String> = OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
-        crate::app::api_routes(0, 0)
-            .into_openapi()
-            .to_pretty_json()
-            .unwrap_or_default()
-    });
-    if spec.is_empty() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    ([(header::CONTENT_TYPE, "application/json")], spec.as_str()).into_response()
 }

@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
-use crate::extract::{not_null, ApiJson, ApiQuery, Editor, NoQuery, Reader};
+use crate::extract::{is_blank, not_null, ApiJson, ApiQuery, NoQuery, RawBody};
+use crate::state::AppState;
 
 /// `POST /v1/rules` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -172,10 +173,10 @@ pub async fn test(
     State(state): State<AppState>,
     Editor(ws): Editor,
     Path(id): Path<String>,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let rule = load(&state, &ws, &id).await?;
-    let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
+    let payload: Box<RawValue> = if is_blank(&body) {
         RawValue::from_string("{}".into()).map_err(anyhow::Error::from)?
     } else {
         serde_json::from_slice(&body)

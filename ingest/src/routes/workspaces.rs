@@ -7,9 +7,11 @@ use herald_shared::model::KeyScope;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{Admin, SecretKey};
 use crate::error::ApiError;
-use crate::extract::{list as list_body, page, Admin, ApiJson, ApiQuery, Page, SecretKey};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::paging::{list as list_body, page, Page};
+use crate::state::AppState;
 
 /// `POST /v1/workspaces` body.
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -168,14 +168,7 @@ pub async fn connections(
     AdminOf(ws): AdminOf,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let data: Vec<Value> = state
-        .store
-        .list_connections(&ws)
-        .await?
-        .iter()
-        .map(connections::view)
-        .collect();
-    Ok(Json(json!({"data": data, "next_cursor": null})))
+    connections::list_of(&state, &ws).await
 }
 
 /// A connection's health: breaker state and history, recent success rate.

@@ -164,9 +164,14 @@ pub async fn list(
     Reader(ws): Reader,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    list_of(&state, &ws).await
+}
+
+/// A workspace's connections as the API shows them (the portal's and the console's list).
+pub async fn list_of(state: &AppState, ws: &str) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
         .store
-        .list_connections(&ws)
+        .list_connections(ws)
         .await?
         .iter()
         .map(view)

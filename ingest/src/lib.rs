@@ -12,7 +12,9 @@
 //! - [`extract`]: the JSON body and query extractors; their errors name the field.
 //! - [`paging`]: `limit` and `cursor` of lists, list filters, and the `{data, next_cursor}` body.
 //! - [`error`]: `ApiError`, the one error shape every endpoint answers with.
-//! - [`openapi`]: the OpenAPI document's frame, the shared schemas and the shared 4XX answer.
+//! - [`openapi`]: the OpenAPI document's frame, the error shape and the shared 4XX answer.
+//! - [`schemas`]: the document's named schemas: the string constraints the server enforces, and
+//!   the view of the types `herald-shared` stores.
 //! - [`batcher`]: group commit of single-event intake.
 //! - [`keys`]: the API key cache.
 
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod openapi;
 pub mod paging;
 pub mod routes;
+pub mod schemas;
 pub mod state;
 
 pub use app::{start, Running};

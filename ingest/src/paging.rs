@@ -20,7 +20,7 @@ pub struct Page {
     #[param(minimum = 1, maximum = 250)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
-    #[param(max_length = 512)]
+    #[param(value_type = Option<crate::schemas::Cursor>)]
     pub cursor: Option<String>,
 }
 

@@ -55,9 +55,9 @@ pub fn api_routes(event_limit: usize, bulk_limit: usize) -> OpenApiRouter<AppSta
             connections::update,
             connections::delete
         ))
-        .routes(routes!(connections::secret))
-        .routes(routes!(connections::health))
-        .routes(routes!(connections::rotate_secret))
+        .routes(routes!(connections::secrets::secret))
+        .routes(routes!(connections::health::health))
+        .routes(routes!(connections::secrets::rotate_secret))
         .routes(routes!(rules::create, rules::list))
         .routes(routes!(rules::get, rules::update, rules::delete))
         .routes(limited(routes!(rules::test), event_limit))
@@ -114,13 +114,48 @@ pub fn router(state: AppState) -> Router {
 pub async fn openapi_json() -> Response {
     static SPEC: OnceLock<String> = OnceLock::new();
     let spec = SPEC.get_or_init(|| {
-        api_routes(0, 0)
-            .into_openapi()
-            .to_pretty_json()
-            .unwrap_or_default()
+        let mut doc = api_routes(0, 0).into_openapi();
+        crate::openapi::optional_bodies_without_null(&mut doc);
+        doc.to_pretty_json().unwrap_or_default()
     });
     if spec.is_empty() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     ([(header::CONTENT_TYPE, "application/json")], spec.as_str()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every `$ref` of `node` that does not resolve in `doc`.
+    fn unresolved<'a>(doc: &Value, node: &'a Value, out: &mut Vec<&'a str>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    if doc.pointer(r.trim_start_matches('#')).is_none() {
+                        out.push(r);
+                    }
+                }
+                map.values().for_each(|v| unresolved(doc, v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| unresolved(doc, v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_of_the_document_resolves_and_optional_bodies_are_not_null() {
+        let mut doc = super::api_routes(0, 0).into_openapi();
+        crate::openapi::optional_bodies_without_null(&mut doc);
+        let doc = serde_json::to_value(&doc).expect("JSON");
+        let mut broken = Vec::new();
+        unresolved(&doc, &doc, &mut broken);
+        assert!(broken.is_empty(), "unresolved: {broken:?}");
+        let replay = &doc["paths"]["/v1/dead-letters/replay"]["post"]["requestBody"];
+        assert_eq!(
+            replay["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ReplayFilter"
+        );
+    }
 }

@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::openapi::Refused;
+use crate::schemas::Origin;
 use crate::state::AppState;
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ pub struct NewSession {
     #[schema(value_type = RoleSchema)]
     role: Role,
     /// The token's life in seconds, 5 to 3600; 900 by default.
+    #[schema(minimum = 5, maximum = 3600)]
     ttl_s: Option<u64>,
 }
 
@@ -76,6 +78,20 @@ pub struct MintedSession {
     url: String,
 }
 
+/// What the portal page knows of its own session.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CurrentSession {
+    /// The workspace.
+    workspace_id: String,
+    /// The role.
+    #[schema(value_type = RoleSchema)]
+    role: Role,
+    /// Unix milliseconds.
+    expires_at: i64,
+    /// Origins that may frame the portal.
+    frame_ancestors: Vec<String>,
+}
+
 fn minted(token: String, s: &Session) -> MintedSession {
     MintedSession {
         url: format!("/portal/{}/#session={token}", s.workspace_id),
@@ -89,8 +105,7 @@ fn minted(token: String, s: &Session) -> MintedSession {
 /// Mints a portal session for the workspace. Secret key only: the SaaS backend calls this and
 /// puts the returned `url` in an iframe.
 #[utoipa::path(post, path = "/v1/sessions", tag = "portal", request_body = NewSession,
-    responses((status = 201, description = "The session", body = MintedSession),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 201, description = "The session", body = MintedSession), Refused))]
 pub async fn create(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
@@ -124,8 +139,7 @@ pub async fn create(
 /// old token keeps working for 30 s, for requests already in flight. A chain of refreshes ends
 /// 12 h after the first token was minted.
 #[utoipa::path(post, path = "/v1/sessions/refresh", tag = "portal",
-    responses((status = 200, description = "The new session", body = MintedSession),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The new session", body = MintedSession), Refused))]
 pub async fn refresh(
     State(state): State<AppState>,
     PortalSession { token, session }: PortalSession,
@@ -146,26 +160,24 @@ pub async fn refresh(
 
 /// What the portal page needs to know about its own session.
 #[utoipa::path(get, path = "/v1/sessions/current", tag = "portal",
-    responses((status = 200, description = "`{workspace_id, role, expires_at, frame_ancestors}`", body = serde_json::Value),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The session and the portal's settings", body = CurrentSession), Refused))]
 pub async fn current(
     State(state): State<AppState>,
     PortalSession { session, .. }: PortalSession,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CurrentSession>, ApiError> {
     let settings = state.store.portal_settings(&session.workspace_id).await?;
-    Ok(Json(json!({
-        "workspace_id": session.workspace_id,
-        "role": session.role,
-        "expires_at": session.expires_at,
-        "frame_ancestors": settings.frame_ancestors,
-    })))
+    Ok(Json(CurrentSession {
+        workspace_id: session.workspace_id,
+        role: session.role,
+        expires_at: session.expires_at,
+        frame_ancestors: settings.frame_ancestors,
+    }))
 }
 
 /// The workspace's portal settings.
 #[utoipa::path(get, path = "/v1/workspace/settings", tag = "portal",
-    responses((status = 200, description = "The settings", body = PortalSettingsSchema),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The settings", body = PortalSettingsSchema), Refused))]
 pub async fn get_settings(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
@@ -180,13 +192,13 @@ pub async fn get_settings(
 pub struct SettingsPatch {
     /// Origins that may frame the portal, e.g. `["https://app.example.com"]`; at most 16.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Vec<Origin>, max_items = 16, required = false)]
     frame_ancestors: Option<Vec<String>>,
 }
 
 /// Changes the workspace's portal settings.
 #[utoipa::path(patch, path = "/v1/workspace/settings", tag = "portal", request_body = SettingsPatch,
-    responses((status = 200, description = "The settings", body = PortalSettingsSchema),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The settings", body = PortalSettingsSchema), Refused))]
 pub async fn update_settings(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,

@@ -17,7 +17,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        parse_object(&bytes).map(ApiJson)
     }
 }
 
@@ -52,13 +52,25 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if is_blank(&bytes) {
             return Ok(OptionalJson(T::default()));
         }
-        parse_json(&bytes).map(OptionalJson)
+        parse_object(&bytes).map(OptionalJson)
     }
 }
 
 /// True for a body that holds nothing but whitespace.
 pub fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Parses a body that must be a JSON object. A struct whose fields all have defaults would
+/// otherwise also take a JSON array (serde reads structs from sequences too): `[]` must not
+/// pass for `{}`.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => parse_json(bytes),
+        Some(_) => Err(ApiError::BadJson(
+            "the request body must be a JSON object".into(),
+        )),
+    }
 }
 
 /// Parses JSON, naming the offending field when the shape is wrong.

@@ -100,7 +100,7 @@ string_schema!(
 );
 string_schema!(
     /// A signing secret.
-    Secret: 38, 94, r"^whsec_([A-Za-z0-9+/]{4}){8,15}([A-Za-z0-9+/][AEIMQUYcgkosw048]=)?$",
+    Secret: 38, 94, r"^whsec_([A-Za-z0-9+/]{4}){8,15}([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
     "`whsec_` and the base64 of 24 to 64 random bytes."
 );
 string_schema!(

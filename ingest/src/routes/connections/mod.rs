@@ -177,6 +177,7 @@ pub fn view(c: &Connection) -> ConnectionView {
     }
 }
 
+/// Checks a connection as it would be stored, and its literal destination address.
 pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError> {
     c.validate(state.settings.allow_http)?;
     // Literal IPs are checked now; names are checked at send time against what they resolve to.
@@ -195,6 +196,7 @@ pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError>
     Ok(())
 }
 
+/// The workspace's connection `id`, or 404.
 pub(crate) async fn load(state: &AppState, ws: &str, id: &str) -> Result<Connection, ApiError> {
     state
         .store

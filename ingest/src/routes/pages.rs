@@ -33,8 +33,8 @@ struct Tab {
     heading: &'static str,
     /// `data-needs` of the tab: the role that may use it (the portal hides it from others).
     needs: Option<&'static str>,
-    /// The panel's content under its heading.
-    body: &'static str,
+    /// The panel's content under its heading, when it is more than the tab's one slot.
+    body: Option<&'static str>,
 }
 
 const PORTAL: PageSpec = PageSpec {
@@ -44,42 +44,27 @@ const PORTAL: PageSpec = PageSpec {
     before_app: "  <div id=\"fatal\" class=\"notice bad\" role=\"alert\" hidden></div>\n",
     nav_label: "Webhook settings",
     tabs: &[
-        tab(
-            "connections",
-            "Connections",
-            "Connections",
-            r#"<div id="secret-once" class="panel secret-once" role="status" hidden></div>
+        Tab {
+            body: Some(
+                r#"<div id="secret-once" class="panel secret-once" role="status" hidden></div>
         <div id="connections-list"></div>
         <div id="connection-form-slot"></div>"#,
-        ),
-        tab(
-            "rules",
-            "Rules",
-            "Rules",
-            r#"<div id="rules-list"></div>
+            ),
+            ..tab("connections", "Connections", "Connections")
+        },
+        Tab {
+            body: Some(
+                r#"<div id="rules-list"></div>
         <div id="rule-form-slot"></div>"#,
-        ),
+            ),
+            ..tab("rules", "Rules", "Rules")
+        },
         Tab {
             needs: Some("editor"),
-            ..tab(
-                "test",
-                "Send test event",
-                "Send a test event",
-                r#"<div id="test-slot"></div>"#,
-            )
+            ..tab("test", "Send test event", "Send a test event")
         },
-        tab(
-            "history",
-            "Delivery history",
-            "Delivery history",
-            r#"<div id="history-slot"></div>"#,
-        ),
-        tab(
-            "dead",
-            "Dead letters",
-            "Dead letters",
-            r#"<div id="dead-slot"></div>"#,
-        ),
+        tab("history", "Delivery history", "Delivery history"),
+        tab("dead", "Dead letters", "Dead letters"),
     ],
 };
 
@@ -90,40 +75,20 @@ const CONSOLE: PageSpec = PageSpec {
     before_app: include_str!("../../assets/console/login.html"),
     nav_label: "Console",
     tabs: &[
-        tab(
-            "events",
-            "Events",
-            "Find an event",
-            r#"<div id="events-slot"></div>"#,
-        ),
-        tab(
-            "dead",
-            "Dead letters",
-            "Dead letters",
-            r#"<div id="dead-slot"></div>"#,
-        ),
-        tab(
-            "health",
-            "Connection health",
-            "Connection health",
-            r#"<div id="health-slot"></div>"#,
-        ),
+        tab("events", "Events", "Find an event"),
+        tab("dead", "Dead letters", "Dead letters"),
+        tab("health", "Connection health", "Connection health"),
     ],
 };
 
-/// A tab any role may use.
-const fn tab(
-    id: &'static str,
-    label: &'static str,
-    heading: &'static str,
-    body: &'static str,
-) -> Tab {
+/// A tab any role may use, whose panel is one slot (`<div id="{id}-slot">`) its script fills.
+const fn tab(id: &'static str, label: &'static str, heading: &'static str) -> Tab {
     Tab {
         id,
         label,
         heading,
         needs: None,
-        body,
+        body: None,
     }
 }
 
@@ -142,12 +107,15 @@ fn render(spec: &PageSpec) -> String {
             id = t.id,
             label = t.label,
         );
+        let body = t
+            .body
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("<div id=\"{}-slot\"></div>", t.id));
         panels += &format!(
             "      <section role=\"tabpanel\" id=\"panel-{id}\" aria-labelledby=\"tab-{id}\" \
              hidden>\n        <h2>{heading}</h2>\n        {body}\n      </section>\n",
             id = t.id,
             heading = t.heading,
-            body = t.body,
         );
     }
     SKELETON

@@ -34,20 +34,21 @@ fn string(description: &str, min: usize, max: usize, pattern: &str) -> RefOr<Sch
         .into()
 }
 
-/// Declares a named string schema (a unit type whose schema is `string(...)`).
-macro_rules! string_schema {
-    ($(#[$doc:meta])* $name:ident: $min:expr, $max:expr, $pattern:expr, $description:expr) => {
-        $(#[$doc])*
+/// Declares named string schemas: each a unit type whose schema is `string(...)`, described by
+/// its doc comment.
+macro_rules! string_schemas {
+    ($($(#[doc = $doc:literal])+ $name:ident($min:expr, $max:expr) = $pattern:expr;)+) => {$(
+        $(#[doc = $doc])+
         pub struct $name;
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> RefOr<Schema> {
-                string($description, $min, $max, $pattern)
+                string(concat!($($doc),+).trim(), $min, $max, $pattern)
             }
         }
 
         impl ToSchema for $name {}
-    };
+    )+};
 }
 
 /// Control characters (Unicode `Cc`), which names and header values may not hold.
@@ -57,87 +58,45 @@ macro_rules! no_cc {
     };
 }
 
-string_schema!(
-    /// An id, a resource type or a producer's uuid.
-    Token: 1, 128, r"^[A-Za-z0-9_.:-]+$",
-    "Letters, digits and `_ - . :`; 1 to 128 characters."
-);
-string_schema!(
-    /// A list filter: empty means no filter.
-    TokenFilter: 0, 128, r"^[A-Za-z0-9_.:-]*$",
-    "Letters, digits and `_ - . :`; at most 128 characters; empty: no filter."
-);
-string_schema!(
-    /// An event type.
-    EventType: 1, 128, r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$",
-    "Dot-separated parts of letters, digits and `_ - :`, none empty (`order.completed`); 1 to 128 characters; no wildcard."
-);
-string_schema!(
-    /// The event types a rule matches.
-    EventPattern: 1, 128, r"^(\*|[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*(\.\*)?)$",
-    "An exact event type (`order.completed`), a prefix wildcard (`order.*`) or `*`."
-);
-string_schema!(
-    /// The resource types a rule matches.
-    ResourcePattern: 1, 128, r"^(\*|[A-Za-z0-9_.:-]+)$",
-    "An exact resource type (letters, digits and `_ - . :`) or `*`."
-);
-string_schema!(
-    /// A name for people.
-    Name: 1, 200, concat!("^[^", no_cc!(), r"]*[^\s", no_cc!(), "][^", no_cc!(), "]*$"),
-    "1 to 200 characters, not blank, without control characters."
-);
-string_schema!(
-    /// The id of the resource an event is about.
-    ResourceId: 1, 256, concat!("^[^", no_cc!(), "]+$"),
-    "1 to 256 bytes (UTF-8), without control characters."
-);
-string_schema!(
-    /// Where a connection's requests go.
-    DestinationUrl: 1, 2048,
-    r"^https://([A-Za-z0-9-]{1,20}\.){0,4}[A-Za-z][A-Za-z0-9-]{0,19}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$",
-    "An absolute `https://` URL with a host and no credentials (`http://` only with HERALD_ALLOW_HTTP); a literal private or loopback address only with HERALD_ALLOW_PRIVATE_DESTINATIONS or HERALD_DESTINATION_ALLOWLIST."
-);
-string_schema!(
-    /// A signing secret.
-    Secret: 38, 94, r"^whsec_([A-Za-z0-9+/]{4}){8,15}([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
-    "`whsec_` and the base64 of 24 to 64 random bytes."
-);
-string_schema!(
-    /// The name of a custom header.
-    HeaderName: 1, 128, r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
-    "An HTTP header name; not one Herald sets (`content-type`, `content-length`, `host`, `user-agent`, `webhook-id`, `webhook-timestamp`, `webhook-signature`, `transfer-encoding`, `connection`), nor `authorization` together with `auth`."
-);
-string_schema!(
-    /// The value of a custom header.
-    HeaderValue: 0, 4096, r"^[^\x00-\x08\x0A-\x1F\x7F-\x9F]*$",
-    "At most 4096 bytes (UTF-8), without control characters other than tab."
-);
-string_schema!(
-    /// A bearer token sent to the destination.
-    BearerToken: 1, 4096, concat!("^[^", no_cc!(), "]+$"),
-    "1 to 4096 bytes (UTF-8), without control characters."
-);
-string_schema!(
-    /// A basic-auth user name.
-    BasicUsername: 1, 256, concat!("^[^:", no_cc!(), "]+$"),
-    "1 to 256 bytes (UTF-8), without `:` or control characters."
-);
-string_schema!(
-    /// A basic-auth password.
-    BasicPassword: 0, 4096, r"^[\s\S]*$",
-    "At most 4096 bytes (UTF-8)."
-);
-string_schema!(
-    /// An origin that may frame the portal.
-    Origin: 1, 2048, r"^https?://([A-Za-z0-9]{1,20}\.){0,3}[A-Za-z][A-Za-z0-9]{0,19}(:[1-9][0-9]{0,3})?$",
-    "An origin: `https://host[:port]` (or `http://`), nothing after it."
-);
-string_schema!(
-    /// Where the next page of a list starts.
-    Cursor: 0, 512, r"^(-?[0-9]{1,18}~[A-Za-z0-9_.:-]*)?$",
-    "`next_cursor` of the previous page; empty: the first page."
-);
+string_schemas! {
+    /// An id, a resource type or a uuid: letters, digits and `_ - . :`; 1 to 128 characters.
+    Token(1, 128) = r"^[A-Za-z0-9_.:-]+$";
+    /// A list filter: letters, digits and `_ - . :`; at most 128 characters; empty: no filter.
+    TokenFilter(0, 128) = r"^[A-Za-z0-9_.:-]*$";
+    /// Dot-separated parts of letters, digits and `_ - :`, none empty (`order.completed`); 1 to 128
+    /// characters; no wildcard.
+    EventType(1, 128) = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$";
+    /// An exact event type (`order.completed`), a prefix wildcard (`order.*`) or `*`.
+    EventPattern(1, 128) = r"^(\*|[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*(\.\*)?)$";
+    /// An exact resource type (letters, digits and `_ - . :`) or `*`.
+    ResourcePattern(1, 128) = r"^(\*|[A-Za-z0-9_.:-]+)$";
+    /// A name for people: 1 to 200 characters, not blank, without control characters.
+    Name(1, 200) = concat!("^[^", no_cc!(), r"]*[^\s", no_cc!(), "][^", no_cc!(), "]*$");
+    /// A resource's id: 1 to 256 bytes (UTF-8), without control characters.
+    ResourceId(1, 256) = concat!("^[^", no_cc!(), "]+$");
+    /// An absolute `https://` URL with a host and no credentials (`http://` only with
+    /// HERALD_ALLOW_HTTP); a literal private or loopback address only with
+    /// HERALD_ALLOW_PRIVATE_DESTINATIONS or HERALD_DESTINATION_ALLOWLIST.
+    DestinationUrl(1, 2048) = r"^https://([A-Za-z0-9-]{1,20}\.){0,4}[A-Za-z][A-Za-z0-9-]{0,19}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$";
+    /// `whsec_` and the base64 of 24 to 64 random bytes.
+    Secret(38, 94) = r"^whsec_([A-Za-z0-9+/]{4}){8,15}([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+    /// An HTTP header name; not one Herald sets (`content-type`, `content-length`, `host`,
+    /// `user-agent`, `webhook-id`, `webhook-timestamp`, `webhook-signature`,
+    /// `transfer-encoding`, `connection`), nor `authorization` together with `auth`.
+    HeaderName(1, 128) = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
+    /// A header value: at most 4096 bytes (UTF-8), without control characters other than tab.
+    HeaderValue(0, 4096) = r"^[^\x00-\x08\x0A-\x1F\x7F-\x9F]*$";
+    /// A bearer token: 1 to 4096 bytes (UTF-8), without control characters.
+    BearerToken(1, 4096) = concat!("^[^", no_cc!(), "]+$");
+    /// A basic-auth user name: 1 to 256 bytes (UTF-8), without `:` or control characters.
+    BasicUsername(1, 256) = concat!("^[^:", no_cc!(), "]+$");
+    /// A basic-auth password: at most 4096 bytes (UTF-8).
+    BasicPassword(0, 4096) = r"^[\s\S]*$";
+    /// An origin: `https://host[:port]` (or `http://`), nothing after it.
+    Origin(1, 2048) = r"^https?://([A-Za-z0-9]{1,20}\.){0,3}[A-Za-z][A-Za-z0-9]{0,19}(:[1-9][0-9]{0,3})?$";
+    /// `next_cursor` of the previous page; empty: the first page.
+    Cursor(0, 512) = r"^(-?[0-9]{1,18}~[A-Za-z0-9_.:-]*)?$";
+}
 
 /// A connection's custom headers: at most 32, names and values as [`HeaderName`] and
 /// [`HeaderValue`] say.

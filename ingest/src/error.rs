@@ -65,6 +65,18 @@ impl From<herald_shared::store::StoreError> for ApiError {
     }
 }
 
+impl From<herald_shared::store::sessions::SessionError> for ApiError {
+    fn from(e: herald_shared::store::sessions::SessionError) -> Self {
+        use herald_shared::store::sessions::SessionError;
+        match e {
+            SessionError::Store(e) => e.into(),
+            e @ SessionError::Serialise { .. } => {
+                ApiError::Internal(anyhow::Error::new(e).context("portal session"))
+            }
+        }
+    }
+}
+
 impl From<herald_shared::amqp::BrokerError> for ApiError {
     fn from(e: herald_shared::amqp::BrokerError) -> Self {
         ApiError::BrokerUnavailable(e)

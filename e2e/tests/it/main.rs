@@ -2,6 +2,7 @@
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
 mod consumer;
+mod contract;
 mod helpers;
 mod idempotency;
 mod isolation;

@@ -12,24 +12,28 @@ use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{existing_workspace, Admin, AdminOf};
 use crate::error::ApiError;
-use crate::extract::{filter_token, page, Admin, ApiQuery, NoQuery};
+use crate::extract::{ApiQuery, NoQuery, OptionalJson};
+use crate::openapi::{ListOf, Refused};
+use crate::paging::{filter_token, list, page};
 use crate::routes::{connections, dead_letters};
+use crate::schemas::{
+    ConsoleEventSchema, Cursor as CursorSchema, DeadLetterSchema, EventStatus, Token, TokenFilter,
+};
+use crate::state::AppState;
 
-async fn workspace(state: &AppState, ws: &str) -> Result<(), ApiError> {
-    if ws.len() > 128 || state.store.get_workspace(ws).await?.is_none() {
-        return Err(ApiError::NotFound("workspace"));
-    }
-    Ok(())
+/// The `{id}` of a console path under `/v1/admin/workspaces/{ws}` (`AdminOf` takes the `{ws}`).
+#[derive(Deserialize)]
+pub struct OfWorkspace {
+    id: String,
 }
 
 /// Finds an event by uuid in every workspace: the event, its `workspace_id`, its deliveries and
 /// every attempt.
 #[utoipa::path(get, path = "/v1/admin/events/{uuid}", tag = "console",
-    params(("uuid" = String, Path, description = "Event uuid")),
-    responses((status = 200, description = "The event with `workspace_id`, `deliveries` and every attempt", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    params(("uuid" = Token, Path, description = "Event uuid")),
+    responses((status = 200, description = "The event with `workspace_id`, `deliveries` and every attempt", body = ConsoleEventSchema), Refused))]
 pub async fn find_event(
     State(state): State<AppState>,
     _: Admin,
@@ -68,20 +72,26 @@ pub async fn find_event(
 #[serde(deny_unknown_fields)]
 pub struct EventSearch {
     /// The workspace (required).
+    #[param(value_type = Token)]
     workspace_id: String,
     /// Only events with a delivery to this connection.
+    #[param(value_type = Option<TokenFilter>)]
     connection_id: Option<String>,
-    /// `pending`, `delivered`, `retrying`, `dead` or `no_match`.
+    /// Only events with this status.
+    #[param(value_type = Option<EventStatus>)]
     status: Option<String>,
     /// Only events of this type.
+    #[param(value_type = Option<TokenFilter>)]
     event: Option<String>,
     /// Only events created at or after this time (Unix milliseconds).
     since: Option<i64>,
     /// Only events created at or before this time (Unix milliseconds).
     until: Option<i64>,
     /// 1 to 250; 50 by default.
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<CursorSchema>)]
     cursor: Option<String>,
 }
 
@@ -90,15 +100,14 @@ const SEARCH_SCAN: usize = 5_000;
 
 /// Events of a workspace, newest first, by connection, status, type and time.
 #[utoipa::path(get, path = "/v1/admin/events", tag = "console", params(EventSearch),
-    responses((status = 200, description = "`{data, next_cursor}`; each event carries `workspace_id`", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "A page of events, each with its `workspace_id`", body = ListOf<ConsoleEventSchema>), Refused))]
 pub async fn search_events(
     State(state): State<AppState>,
     _: Admin,
     ApiQuery(q): ApiQuery<EventSearch>,
 ) -> Result<Json<Value>, ApiError> {
     check_token("workspace_id", &q.workspace_id, 128)?;
-    workspace(&state, &q.workspace_id).await?;
+    existing_workspace(&state, &q.workspace_id).await?;
     let (limit, mut cursor) = page(q.limit, q.cursor.as_deref())?;
     if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
         if !EVENT_STATUSES.contains(&s) {
@@ -131,7 +140,7 @@ pub async fn search_events(
         scanned += 100;
         for r in records {
             if r.event.time_created < since {
-                return Ok(crate::extract::list(out, None));
+                return Ok(list(out, None));
             }
             let here = Cursor {
                 score: r.event.time_created,
@@ -145,13 +154,13 @@ pub async fn search_events(
                 v["workspace_id"] = json!(q.workspace_id);
                 out.push(v);
                 if out.len() >= limit {
-                    return Ok(crate::extract::list(out, Some(here)));
+                    return Ok(list(out, Some(here)));
                 }
             }
         }
         match next {
-            None => return Ok(crate::extract::list(out, None)),
-            Some(n) if scanned >= SEARCH_SCAN => return Ok(crate::extract::list(out, Some(n))),
+            None => return Ok(list(out, None)),
+            Some(n) if scanned >= SEARCH_SCAN => return Ok(list(out, Some(n))),
             Some(n) => cursor = Some(n),
         }
     }
@@ -160,65 +169,50 @@ pub async fn search_events(
 /// A workspace's connections (secrets never shown).
 #[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/connections", tag = "console",
     params(("ws" = String, Path, description = "Workspace id")),
-    responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The connections (one page)", body = ListOf<connections::ConnectionView>), Refused))]
 pub async fn connections(
     State(state): State<AppState>,
-    _: Admin,
-    Path(ws): Path<String>,
+    AdminOf(ws): AdminOf,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<Value>, ApiError> {
-    workspace(&state, &ws).await?;
-    let data: Vec<Value> = state
-        .store
-        .list_connections(&ws)
-        .await?
-        .iter()
-        .map(connections::view)
-        .collect();
-    Ok(Json(json!({"data": data, "next_cursor": null})))
+) -> Result<Json<ListOf<connections::ConnectionView>>, ApiError> {
+    connections::list_of(&state, &ws).await
 }
 
 /// A connection's health: breaker state and history, recent success rate.
 #[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/connections/{id}/health", tag = "console",
     params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Connection id")),
-    responses((status = 200, description = "`{breaker, breaker_changes, success_rate, attempts, succeeded, last_attempt_at}`", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The breakers and the recent success rate", body = connections::health::ConnectionHealth), Refused))]
 pub async fn connection_health(
     State(state): State<AppState>,
-    _: Admin,
-    Path((ws, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    workspace(&state, &ws).await?;
-    connections::health_of(&state, &ws, &id).await.map(Json)
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
+) -> Result<Json<connections::health::ConnectionHealth>, ApiError> {
+    connections::health::health_of(&state, &ws, &id)
+        .await
+        .map(Json)
 }
 
 /// A workspace's dead letters, newest first.
 #[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/dead-letters", tag = "console",
     params(("ws" = String, Path, description = "Workspace id"), dead_letters::ListQuery),
-    responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "A page of dead letters", body = ListOf<DeadLetterSchema>), Refused))]
 pub async fn dead_letters(
     State(state): State<AppState>,
-    _: Admin,
-    Path(ws): Path<String>,
+    AdminOf(ws): AdminOf,
     ApiQuery(q): ApiQuery<dead_letters::ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    workspace(&state, &ws).await?;
     dead_letters::list_of(&state, &ws, q).await
 }
 
 /// Replays one dead letter of a workspace.
 #[utoipa::path(post, path = "/v1/admin/workspaces/{ws}/dead-letters/{id}/replay", tag = "console",
     params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Dead-letter id")),
-    responses((status = 202, description = "`{id, event_id, status: pending}`", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 202, description = "Queued again", body = dead_letters::Replayed), Refused))]
 pub async fn replay_dead_letter(
     State(state): State<AppState>,
-    _: Admin,
-    Path((ws, id)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    workspace(&state, &ws).await?;
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
+) -> Result<(StatusCode, Json<dead_letters::Replayed>), ApiError> {
     dead_letters::replay_one_of(&state, &ws, &id).await
 }
 
@@ -226,29 +220,24 @@ pub async fn replay_dead_letter(
 #[utoipa::path(post, path = "/v1/admin/workspaces/{ws}/dead-letters/replay", tag = "console",
     params(("ws" = String, Path, description = "Workspace id")),
     request_body = Option<dead_letters::ReplayFilter>,
-    responses((status = 200, description = "`{count, status: replayed}`", body = serde_json::Value),
-        (status = 202, description = "`{count, status: replaying}`", body = serde_json::Value),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "Done: `status` is `replayed`", body = dead_letters::ReplayedMany),
+        (status = 202, description = "More than 100, in the background: `status` is `replaying`", body = dead_letters::ReplayedMany), Refused))]
 pub async fn replay_dead_letters(
     State(state): State<AppState>,
-    _: Admin,
-    Path(ws): Path<String>,
-    crate::extract::RawBody(body): crate::extract::RawBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    workspace(&state, &ws).await?;
-    dead_letters::replay_many_of(&state, &ws, &body).await
+    AdminOf(ws): AdminOf,
+    OptionalJson(filter): OptionalJson<dead_letters::ReplayFilter>,
+) -> Result<(StatusCode, Json<dead_letters::ReplayedMany>), ApiError> {
+    dead_letters::replay_many_of(&state, &ws, filter).await
 }
 
 /// Discards a dead letter of a workspace.
 #[utoipa::path(delete, path = "/v1/admin/workspaces/{ws}/dead-letters/{id}", tag = "console",
     params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Dead-letter id")),
-    responses((status = 204, description = "Discarded"),
-        (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+    responses((status = 204, description = "Discarded"), Refused))]
 pub async fn discard_dead_letter(
     State(state): State<AppState>,
-    _: Admin,
-    Path((ws, id)): Path<(String, String)>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
 ) -> Result<StatusCode, ApiError> {
-    workspace(&state, &ws).await?;
     dead_letters::discard_of(&state, &ws, &id).await
 }

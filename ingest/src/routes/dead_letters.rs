@@ -11,12 +11,16 @@ use herald_shared::amqp::topology::JOBS_EXCHANGE;
 use herald_shared::model::{check_token, Delivery, DeliveryStatus, JobGroup, JobItem};
 use herald_shared::store::dead_letters::{DeadLetter, DeadLetterFilter};
 use lapin::BasicProperties;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::app::AppState;
+use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
-use crate::extract::{filter_token, list as list_body, page, ApiQuery, Editor, Reader};
+use crate::extract::{ApiQuery, OptionalJson};
+use crate::openapi::{ListOf, Refused};
+use crate::paging::{filter_token, list as list_body, page};
+use crate::schemas::{Cursor, DeadLetterSchema, Token, TokenFilter};
+use crate::state::AppState;
 
 /// Replays up to this many are done before answering (200); more run in the background (202).
 const SYNC_REPLAY_LIMIT: usize = 100;
@@ -26,14 +30,42 @@ const SYNC_REPLAY_LIMIT: usize = 100;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only dead letters of this connection.
+    #[param(value_type = Option<TokenFilter>)]
     connection_id: Option<String>,
+    /// Only dead letters of this event type.
+    #[param(value_type = Option<TokenFilter>)]
     event: Option<String>,
+    /// 1 to 250; 50 by default.
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Cursor>)]
     cursor: Option<String>,
 }
 
+/// A replayed dead letter: queued again, `pending`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    /// The dead letter.
+    id: String,
+    /// Its event.
+    event_id: String,
+    /// `pending`.
+    status: &'static str,
+}
+
+/// How many dead letters a bulk replay took.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayedMany {
+    /// How many matched.
+    count: usize,
+    /// `replayed` (done, 200) or `replaying` (in the background, 202).
+    status: &'static str,
+}
+
 /// Dead letters of the workspace, newest first.
-#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters", params(ListQuery), responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters", params(ListQuery), responses((status = 200, description = "A page of dead letters", body = ListOf<DeadLetterSchema>), Refused))]
 pub async fn list(
     State(state): State<AppState>,
     Reader(ws): Reader,
@@ -57,7 +89,7 @@ pub async fn list_of(state: &AppState, ws: &str, q: ListQuery) -> Result<Json<Va
 }
 
 /// One dead letter with its whole attempt history.
-#[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 200, description = "The dead letter with every attempt", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 200, description = "The dead letter with every attempt", body = DeadLetterSchema), Refused))]
 pub async fn get(
     State(state): State<AppState>,
     Reader(ws): Reader,
@@ -72,7 +104,7 @@ pub async fn get(
 }
 
 /// Discards a dead letter (it stays in the event's history as `dead`).
-#[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 204, description = "Discarded (no body)", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 204, description = "Discarded (no body)"), Refused))]
 pub async fn discard(
     State(state): State<AppState>,
     Editor(ws): Editor,
@@ -137,12 +169,12 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
 }
 
 /// Replays one dead letter.
-#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 202, description = "`{id, event_id, status: pending}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 202, description = "Queued again", body = Replayed), Refused))]
 pub async fn replay_one(
     State(state): State<AppState>,
     Editor(ws): Editor,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     replay_one_of(&state, &ws, &id).await
 }
 
@@ -151,7 +183,7 @@ pub async fn replay_one_of(
     state: &AppState,
     ws: &str,
     id: &str,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     let d = state
         .store
         .get_dead_letter(ws, id)
@@ -160,7 +192,11 @@ pub async fn replay_one_of(
     replay(state, &d).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": d.id, "event_id": d.event.uuid, "status": "pending"})),
+        Json(Replayed {
+            id: d.id,
+            event_id: d.event.uuid,
+            status: "pending",
+        }),
     ))
 }
 
@@ -168,32 +204,31 @@ pub async fn replay_one_of(
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFilter {
+    /// Only dead letters of this connection.
+    #[schema(value_type = Option<Token>)]
     connection_id: Option<String>,
+    /// Only dead letters of this event type.
+    #[schema(value_type = Option<Token>)]
     event: Option<String>,
 }
 
 /// Replays every dead letter that matches: up to 100 before answering 200, more in the
 /// background with 202. Both answer `{"count"}`.
-#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters", request_body = Option<ReplayFilter>, responses((status = 200, description = "`{count, status: replayed}`: done", body = serde_json::Value), (status = 202, description = "`{count, status: replaying}`: more than 100, in the background", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters", request_body = Option<ReplayFilter>, responses((status = 200, description = "Done: `status` is `replayed`", body = ReplayedMany), (status = 202, description = "More than 100, in the background: `status` is `replaying`", body = ReplayedMany), Refused))]
 pub async fn replay_many(
     State(state): State<AppState>,
     Editor(ws): Editor,
-    crate::extract::RawBody(body): crate::extract::RawBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    replay_many_of(&state, &ws, &body).await
+    OptionalJson(filter): OptionalJson<ReplayFilter>,
+) -> Result<(StatusCode, Json<ReplayedMany>), ApiError> {
+    replay_many_of(&state, &ws, filter).await
 }
 
-/// Replays every dead letter of a workspace that matches the filter in `body`.
+/// Replays every dead letter of a workspace that matches `f` (an empty filter: all of them).
 pub async fn replay_many_of(
     state: &AppState,
     ws: &str,
-    body: &[u8],
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let f: ReplayFilter = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayFilter::default()
-    } else {
-        crate::extract::parse_json(body)?
-    };
+    f: ReplayFilter,
+) -> Result<(StatusCode, Json<ReplayedMany>), ApiError> {
     // An empty string here is a mistake, not "everything": a replay of all is `{}`.
     let strict = |field: &str, v: Option<String>| {
         v.map(|v| check_token(field, &v, 128).map(|()| v))
@@ -214,7 +249,10 @@ pub async fn replay_many_of(
         }
         return Ok((
             StatusCode::OK,
-            Json(json!({"count": count, "status": "replayed"})),
+            Json(ReplayedMany {
+                count,
+                status: "replayed",
+            }),
         ));
     }
     let background = state.clone();
@@ -230,6 +268,9 @@ pub async fn replay_many_of(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"count": count, "status": "replaying"})),
+        Json(ReplayedMany {
+            count,
+            status: "replaying",
+        }),
     ))
 }

@@ -15,13 +15,17 @@ use herald_shared::model::{Envelope, Event};
 use herald_shared::ratelimit::Decision;
 use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
 use lapin::BasicProperties;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{AnyKey, Reader};
 use crate::error::ApiError;
-use crate::extract::{filter_token, list as list_body, page, parse_json, AnyKey, ApiQuery, Reader};
+use crate::extract::{parse_json, ApiQuery, RawBody};
+use crate::openapi::{ErrorDetail, ListOf, Refused};
+use crate::paging::{filter_token, list as list_body, page};
+use crate::schemas::{Cursor, EnvelopeSchema, EventRecordSchema, EventStatus, TokenFilter};
+use crate::state::AppState;
 
 /// Most events in one broker message.
 const EVENTS_PER_MESSAGE: usize = 500;
@@ -80,15 +84,15 @@ async fn limit_intake(state: &AppState, key_hash: &str, events: usize) -> Result
 }
 
 /// `POST /v1/events`: one envelope.
-#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = serde_json::Value, responses((status = 202, description = "`{uuid}`: accepted, confirmed by the broker", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EnvelopeSchema, responses((status = 202, description = "Accepted, confirmed by the broker", body = Accepted), Refused))]
 pub async fn create(
     State(state): State<AppState>,
     AnyKey {
         workspace_id: ws,
         key_hash,
     }: AnyKey,
-    crate::extract::RawBody(body): crate::extract::RawBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     limit_intake(&state, &key_hash, 1).await?;
     let envelope: Envelope = parse_json(&body).inspect_err(|_| reject("invalid"))?;
     if envelope.time_created.is_some() {
@@ -103,7 +107,7 @@ pub async fn create(
         .await
         .inspect_err(|_| reject("broker_unavailable"))?;
     metrics::counter!("herald_events_accepted_total").increment(1);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "uuid": uuid }))))
+    Ok((StatusCode::ACCEPTED, Json(Accepted { uuid })))
 }
 
 fn reject(reason: &'static str) {
@@ -114,20 +118,48 @@ fn reject(reason: &'static str) {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bulk {
-    #[schema(value_type = Vec<Object>)]
+    /// The events, each an `Envelope`; an invalid one is answered with its error in `results`
+    /// without refusing the others. At most HERALD_MAX_BULK_EVENTS (1000 by default).
+    #[schema(value_type = Vec<Value>, min_items = 1, max_items = 1000)]
     events: Vec<Box<RawValue>>,
+}
+
+/// An accepted event.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// The event's uuid (the producer's, or made by Herald).
+    uuid: String,
+}
+
+/// What became of each event of a bulk request, in order.
+#[derive(utoipa::ToSchema)]
+pub struct BulkResults {
+    /// One per event sent.
+    pub results: Vec<BulkResult>,
+}
+
+/// One event of a bulk request: accepted (`uuid`) or refused (`error`, whose `field` is
+/// `events[i]...`); exactly one of the two.
+#[derive(utoipa::ToSchema)]
+pub struct BulkResult {
+    /// The accepted event's uuid.
+    #[schema(required = false, nullable = false)]
+    pub uuid: Option<String>,
+    /// Why the event was refused.
+    #[schema(required = false, nullable = false)]
+    pub error: Option<ErrorDetail>,
 }
 
 /// `POST /v1/events/bulk`: each valid event is accepted, each invalid one answered with its
 /// error, in order. Nothing is accepted if the broker does not confirm.
-#[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body = Bulk, responses((status = 202, description = "`{results: [{uuid} | {error}]}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body = Bulk, responses((status = 202, description = "One result per event, in order", body = BulkResults), Refused))]
 pub async fn bulk(
     State(state): State<AppState>,
     AnyKey {
         workspace_id: ws,
         key_hash,
     }: AnyKey,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let bulk: Bulk = parse_json(&body)?;
     if bulk.events.is_empty() {
@@ -187,14 +219,22 @@ pub async fn bulk(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only events with this status.
+    #[param(value_type = Option<EventStatus>)]
     status: Option<String>,
+    /// Only events of this type.
+    #[param(value_type = Option<TokenFilter>)]
     event: Option<String>,
+    /// 1 to 250; 50 by default.
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Cursor>)]
     cursor: Option<String>,
 }
 
 /// Events of the workspace, newest first.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(ListQuery), responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(ListQuery), responses((status = 200, description = "A page of events", body = ListOf<EventRecordSchema>), Refused))]
 pub async fn list(
     State(state): State<AppState>,
     Reader(ws): Reader,
@@ -218,7 +258,7 @@ pub async fn list(
 }
 
 /// One event with its deliveries and every attempt.
-#[utoipa::path(get, path = "/v1/events/{uuid}", tag = "events", params(("uuid" = String, Path, description = "Event uuid")), responses((status = 200, description = "The envelope, its status and `deliveries` with every attempt", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/events/{uuid}", tag = "events", params(("uuid" = String, Path, description = "Event uuid")), responses((status = 200, description = "The envelope, its status and `deliveries` with every attempt", body = EventRecordSchema), Refused))]
 pub async fn get(
     State(state): State<AppState>,
     Reader(ws): Reader,

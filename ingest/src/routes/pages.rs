@@ -1,5 +1,4 @@
-//! The portal, the support console and their assets, shipped inside the binary, and the
-//! OpenAPI document.
+//! The portal, the support console and their assets, shipped inside the binary.
 //!
 //! Every page gets a strict Content-Security-Policy: no inline script or style, nothing from
 //! another origin, requests only to this origin. The portal may be framed only by the origins
@@ -8,14 +7,138 @@
 use std::sync::OnceLock;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
-const PORTAL_HTML: &str = include_str!("../../assets/portal/index.html");
-const CONSOLE_HTML: &str = include_str!("../../assets/console/index.html");
+/// The skeleton both pages share: head, header, tab list and panels.
+const SKELETON: &str = include_str!("../../assets/page.html");
+
+/// A page: its title, script and status line, what comes before its tabs, and the tabs.
+struct PageSpec {
+    title: &'static str,
+    script: &'static str,
+    status: &'static str,
+    before_app: &'static str,
+    nav_label: &'static str,
+    tabs: &'static [Tab],
+}
+
+/// One tab and its panel.
+struct Tab {
+    id: &'static str,
+    label: &'static str,
+    heading: &'static str,
+    /// `data-needs` of the tab: the role that may use it (the portal hides it from others).
+    needs: Option<&'static str>,
+    /// The panel's content under its heading, when it is more than the tab's one slot.
+    body: Option<&'static str>,
+}
+
+const PORTAL: PageSpec = PageSpec {
+    title: "Webhooks",
+    script: "portal.js",
+    status: r#"<p class="session" id="session-status" aria-live="polite"></p>"#,
+    before_app: "  <div id=\"fatal\" class=\"notice bad\" role=\"alert\" hidden></div>\n",
+    nav_label: "Webhook settings",
+    tabs: &[
+        Tab {
+            body: Some(
+                r#"<div id="secret-once" class="panel secret-once" role="status" hidden></div>
+        <div id="connections-list"></div>
+        <div id="connection-form-slot"></div>"#,
+            ),
+            ..tab("connections", "Connections", "Connections")
+        },
+        Tab {
+            body: Some(
+                r#"<div id="rules-list"></div>
+        <div id="rule-form-slot"></div>"#,
+            ),
+            ..tab("rules", "Rules", "Rules")
+        },
+        Tab {
+            needs: Some("editor"),
+            ..tab("test", "Send test event", "Send a test event")
+        },
+        tab("history", "Delivery history", "Delivery history"),
+        tab("dead", "Dead letters", "Dead letters"),
+    ],
+};
+
+const CONSOLE: PageSpec = PageSpec {
+    title: "Herald support console",
+    script: "console.js",
+    status: r#"<p class="session"><button type="button" id="sign-out" hidden>Sign out</button></p>"#,
+    before_app: include_str!("../../assets/console/login.html"),
+    nav_label: "Console",
+    tabs: &[
+        tab("events", "Events", "Find an event"),
+        tab("dead", "Dead letters", "Dead letters"),
+        tab("health", "Connection health", "Connection health"),
+    ],
+};
+
+/// A tab any role may use, whose panel is one slot (`<div id="{id}-slot">`) its script fills.
+const fn tab(id: &'static str, label: &'static str, heading: &'static str) -> Tab {
+    Tab {
+        id,
+        label,
+        heading,
+        needs: None,
+        body: None,
+    }
+}
+
+/// The page's HTML: the skeleton filled in with its parts.
+fn render(spec: &PageSpec) -> String {
+    let mut tabs = String::new();
+    let mut panels = String::new();
+    for t in spec.tabs {
+        let needs = t
+            .needs
+            .map(|n| format!(" data-needs=\"{n}\""))
+            .unwrap_or_default();
+        tabs += &format!(
+            "      <button type=\"button\" role=\"tab\" data-tab=\"{id}\" id=\"tab-{id}\" \
+             aria-controls=\"panel-{id}\"{needs}>{label}</button>\n",
+            id = t.id,
+            label = t.label,
+        );
+        let body = t
+            .body
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("<div id=\"{}-slot\"></div>", t.id));
+        panels += &format!(
+            "      <section role=\"tabpanel\" id=\"panel-{id}\" aria-labelledby=\"tab-{id}\" \
+             hidden>\n        <h2>{heading}</h2>\n        {body}\n      </section>\n",
+            id = t.id,
+            heading = t.heading,
+        );
+    }
+    SKELETON
+        .replace("{title}", spec.title)
+        .replace("{script}", spec.script)
+        .replace("{status}", spec.status)
+        .replace("{before_app}", spec.before_app)
+        .replace("{nav_label}", spec.nav_label)
+        .replace("{tabs}", &tabs)
+        .replace("{panels}", &panels)
+}
+
+/// The portal's HTML, rendered once.
+fn portal_html() -> &'static str {
+    static HTML: OnceLock<String> = OnceLock::new();
+    HTML.get_or_init(|| render(&PORTAL))
+}
+
+/// The console's HTML, rendered once.
+fn console_html() -> &'static str {
+    static HTML: OnceLock<String> = OnceLock::new();
+    HTML.get_or_init(|| render(&CONSOLE))
+}
 
 /// The files under `/assets/`: name, content type, bytes.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -82,21 +205,23 @@ fn page(html: &'static str, frame_ancestors: &[String]) -> Response {
     responses((status = 200, description = "The portal page (HTML)", content_type = "text/html")))]
 pub async fn portal(State(state): State<AppState>, Path(ws): Path<String>) -> Response {
     let ancestors = if ws.len() <= 128 {
-        crate::sessions::settings(&state.store, &ws)
+        state
+            .store
+            .portal_settings(&ws)
             .await
             .map(|s| s.frame_ancestors)
             .unwrap_or_default()
     } else {
         Vec::new()
     };
-    page(PORTAL_HTML, &ancestors)
+    page(portal_html(), &ancestors)
 }
 
 /// The portal page at its short address: usable on its own, never framed.
 #[utoipa::path(get, path = "/portal/", tag = "pages", security(()),
     responses((status = 200, description = "The portal page (HTML)", content_type = "text/html")))]
 pub async fn portal_unframed() -> Response {
-    page(PORTAL_HTML, &[])
+    page(portal_html(), &[])
 }
 
 /// The support console: never framed. It asks for the admin token and keeps it in the tab's
@@ -104,7 +229,7 @@ pub async fn portal_unframed() -> Response {
 #[utoipa::path(get, path = "/console/", tag = "pages", security(()),
     responses((status = 200, description = "The console page (HTML)", content_type = "text/html")))]
 pub async fn console() -> Response {
-    page(CONSOLE_HTML, &[])
+    page(console_html(), &[])
 }
 
 /// `/console` without the slash.
@@ -133,19 +258,19 @@ pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     Ok(r)
 }
 
-/// This API's OpenAPI 3.1 document, generated from the route table and its handlers.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
-    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
-pub async fn openapi_json() -> Response {
-    static SPEC: OnceLock<String> = OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
-        crate::app::api_routes(0, 0)
-            .into_openapi()
-            .to_pretty_json()
-            .unwrap_or_default()
-    });
-    if spec.is_empty() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_fill_every_slot_of_the_skeleton() {
+        for html in [portal_html(), console_html()] {
+            assert!(!html.contains('{'), "an unfilled slot: {html}");
+            assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>\n"));
+        }
+        assert!(portal_html().contains(
+            r#"data-tab="test" id="tab-test" aria-controls="panel-test" data-needs="editor">"#
+        ));
+        assert!(console_html().contains(r#"<main id="login" hidden>"#));
     }
-    ([(header::CONTENT_TYPE, "application/json")], spec.as_str()).into_response()
 }

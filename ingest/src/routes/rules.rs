@@ -8,22 +8,34 @@ use herald_shared::model::rule::SEND_WEBHOOK;
 use herald_shared::model::{Event, JobGroup, JobItem, Rule};
 use herald_shared::store::history::Routed;
 use lapin::BasicProperties;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
-use crate::extract::{not_null, ApiJson, ApiQuery, Editor, NoQuery, Reader};
+use crate::extract::{is_blank, not_null, ApiJson, ApiQuery, NoQuery, RawBody};
+use crate::openapi::{ListOf, Refused};
+use crate::schemas::{EventPattern, Payload, ResourcePattern, RuleAction, RuleSchema, Token};
+use crate::state::AppState;
 
 /// `POST /v1/rules` body.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
+    /// The event types it matches.
+    #[schema(value_type = EventPattern)]
     event: String,
+    /// The resource types it matches.
+    #[schema(value_type = ResourcePattern)]
     resource: String,
+    /// A connection of this workspace.
+    #[schema(value_type = Token)]
     connection_id: String,
+    /// What to do: `send_webhook`.
+    #[schema(value_type = RuleAction)]
     action: String,
+    /// Disabled rules match nothing; `true` by default.
     enabled: Option<bool>,
 }
 
@@ -31,16 +43,35 @@ pub struct NewRule {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulePatch {
+    /// The event types it matches.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = EventPattern, required = false)]
     event: Option<String>,
+    /// The resource types it matches.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = ResourcePattern, required = false)]
     resource: Option<String>,
+    /// A connection of this workspace.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Token, required = false)]
     connection_id: Option<String>,
+    /// What to do: `send_webhook`.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = RuleAction, required = false)]
     action: Option<String>,
+    /// Disabled rules match nothing.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     enabled: Option<bool>,
+}
+
+/// A test event on its way.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TestSent {
+    /// The test event's uuid: its history shows the outcome.
+    uuid: String,
+    /// Its type.
+    event: String,
 }
 
 async fn check_connection(state: &AppState, ws: &str, id: &str) -> Result<(), ApiError> {
@@ -62,7 +93,7 @@ async fn load(state: &AppState, ws: &str, id: &str) -> Result<Rule, ApiError> {
 }
 
 /// Creates a rule.
-#[utoipa::path(post, path = "/v1/rules", tag = "rules", request_body = NewRule, responses((status = 201, description = "The rule", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/rules", tag = "rules", request_body = NewRule, responses((status = 201, description = "The rule", body = RuleSchema), Refused))]
 pub async fn create(
     State(state): State<AppState>,
     Editor(ws): Editor,
@@ -87,7 +118,7 @@ pub async fn create(
 }
 
 /// Lists the workspace's rules, newest first.
-#[utoipa::path(get, path = "/v1/rules", tag = "rules", responses((status = 200, description = "`{data, next_cursor}`", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/rules", tag = "rules", responses((status = 200, description = "The rules (one page)", body = ListOf<RuleSchema>), Refused))]
 pub async fn list(
     State(state): State<AppState>,
     Reader(ws): Reader,
@@ -98,7 +129,7 @@ pub async fn list(
 }
 
 /// One rule.
-#[utoipa::path(get, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), responses((status = 200, description = "The rule", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), responses((status = 200, description = "The rule", body = RuleSchema), Refused))]
 pub async fn get(
     State(state): State<AppState>,
     Reader(ws): Reader,
@@ -108,7 +139,7 @@ pub async fn get(
 }
 
 /// Changes the given fields.
-#[utoipa::path(patch, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = RulePatch, responses((status = 200, description = "The changed rule", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(patch, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = RulePatch, responses((status = 200, description = "The changed rule", body = RuleSchema), Refused))]
 pub async fn update(
     State(state): State<AppState>,
     Editor(ws): Editor,
@@ -139,7 +170,7 @@ pub async fn update(
 }
 
 /// Deletes a rule.
-#[utoipa::path(delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), responses((status = 204, description = "Deleted (no body)", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/rules/{id}", tag = "rules", params(("id" = String, Path, description = "Rule id")), responses((status = 204, description = "Deleted (no body)"), Refused))]
 pub async fn delete(
     State(state): State<AppState>,
     Editor(ws): Editor,
@@ -167,15 +198,15 @@ fn test_event_type(pattern: &str) -> String {
 /// `POST /v1/rules/{id}/test`: sends the body (any JSON; `{}` when empty) as the payload of a
 /// test event to this rule's connection only, through the broker and a deliverer like any
 /// other delivery. Answers 202 with the event's uuid, whose history shows the outcome.
-#[utoipa::path(post, path = "/v1/rules/{id}/test", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = Option<serde_json::Value>, responses((status = 202, description = "`{uuid, event}` of the test event", body = serde_json::Value), (status = "4XX", description = "An error: `{\"error\": {code, message, field}}`", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/rules/{id}/test", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = Option<Payload>, responses((status = 202, description = "The test event", body = TestSent), Refused))]
 pub async fn test(
     State(state): State<AppState>,
     Editor(ws): Editor,
     Path(id): Path<String>,
-    crate::extract::RawBody(body): crate::extract::RawBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<TestSent>), ApiError> {
     let rule = load(&state, &ws, &id).await?;
-    let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
+    let payload: Box<RawValue> = if is_blank(&body) {
         RawValue::from_string("{}".into()).map_err(anyhow::Error::from)?
     } else {
         serde_json::from_slice(&body)
@@ -216,6 +247,9 @@ pub async fn test(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"uuid": event.uuid, "event": event.event})),
+        Json(TestSent {
+            uuid: event.uuid,
+            event: event.event,
+        }),
     ))
 }

@@ -5,12 +5,47 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery, PortalSession, SecretKey};
-use crate::sessions::{self, PortalSettings, Role, Session};
+use crate::openapi::Refused;
+use crate::schemas::Origin;
+use crate::state::AppState;
+use std::time::Duration;
+
+use herald_shared::store::sessions::{PortalSettings, Role, Session};
+
+use crate::auth::{PortalSession, SecretKey};
+use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery};
+
+/// Session life when the request names none.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+/// Shortest and longest life a request may ask for, in seconds.
+pub const TTL_RANGE_S: std::ops::RangeInclusive<u64> = 5..=3600;
+/// A chain of refreshes ends this long after the first token was minted: an open page cannot
+/// keep a session alive for ever.
+pub const MAX_CHAIN: Duration = Duration::from_secs(12 * 3600);
+/// A refreshed-away token keeps working this long, for requests already in flight.
+pub const REFRESH_OVERLAP: Duration = Duration::from_secs(30);
+
+/// What a portal session may do: the document's view of the stored [`Role`].
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Role)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleSchema {
+    /// Read the workspace's connections, rules, history and dead letters.
+    Viewer,
+    /// Also manage connections, rules and secrets, send test events and replay.
+    Editor,
+}
+
+/// Portal settings of a workspace: the document's view of the stored [`PortalSettings`].
+#[derive(utoipa::ToSchema)]
+#[schema(as = PortalSettings)]
+pub struct PortalSettingsSchema {
+    /// Origins allowed to embed the portal in a frame (`frame-ancestors` of its pages), e.g.
+    /// `https://app.example.com`. Empty: the portal cannot be framed.
+    pub frame_ancestors: Vec<String>,
+}
 
 /// `POST /v1/sessions` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -18,8 +53,10 @@ use crate::sessions::{self, PortalSettings, Role, Session};
 pub struct NewSession {
     /// `viewer` (read history) or `editor` (also manage connections, rules and secrets, send
     /// test events, replay).
+    #[schema(value_type = RoleSchema)]
     role: Role,
     /// The token's life in seconds, 5 to 3600; 900 by default.
+    #[schema(minimum = 5, maximum = 3600)]
     ttl_s: Option<u64>,
 }
 
@@ -29,6 +66,7 @@ pub struct MintedSession {
     /// `sess_...`: a bearer token for this workspace's portal, with the session's role.
     token: String,
     /// The role.
+    #[schema(value_type = RoleSchema)]
     role: Role,
     /// The workspace.
     workspace_id: String,
@@ -38,6 +76,20 @@ pub struct MintedSession {
     /// `/portal/{workspace}/#session={token}`. The token is in the fragment, which browsers never
     /// send to a server, so no proxy or access log sees it.
     url: String,
+}
+
+/// What the portal page knows of its own session.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CurrentSession {
+    /// The workspace.
+    workspace_id: String,
+    /// The role.
+    #[schema(value_type = RoleSchema)]
+    role: Role,
+    /// Unix milliseconds.
+    expires_at: i64,
+    /// Origins that may frame the portal.
+    frame_ancestors: Vec<String>,
 }
 
 fn minted(token: String, s: &Session) -> MintedSession {
@@ -53,21 +105,20 @@ fn minted(token: String, s: &Session) -> MintedSession {
 /// Mints a portal session for the workspace. Secret key only: the SaaS backend calls this and
 /// puts the returned `url` in an iframe.
 #[utoipa::path(post, path = "/v1/sessions", tag = "portal", request_body = NewSession,
-    responses((status = 201, description = "The session", body = MintedSession),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 201, description = "The session", body = MintedSession), Refused))]
 pub async fn create(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
     ApiJson(body): ApiJson<NewSession>,
 ) -> Result<(StatusCode, Json<MintedSession>), ApiError> {
-    let ttl_s = body.ttl_s.unwrap_or(sessions::DEFAULT_TTL.as_secs());
-    if !sessions::TTL_RANGE_S.contains(&ttl_s) {
+    let ttl_s = body.ttl_s.unwrap_or(DEFAULT_TTL.as_secs());
+    if !TTL_RANGE_S.contains(&ttl_s) {
         return Err(ApiError::field(
             "ttl_s",
             format!(
                 "must be between {} and {} seconds",
-                sessions::TTL_RANGE_S.start(),
-                sessions::TTL_RANGE_S.end()
+                TTL_RANGE_S.start(),
+                TTL_RANGE_S.end()
             ),
         ));
     }
@@ -80,7 +131,7 @@ pub async fn create(
         started_at: now,
         ttl_ms,
     };
-    let token = sessions::create(&state.store, &session).await?;
+    let token = state.store.create_session(&session).await?;
     Ok((StatusCode::CREATED, Json(minted(token, &session))))
 }
 
@@ -88,14 +139,13 @@ pub async fn create(
 /// old token keeps working for 30 s, for requests already in flight. A chain of refreshes ends
 /// 12 h after the first token was minted.
 #[utoipa::path(post, path = "/v1/sessions/refresh", tag = "portal",
-    responses((status = 200, description = "The new session", body = MintedSession),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The new session", body = MintedSession), Refused))]
 pub async fn refresh(
     State(state): State<AppState>,
     PortalSession { token, session }: PortalSession,
 ) -> Result<Json<MintedSession>, ApiError> {
     let now = herald_shared::now_ms();
-    let chain_end = session.started_at + sessions::MAX_CHAIN.as_millis() as i64;
+    let chain_end = session.started_at + MAX_CHAIN.as_millis() as i64;
     if now >= chain_end {
         return Err(ApiError::Unauthorized);
     }
@@ -103,39 +153,37 @@ pub async fn refresh(
         expires_at: (now + session.ttl_ms).min(chain_end),
         ..session
     };
-    let new_token = sessions::create(&state.store, &next).await?;
-    sessions::retire(&state.store, &token, sessions::REFRESH_OVERLAP).await?;
+    let new_token = state.store.create_session(&next).await?;
+    state.store.retire_session(&token, REFRESH_OVERLAP).await?;
     Ok(Json(minted(new_token, &next)))
 }
 
 /// What the portal page needs to know about its own session.
 #[utoipa::path(get, path = "/v1/sessions/current", tag = "portal",
-    responses((status = 200, description = "`{workspace_id, role, expires_at, frame_ancestors}`", body = serde_json::Value),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The session and the portal's settings", body = CurrentSession), Refused))]
 pub async fn current(
     State(state): State<AppState>,
     PortalSession { session, .. }: PortalSession,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let settings = sessions::settings(&state.store, &session.workspace_id).await?;
-    Ok(Json(json!({
-        "workspace_id": session.workspace_id,
-        "role": session.role,
-        "expires_at": session.expires_at,
-        "frame_ancestors": settings.frame_ancestors,
-    })))
+) -> Result<Json<CurrentSession>, ApiError> {
+    let settings = state.store.portal_settings(&session.workspace_id).await?;
+    Ok(Json(CurrentSession {
+        workspace_id: session.workspace_id,
+        role: session.role,
+        expires_at: session.expires_at,
+        frame_ancestors: settings.frame_ancestors,
+    }))
 }
 
 /// The workspace's portal settings.
 #[utoipa::path(get, path = "/v1/workspace/settings", tag = "portal",
-    responses((status = 200, description = "The settings", body = PortalSettings),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The settings", body = PortalSettingsSchema), Refused))]
 pub async fn get_settings(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
 ) -> Result<Json<PortalSettings>, ApiError> {
-    Ok(Json(sessions::settings(&state.store, &ws).await?))
+    Ok(Json(state.store.portal_settings(&ws).await?))
 }
 
 /// `PATCH /v1/workspace/settings` body.
@@ -144,19 +192,19 @@ pub async fn get_settings(
 pub struct SettingsPatch {
     /// Origins that may frame the portal, e.g. `["https://app.example.com"]`; at most 16.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Vec<Origin>, max_items = 16, required = false)]
     frame_ancestors: Option<Vec<String>>,
 }
 
 /// Changes the workspace's portal settings.
 #[utoipa::path(patch, path = "/v1/workspace/settings", tag = "portal", request_body = SettingsPatch,
-    responses((status = 200, description = "The settings", body = PortalSettings),
-        (status = "4XX", description = "An error", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "The settings", body = PortalSettingsSchema), Refused))]
 pub async fn update_settings(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
     ApiJson(patch): ApiJson<SettingsPatch>,
 ) -> Result<Json<PortalSettings>, ApiError> {
-    let mut settings = sessions::settings(&state.store, &ws).await?;
+    let mut settings = state.store.portal_settings(&ws).await?;
     if let Some(origins) = patch.frame_ancestors {
         if origins.len() > 16 {
             return Err(ApiError::field(
@@ -166,7 +214,7 @@ pub async fn update_settings(
         }
         let mut clean = Vec::with_capacity(origins.len());
         for (i, o) in origins.iter().enumerate() {
-            let o = sessions::normalise_origin(o)
+            let o = normalise_origin(o)
                 .map_err(|m| ApiError::field(format!("frame_ancestors[{i}]"), m))?;
             if !clean.contains(&o) {
                 clean.push(o);
@@ -174,6 +222,57 @@ pub async fn update_settings(
         }
         settings.frame_ancestors = clean;
     }
-    sessions::put_settings(&state.store, &ws, &settings).await?;
+    state.store.put_portal_settings(&ws, &settings).await?;
     Ok(Json(settings))
+}
+
+/// Checks and normalises one origin of `frame_ancestors`: `https://host[:port]` (or `http://`),
+/// nothing after the authority.
+pub fn normalise_origin(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("is not an origin: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err("must start with https:// (or http://)".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err("must be an origin only (scheme, host, port), without a path".into());
+    }
+    if raw.ends_with('/') && !raw.ends_with("//") && raw.matches('/').count() > 2 {
+        return Err("must be an origin only (scheme, host, port), without a path".into());
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_origin;
+
+    #[test]
+    fn origins_are_normalised_and_anything_more_is_refused() {
+        assert_eq!(
+            normalise_origin("https://App.Example.com").as_deref(),
+            Ok("https://app.example.com")
+        );
+        assert_eq!(
+            normalise_origin("http://127.0.0.1:5173").as_deref(),
+            Ok("http://127.0.0.1:5173")
+        );
+        for bad in [
+            "app.example.com",
+            "ftp://example.com",
+            "https://example.com/path",
+            "https://example.com/",
+            "https://example.com?x=1",
+            "https://user:pw@example.com",
+            "https://example.com; script-src *",
+            "*",
+        ] {
+            assert!(normalise_origin(bad).is_err(), "{bad} must be refused");
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
+//! - [`sessions`]: portal sessions and each workspace's portal settings.
 //!
 //! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
 //! ```text
@@ -26,6 +27,8 @@
 //! {p}:ws:{ws}:dl:{id}            dead letter JSON
 //! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
 //! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
+//! {p}:session:{sha256}           portal session JSON, expiring with the session
+//! {p}:ws:{ws}:portal             portal settings JSON
 //! ```
 //!
 //! A producer's uuid (which may contain `:`) is only ever the last part of a key, so no uuid can
@@ -39,6 +42,7 @@ pub mod health;
 pub mod history;
 pub mod routing;
 mod sealing;
+pub mod sessions;
 pub mod tenants;
 
 use std::time::Duration;

@@ -1,0 +1,354 @@
+//! Connections: create, list, read, change and delete; their secrets ([`secrets`]) and health
+//! ([`health`]) are beside them.
+
+pub mod health;
+pub mod secrets;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_shared::model::connection::{
+    is_sensitive_header, validate_url, DEFAULT_TIMEOUT_MS, MASK,
+};
+use herald_shared::model::{Auth, Connection, HttpMethod};
+use herald_shared::signing::generate_secret;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::{Editor, Reader};
+use crate::error::ApiError;
+use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery};
+use crate::openapi::{ListOf, Refused};
+use crate::schemas::{AuthSchema, DestinationUrl, Headers, HttpMethodSchema, Name, Secret};
+use crate::state::AppState;
+
+/// `POST /v1/connections` body.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewConnection {
+    /// A name for people.
+    #[schema(value_type = Name)]
+    name: String,
+    /// Where requests go.
+    #[schema(value_type = DestinationUrl)]
+    url: String,
+    /// The signing secret; generated when left out.
+    #[schema(value_type = Option<Secret>)]
+    secret: Option<String>,
+    /// `POST` (default), `PUT` or `PATCH`.
+    #[schema(value_type = Option<HttpMethodSchema>)]
+    method: Option<HttpMethod>,
+    /// Custom headers sent with every request.
+    #[schema(value_type = Option<Headers>)]
+    headers: Option<BTreeMap<String, String>>,
+    /// `{"type": "bearer", "token"}` or `{"type": "basic", "username", "password"}`.
+    #[schema(value_type = Option<AuthSchema>)]
+    auth: Option<Auth>,
+    /// Request timeout; 15000 by default.
+    #[schema(minimum = 100, maximum = 120000)]
+    timeout_ms: Option<u64>,
+    /// Most requests per second to this destination; unlimited when left out or `null`.
+    #[schema(minimum = 1, maximum = 100000)]
+    rate_limit_per_s: Option<u32>,
+    /// Disabled connections get no new deliveries; `true` by default.
+    enabled: Option<bool>,
+}
+
+/// `PATCH /v1/connections/{id}` body: only what changes. `null` clears `auth` and
+/// `rate_limit_per_s`, and is refused for the other fields.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    /// A name for people.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Name, required = false)]
+    name: Option<String>,
+    /// Where requests go.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = DestinationUrl, required = false)]
+    url: Option<String>,
+    /// A new signing secret, in place at once (see `rotate-secret` for a grace period).
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Secret, required = false)]
+    secret: Option<String>,
+    /// `POST`, `PUT` or `PATCH`.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = HttpMethodSchema, required = false)]
+    method: Option<HttpMethod>,
+    /// Replaces the custom headers; a masked value sent back (`********`) keeps that header's
+    /// value.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Headers, required = false)]
+    headers: Option<BTreeMap<String, String>>,
+    /// `{"type": "bearer", "token"}`, `{"type": "basic", "username", "password"}`, or `null`
+    /// to remove it.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Option<AuthSchema>, required = false)]
+    auth: Option<Option<Auth>>,
+    /// Request timeout.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(minimum = 100, maximum = 120000, nullable = false)]
+    timeout_ms: Option<u64>,
+    /// Most requests per second to this destination; `null` removes the limit.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
+    rate_limit_per_s: Option<Option<u32>>,
+    /// Disabled connections get no new deliveries.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
+    enabled: Option<bool>,
+}
+
+/// A connection as the API shows it: the secret is never shown after creation (use
+/// `GET /v1/connections/{id}/secret`); auth credentials and the values of custom headers whose
+/// name says they carry a secret are masked (`********`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConnectionView {
+    /// `con_...`.
+    id: String,
+    /// Always `webhook` for now.
+    kind: String,
+    /// A name for people.
+    name: String,
+    /// Where requests go.
+    url: String,
+    /// HTTP method.
+    #[schema(value_type = HttpMethodSchema)]
+    method: HttpMethod,
+    /// Custom headers, secret-bearing values masked.
+    headers: BTreeMap<String, String>,
+    /// Authentication, credentials masked.
+    #[schema(value_type = Option<AuthSchema>)]
+    auth: Option<Value>,
+    /// Request timeout.
+    timeout_ms: u64,
+    /// Most requests per second to this destination, if limited.
+    rate_limit_per_s: Option<u32>,
+    /// Disabled connections get no new deliveries.
+    enabled: bool,
+    /// Unix milliseconds.
+    created_at: i64,
+    /// Unix milliseconds.
+    updated_at: i64,
+}
+
+/// A created connection, with its signing secret (shown this once).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedConnection {
+    /// The connection.
+    #[serde(flatten)]
+    connection: ConnectionView,
+    /// The `whsec_` signing secret.
+    secret: String,
+}
+
+/// The connection as the API shows it (see [`ConnectionView`]).
+pub fn view(c: &Connection) -> ConnectionView {
+    let auth = c.auth.as_ref().map(|a| match a {
+        Auth::Bearer { .. } => json!({"type": "bearer", "token": MASK}),
+        Auth::Basic { username, .. } => {
+            json!({"type": "basic", "username": username, "password": MASK})
+        }
+    });
+    let headers = c
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            let shown = if is_sensitive_header(n) { MASK } else { v };
+            (n.clone(), shown.to_string())
+        })
+        .collect();
+    ConnectionView {
+        id: c.id.clone(),
+        kind: c.kind.clone(),
+        name: c.name.clone(),
+        url: c.url.clone(),
+        method: c.method,
+        headers,
+        auth,
+        timeout_ms: c.timeout_ms,
+        rate_limit_per_s: c.rate_limit_per_s,
+        enabled: c.enabled,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+    }
+}
+
+/// Checks a connection as it would be stored, and its literal destination address.
+pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError> {
+    c.validate(state.settings.allow_http)?;
+    // Literal IPs are checked now; names are checked at send time against what they resolve to.
+    let url = validate_url(&c.url, state.settings.allow_http)?;
+    if let Some(host) = url.host_str() {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            if !state.settings.destinations.allows(ip) {
+                return Err(ApiError::field(
+                    "url",
+                    "points at a private, loopback or otherwise special address; allowed only with HERALD_ALLOW_PRIVATE_DESTINATIONS or HERALD_DESTINATION_ALLOWLIST",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The workspace's connection `id`, or 404.
+pub(crate) async fn load(state: &AppState, ws: &str, id: &str) -> Result<Connection, ApiError> {
+    state
+        .store
+        .get_connection(ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("connection"))
+}
+
+/// Creates a connection. The response carries the signing secret (generated when not given).
+#[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = NewConnection, responses((status = 201, description = "The connection, with its signing secret (shown this once)", body = CreatedConnection), Refused))]
+pub async fn create(
+    State(state): State<AppState>,
+    Editor(ws): Editor,
+    ApiJson(body): ApiJson<NewConnection>,
+) -> Result<(StatusCode, Json<CreatedConnection>), ApiError> {
+    let now = herald_shared::now_ms();
+    let conn = Connection {
+        id: herald_shared::ids::new_id("con"),
+        workspace_id: ws,
+        kind: "webhook".into(),
+        name: body.name,
+        url: body.url,
+        secret: body.secret.unwrap_or_else(generate_secret),
+        previous_secrets: Vec::new(),
+        method: body.method.unwrap_or_default(),
+        headers: body.headers.unwrap_or_default(),
+        auth: body.auth,
+        timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        rate_limit_per_s: body.rate_limit_per_s,
+        enabled: body.enabled.unwrap_or(true),
+        created_at: now,
+        updated_at: now,
+    };
+    validate(&state, &conn)?;
+    state.store.put_connection(&conn).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedConnection {
+            connection: view(&conn),
+            secret: conn.secret,
+        }),
+    ))
+}
+
+/// Lists the workspace's connections, newest first.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", responses((status = 200, description = "The connections (one page); secrets are never shown", body = ListOf<ConnectionView>), Refused))]
+pub async fn list(
+    State(state): State<AppState>,
+    Reader(ws): Reader,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
+) -> Result<Json<ListOf<ConnectionView>>, ApiError> {
+    list_of(&state, &ws).await
+}
+
+/// A workspace's connections as the API shows them (the portal's and the console's list).
+pub async fn list_of(state: &AppState, ws: &str) -> Result<Json<ListOf<ConnectionView>>, ApiError> {
+    let data = state
+        .store
+        .list_connections(ws)
+        .await?
+        .iter()
+        .map(view)
+        .collect();
+    Ok(Json(ListOf {
+        data,
+        next_cursor: None,
+    }))
+}
+
+/// One connection.
+#[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path, description = "Connection id")), responses((status = 200, description = "The connection; the secret is never shown", body = ConnectionView), Refused))]
+pub async fn get(
+    State(state): State<AppState>,
+    Reader(ws): Reader,
+    Path(id): Path<String>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    Ok(Json(view(&load(&state, &ws, &id).await?)))
+}
+
+/// Changes the given fields.
+#[utoipa::path(patch, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path, description = "Connection id")), request_body = ConnectionPatch, responses((status = 200, description = "The changed connection", body = ConnectionView), Refused))]
+pub async fn update(
+    State(state): State<AppState>,
+    Editor(ws): Editor,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<ConnectionPatch>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let mut c = load(&state, &ws, &id).await?;
+    if let Some(v) = patch.name {
+        c.name = v;
+    }
+    if let Some(v) = patch.url {
+        c.url = v;
+    }
+    if let Some(v) = patch.secret {
+        c.secret = v;
+    }
+    if let Some(v) = patch.method {
+        c.method = v;
+    }
+    if let Some(mut v) = patch.headers {
+        // A masked value read back from the API and sent again means "unchanged".
+        for (name, value) in &mut v {
+            if value == MASK {
+                // Header names are case-insensitive; a mask for a header that was not there
+                // would be sent to the receiver literally.
+                let old = c
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone());
+                match old {
+                    Some(old) => *value = old,
+                    None => {
+                        return Err(ApiError::field(
+                            format!("headers.{name}"),
+                            "the masked value stands for an existing header's value; send the real value",
+                        ))
+                    }
+                }
+            }
+        }
+        c.headers = v;
+    }
+    if let Some(v) = patch.auth {
+        c.auth = v;
+    }
+    if let Some(v) = patch.timeout_ms {
+        c.timeout_ms = v;
+    }
+    if let Some(v) = patch.rate_limit_per_s {
+        c.rate_limit_per_s = v;
+    }
+    if let Some(v) = patch.enabled {
+        c.enabled = v;
+    }
+    c.updated_at = herald_shared::now_ms();
+    validate(&state, &c)?;
+    state.store.put_connection(&c).await?;
+    Ok(Json(view(&c)))
+}
+
+/// Deletes a connection and the rules that point at it.
+#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path, description = "Connection id")), responses((status = 204, description = "Deleted (no body)"), Refused))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Editor(ws): Editor,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_connection(&ws, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("connection"))
+    }
+}

@@ -1,0 +1,27 @@
+//! What every handler can reach: settings, the store, the broker and intake's helpers.
+
+use std::sync::Arc;
+
+use herald_shared::amqp::Broker;
+use herald_shared::config::IngestSettings;
+use herald_shared::ratelimit::RateLimiter;
+use herald_shared::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub settings: Arc<IngestSettings>,
+    /// Redis.
+    pub store: Store,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+    /// Background work (bulk replays) that shutdown waits for.
+    pub background: tokio_util::task::TaskTracker,
+    /// API keys seen recently.
+    pub keys: Arc<crate::keys::KeyCache>,
+    /// Single-event intake, grouped into broker messages.
+    pub batcher: crate::batcher::Batcher,
+    /// The intake rate limit, shared with every other ingest through Redis.
+    pub limiter: RateLimiter,
+}

@@ -2,7 +2,6 @@
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
 mod consumer;
-mod helpers;
 mod idempotency;
 mod isolation;
 mod pipeline;

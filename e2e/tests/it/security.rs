@@ -2,11 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use herald_e2e::{Behaviour, Receiver, Stack, ADMIN};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-
-use crate::helpers::{Behaviour, Stack, TestReceiver, ADMIN};
 
 /// A request with a raw body (or none) and an optional token: (status, JSON body, headers).
 async fn raw(
@@ -968,7 +967,7 @@ async fn every_refusal_has_its_status_and_names_its_field_and_the_service_stays_
 async fn one_workspace_can_neither_see_nor_change_another() {
     // Arrange: workspace A with a connection, a rule, a delivered event and a dead letter.
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "none")]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("dead", Behaviour::Always(500));
     let (_, sk_a, pk_a) = stack.workspace().await;
     let (_, sk_b, pk_b) = stack.workspace().await;
@@ -1179,7 +1178,7 @@ async fn one_workspace_can_neither_see_nor_change_another() {
 async fn secrets_are_sealed_in_redis_and_masked_in_the_history() {
     let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let stack = Stack::start_with(&[("HERALD_SECRETS_KEY", key)]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let (ws, sk, pk) = stack.workspace().await;
     let token = "bearer-credential-9f8e7d6c";
     let api_key = "header-credential-1a2b3c4d";
@@ -1207,8 +1206,8 @@ async fn secrets_are_sealed_in_redis_and_masked_in_the_history() {
     let got = receiver.wait_for("s", 1).await;
     assert_eq!(got[0].headers["authorization"], format!("Bearer {token}"));
     assert_eq!(got[0].headers["x-api-key"], api_key);
-    crate::helpers::verify(&first_secret, &got[0]);
-    crate::helpers::verify(&second_secret, &got[0]);
+    herald_e2e::verify(&first_secret, &got[0]);
+    herald_e2e::verify(&second_secret, &got[0]);
 
     // The history shows the request, masked.
     let h = stack
@@ -1361,7 +1360,7 @@ async fn intake_is_rate_limited_per_key_across_ingest_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_rate_limit_paces_its_deliveries_and_slows_no_other() {
     let stack = Stack::start().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let (_, sk, pk) = stack.workspace().await;
     let (slow, _) = stack
         .connection(&sk, &receiver.url("slow"), json!({"rate_limit_per_s": 5}))
@@ -1424,7 +1423,7 @@ async fn private_destinations_are_refused_at_creation_and_at_send_time() {
         ("HERALD_RETRY_SCHEDULE", "none"),
     ])
     .await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let port = receiver.addr.port();
     let (_, sk, pk) = stack.workspace().await;
 
@@ -1503,9 +1502,6 @@ async fn private_destinations_are_refused_at_creation_and_at_send_time() {
     assert_eq!((status, &body["error"]["field"]), (400, &json!("url")));
     let uuid = stack.send(&pk, "a.b", "r", json!({})).await;
     let got = receiver.wait_for("x", 1).await;
-    assert_eq!(
-        crate::helpers::verify(&secret, &got[0])["uuid"],
-        uuid.as_str()
-    );
+    assert_eq!(herald_e2e::verify(&secret, &got[0])["uuid"], uuid.as_str());
     stack.stop().await;
 }

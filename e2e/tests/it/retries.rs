@@ -10,11 +10,8 @@ async fn a_receiver_that_fails_twice_gets_three_attempts_in_the_history() {
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
     let receiver = Receiver::start().await;
     receiver.set("flaky", Behaviour::FailFirst(2, 500));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, secret) = stack
-        .connection(&sk, &receiver.url("flaky"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["flaky"]).await;
+    let (sk, pk, (_, secret)) = (w.sk, w.pk, w.connections[0].clone());
 
     let uuid = stack
         .send(&pk, "order.completed", "order", json!({"n": 1}))
@@ -64,11 +61,8 @@ async fn a_dead_destination_is_dead_lettered_then_replayed_once_fixed() {
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
     let receiver = Receiver::start().await;
     receiver.set("down", Behaviour::Always(503));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, secret) = stack
-        .connection(&sk, &receiver.url("down"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["down"]).await;
+    let (sk, pk, (con, secret)) = (w.sk, w.pk, w.connections[0].clone());
 
     let uuid = stack
         .send(&pk, "invoice.paid", "invoice", json!({"amount": 5}))
@@ -148,11 +142,8 @@ async fn a_redirect_counts_as_success_and_is_not_followed() {
     let stack = Stack::start().await;
     let receiver = Receiver::start().await;
     receiver.set("moved", Behaviour::RedirectTo("target".into()));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, _) = stack
-        .connection(&sk, &receiver.url("moved"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["moved"]).await;
+    let (sk, pk) = (w.sk, w.pk);
 
     let uuid = stack.send(&pk, "a.b", "r", json!({})).await;
 
@@ -173,11 +164,8 @@ async fn retries_waiting_in_the_broker_survive_the_deliverer_going_away() {
     let mut stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "3s")]).await;
     let receiver = Receiver::start().await;
     receiver.set("later", Behaviour::FailFirst(5, 500));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, _) = stack
-        .connection(&sk, &receiver.url("later"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["later"]).await;
+    let (sk, pk) = (w.sk, w.pk);
 
     let mut uuids = Vec::new();
     for i in 0..5 {
@@ -259,11 +247,8 @@ async fn gone_stops_retries_and_a_filter_replays_every_matching_dead_letter() {
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
     let receiver = Receiver::start().await;
     receiver.set("gone", Behaviour::Always(410));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, _) = stack
-        .connection(&sk, &receiver.url("gone"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["gone"]).await;
+    let (sk, pk, (con, _)) = (w.sk, w.pk, w.connections[0].clone());
 
     let first = stack.send(&pk, "a.b", "r", json!({"n": 1})).await;
     let second = stack.send(&pk, "a.c", "r", json!({"n": 2})).await;

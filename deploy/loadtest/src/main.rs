@@ -6,7 +6,8 @@
 //! percentiles, and CPU and peak RSS per process, beside a raw RabbitMQ hop measured in the same
 //! run so that figures from a noisy machine compare as ratios.
 //!
-//! - [`stack`]: vhost, Redis prefix and service processes, cleaned up on drop (and Ctrl-C).
+//! - [`stack`]: vhost, Redis prefix and service processes (from `herald-e2e`, cleaned up on drop
+//!   and Ctrl-C), and the run's workspace.
 //! - [`receiver`]: the verifying receiver.
 //! - [`produce`]: bulk and single-event producers, closed and open loop.
 //! - [`hop`]: the raw broker hop.
@@ -29,12 +30,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use herald_e2e::procs::Launch;
+use herald_e2e::{settings, RedisPrefix, Vhost};
 use serde_json::json;
 
 use crate::produce::{Producer, Sent};
 use crate::receiver::Receiver;
 use crate::report::{percentile, Figure, Phase, Report};
-use crate::stack::{Launch, RedisPrefix, Stack, Vhost, ADMIN_TOKEN};
+use crate::stack::{Stack, ADMIN_TOKEN};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,7 +221,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let name = format!("herald-load-{id}");
     eprintln!("herald-load: vhost and Redis prefix {name}");
     let vhost = Vhost::create(name.clone())?;
-    let _redis = RedisPrefix {
+    let redis = RedisPrefix {
         url: args.redis_url.clone(),
         prefix: name.clone(),
     };
@@ -253,8 +256,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         let (k, v) = s
             .split_once('=')
             .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
-        env.retain(|(name, _)| name != k);
-        env.push((k.into(), v.into()));
+        settings::set(&mut env, k, v);
     }
 
     let mut report = Report {
@@ -307,6 +309,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             .unwrap_or_else(|| bin_dir.join("load-logs").join(&report.scenario)),
         bin_dir,
         env,
+        // Each service drains, as in production, before it is killed.
+        grace: Duration::from_secs(5),
     };
     let intake_only =
         args.intake_only && matches!(args.scenario, Scenario::Throughput | Scenario::IntakeSingle);
@@ -319,13 +323,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         "herald-load: starting the services from {}",
         launch.bin_dir.display()
     );
-    let mut stack = Stack::start(launch, first_deliverers, intake_only).await?;
+    let mut stack = stack::start(launch, vhost, redis, first_deliverers, intake_only).await?;
     let timeout_ms = (args.delay().as_millis() as u64 + 10_000).min(120_000);
-    let (pk, secret) = stack.configure(&receiver.url, timeout_ms).await?;
+    let (pk, secret) = stack::configure(&stack, &receiver.url, timeout_ms).await?;
     receiver.set_secret(&secret)?;
     // Services see configuration changes within HERALD_CONFIG_REFRESH (250 ms by default).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let producer = Producer::new(&stack.api_url, &pk, clock)?;
+    let producer = Producer::new(&stack.url, &pk, clock)?;
     let mut ctx = Ctx {
         args,
         receiver,
@@ -342,7 +346,6 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     stack.check_alive()?;
     eprintln!("herald-load: logs in {}", stack.log_dir().display());
     drop(stack);
-    drop(vhost);
     Ok(ctx.report)
 }
 
@@ -392,7 +395,7 @@ fn infrastructure_and_self() -> Vec<procstat::Watched> {
 }
 
 fn window(stack: &Stack) -> procstat::Window {
-    let mut w = stack.watched();
+    let mut w = stack::watched(stack);
     w.extend(infrastructure_and_self());
     procstat::Window::start(w)
 }
@@ -759,12 +762,7 @@ async fn scaleout(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> 
 
 async fn memory(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> anyhow::Result<()> {
     let events = ctx.args.events.unwrap_or(2_000);
-    let deliverers: Vec<u32> = stack
-        .watched()
-        .into_iter()
-        .filter(|w| w.name.starts_with("herald-deliverer"))
-        .map(|w| w.pid)
-        .collect();
+    let deliverers = stack::deliverer_pids(stack);
     let before: f64 = deliverers
         .iter()
         .filter_map(|&pid| procstat::status_mib(pid, "VmRSS"))

@@ -4,18 +4,19 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::helpers::TestReceiver;
-use crate::procs::ProcStack;
+use herald_e2e::procs::{DELIVERER, INGEST, ROUTER};
+use herald_e2e::{Processes, Receiver};
+
+use crate::serial;
 use crate::stream::{all_delivered, Producer};
-use crate::{serial, wire};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_services_lose_nothing_that_was_accepted() {
     let _turn = serial().await;
-    let receiver = TestReceiver::start().await;
-    let mut stack = ProcStack::start("kills", &[]).await;
+    let receiver = Receiver::start().await;
+    let mut stack = Processes::start_for_test("kills", &[]).await;
     let paths = ["a", "b"];
-    let sk = wire(&stack, &receiver, &paths).await;
+    let sk = stack.wired(&receiver, &paths).await.sk;
 
     let producer = Producer::start(&stack.url, &sk, 10, Duration::from_millis(20));
     let mut rng = rand::thread_rng();
@@ -33,18 +34,18 @@ async fn sigkilled_services_lose_nothing_that_was_accepted() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(700..1800))).await;
         match victim {
             "router" => {
-                stack.router.as_mut().expect("router").kill();
+                stack.proc_mut(ROUTER).kill();
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..500))).await;
-                stack.start_router();
+                stack.restart(ROUTER);
             }
             "deliverer" => {
-                stack.deliverer.as_mut().expect("deliverer").kill();
+                stack.proc_mut(DELIVERER).kill();
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..500))).await;
-                stack.start_deliverer();
+                stack.restart(DELIVERER);
             }
             _ => {
-                stack.ingest.as_mut().expect("ingest").kill();
-                stack.start_ingest();
+                stack.proc_mut(INGEST).kill();
+                stack.restart(INGEST);
             }
         }
     }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, Behaviour, TestReceiver};
-use crate::procs::ProcStack;
+use herald_e2e::procs::{DELIVERER, ROUTER};
+use herald_e2e::{eventually, Behaviour, Processes, Receiver};
+
 use crate::serial;
 
 /// The sum of a metric's samples whose labels include every `labels` pair.
@@ -30,7 +31,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(stack: &ProcStack, base: &str) -> String {
+async fn scrape(stack: &Processes, base: &str) -> String {
     stack
         .http
         .get(format!("{base}/metrics"))
@@ -45,9 +46,9 @@ async fn scrape(stack: &ProcStack, base: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_traffic_and_json_logs_parse_line_by_line() {
     let _turn = serial().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("flaky", Behaviour::FailFirst(1, 500));
-    let stack = ProcStack::start("observe", &[("HERALD_LOG_FORMAT", "json")]).await;
+    let stack = Processes::start_for_test("observe", &[("HERALD_LOG_FORMAT", "json")]).await;
     let (_, sk, _) = stack.workspace().await;
     for path in ["ok", "flaky"] {
         let (conn, _) = stack.connection(&sk, &receiver.url(path), json!({})).await;
@@ -75,8 +76,8 @@ async fn metrics_count_the_traffic_and_json_logs_parse_line_by_line() {
     receiver.wait_for("ok", 10).await;
     receiver.wait_for("flaky", 11).await;
 
-    let deliverer = format!("http://{}", stack.deliverer_addr);
-    let router = format!("http://{}", stack.router_addr);
+    let deliverer = format!("http://{}", stack.proc(DELIVERER).addr);
+    let router = format!("http://{}", stack.proc(ROUTER).addr);
     let d = eventually(
         "deliverer counters settle",
         Duration::from_secs(20),
@@ -173,8 +174,9 @@ async fn metrics_count_the_traffic_and_json_logs_parse_line_by_line() {
         .expect("id")
         .to_string();
     let mut retry_line = None;
-    for service in ["herald-ingest", "herald-router", "herald-deliverer"] {
-        let log = std::fs::read_to_string(stack.logs.join(format!("{service}.log"))).expect("log");
+    for service in stack.procs().iter().map(|p| &p.label) {
+        let log =
+            std::fs::read_to_string(stack.log_dir().join(format!("{service}.log"))).expect("log");
         assert!(!log.is_empty(), "{service} logged");
         for line in log.lines() {
             let v: Value = serde_json::from_str(line)

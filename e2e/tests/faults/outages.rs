@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{eventually, TestReceiver};
-use crate::procs::{wait_status, ProcStack};
+use herald_e2e::procs::{wait_status, DELIVERER, ROUTER};
+use herald_e2e::{eventually, Processes, Receiver};
+
+use crate::serial;
 use crate::stream::{all_delivered, Producer};
-use crate::{serial, wire};
 
 fn rabbitmqctl(args: &[&str]) -> bool {
     Command::new("rabbitmqctl")
@@ -43,10 +44,10 @@ impl Drop for BrokerStopped {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_answers_503_and_loses_nothing() {
     let _turn = serial().await;
-    let receiver = TestReceiver::start().await;
-    let stack = ProcStack::start("broker-restart", &[]).await;
+    let receiver = Receiver::start().await;
+    let stack = Processes::start_for_test("broker-restart", &[]).await;
     let paths = ["a"];
-    let sk = wire(&stack, &receiver, &paths).await;
+    let sk = stack.wired(&receiver, &paths).await.sk;
 
     let producer = Producer::start(&stack.url, &sk, 1, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -63,7 +64,7 @@ async fn a_broker_restart_mid_stream_answers_503_and_loses_nothing() {
             .await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
-        for addr in [&stack.router_addr, &stack.deliverer_addr] {
+        for addr in [&stack.proc(ROUTER).addr, &stack.proc(DELIVERER).addr] {
             wait_status(&stack.http, &format!("http://{addr}/readyz"), 503).await;
         }
         wait_status(&stack.http, &format!("{}/readyz", stack.url), 503).await;
@@ -72,8 +73,8 @@ async fn a_broker_restart_mid_stream_answers_503_and_loses_nothing() {
     // Back: services reconnect, re-declare and consume again on their own.
     for url in [
         format!("{}/readyz", stack.url),
-        format!("http://{}/readyz", stack.router_addr),
-        format!("http://{}/readyz", stack.deliverer_addr),
+        format!("http://{}/readyz", stack.proc(ROUTER).addr),
+        format!("http://{}/readyz", stack.proc(DELIVERER).addr),
     ] {
         wait_status(&stack.http, &url, 200).await;
     }
@@ -178,11 +179,11 @@ impl Drop for OwnRedis {
 async fn a_redis_restart_mid_stream_loses_no_outcome() {
     let _turn = serial().await;
     let mut redis = OwnRedis::start();
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let url = redis.url();
-    let stack = ProcStack::start("redis-restart", &[("HERALD_REDIS_URL", &url)]).await;
+    let stack = Processes::start_for_test("redis-restart", &[("HERALD_REDIS_URL", &url)]).await;
     let paths = ["a"];
-    let sk = wire(&stack, &receiver, &paths).await;
+    let sk = stack.wired(&receiver, &paths).await.sk;
 
     let producer = Producer::start(&stack.url, &sk, 10, Duration::from_millis(50));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -241,7 +242,7 @@ async fn a_redis_restart_mid_stream_loses_no_outcome() {
 }
 
 /// The event's one delivery is recorded as delivered, with its attempt.
-async fn recorded(stack: &ProcStack, sk: &str, uuid: &str) -> bool {
+async fn recorded(stack: &Processes, sk: &str, uuid: &str) -> bool {
     let (status, body) = stack
         .call("GET", &format!("/v1/events/{uuid}"), sk, None)
         .await;

@@ -10,9 +10,10 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::BasicProperties;
 use serde_json::json;
 
-use crate::helpers::TestReceiver;
-use crate::procs::ProcStack;
-use crate::{serial, wire};
+use herald_e2e::procs::ROUTER;
+use herald_e2e::{Processes, Receiver};
+
+use crate::serial;
 
 /// The value of `herald_quarantined_total{reason="..."}` on a metrics page.
 fn quarantined(metrics: &str, reason: &str) -> u64 {
@@ -27,11 +28,11 @@ fn quarantined(metrics: &str, reason: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_quarantined_with_their_reason_and_counted() {
     let _turn = serial().await;
-    let receiver = TestReceiver::start().await;
-    let stack = ProcStack::start("poison", &[]).await;
-    let sk = wire(&stack, &receiver, &["a"]).await;
+    let receiver = Receiver::start().await;
+    let stack = Processes::start_for_test("poison", &[]).await;
+    let sk = stack.wired(&receiver, &["a"]).await.sk;
     let (_, workspace) = stack
-        .call("GET", "/v1/workspaces", crate::helpers::ADMIN, None)
+        .call("GET", "/v1/workspaces", herald_e2e::ADMIN, None)
         .await;
     let ws = workspace["data"][0]["id"]
         .as_str()
@@ -118,7 +119,7 @@ async fn poison_messages_are_quarantined_with_their_reason_and_counted() {
     // Counted by reason in the router's metrics.
     let metrics = stack
         .http
-        .get(format!("http://{}/metrics", stack.router_addr))
+        .get(format!("http://{}/metrics", stack.proc(ROUTER).addr))
         .send()
         .await
         .expect("metrics")
@@ -136,7 +137,7 @@ async fn poison_messages_are_quarantined_with_their_reason_and_counted() {
     // And the router is still running: nothing crashed.
     let ready = stack
         .http
-        .get(format!("http://{}/readyz", stack.router_addr))
+        .get(format!("http://{}/readyz", stack.proc(ROUTER).addr))
         .send()
         .await
         .expect("readyz");

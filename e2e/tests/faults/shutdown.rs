@@ -2,18 +2,20 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Behaviour, TestReceiver};
-use crate::procs::ProcStack;
+use herald_e2e::procs::DELIVERER;
+use herald_e2e::{Behaviour, Processes, Receiver};
+
+use crate::serial;
 use crate::stream::{all_delivered, Tally};
-use crate::{serial, wire};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_deliverer_finishes_in_flight_work_without_duplicates() {
     let _turn = serial().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("slow", Behaviour::Slow(Duration::from_millis(1500)));
-    let mut stack = ProcStack::start("sigterm", &[("HERALD_CONNECTION_CONCURRENCY", "4")]).await;
-    let sk = wire(&stack, &receiver, &["slow"]).await;
+    let mut stack =
+        Processes::start_for_test("sigterm", &[("HERALD_CONNECTION_CONCURRENCY", "4")]).await;
+    let sk = stack.wired(&receiver, &["slow"]).await.sk;
 
     let mut accepted = Vec::new();
     for i in 0..40 {
@@ -26,9 +28,7 @@ async fn a_rolling_restart_of_the_deliverer_finishes_in_flight_work_without_dupl
     // Some requests are at the receiver, waiting for their slow answers; most are queued.
     receiver.wait_for("slow", 2).await;
     let took = stack
-        .deliverer
-        .as_mut()
-        .expect("deliverer")
+        .proc_mut(DELIVERER)
         .terminate(Duration::from_secs(20))
         .expect("the deliverer exits within its drain timeout");
     let sent_before_exit = receiver.received("slow").len();
@@ -47,7 +47,7 @@ async fn a_rolling_restart_of_the_deliverer_finishes_in_flight_work_without_dupl
             .await;
     }
 
-    stack.start_deliverer();
+    stack.restart(DELIVERER);
     let tallies = all_delivered(&receiver, &["slow"], &accepted, Duration::from_secs(60)).await;
     let tally: &Tally = &tallies[0];
     println!(

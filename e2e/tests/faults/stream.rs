@@ -4,10 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_e2e::{eventually, Receiver};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-
-use crate::helpers::{eventually, TestReceiver};
 
 /// What the producer saw.
 #[derive(Default, Debug)]
@@ -108,7 +107,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn of(receiver: &TestReceiver, path: &str) -> Self {
+    pub fn of(receiver: &Receiver, path: &str) -> Self {
         let mut per_id = HashMap::new();
         let got = receiver.received(path);
         for r in &got {
@@ -143,7 +142,7 @@ impl Tally {
 
 /// Waits until every accepted uuid reached every path; returns each path's tally.
 pub async fn all_delivered(
-    receiver: &TestReceiver,
+    receiver: &Receiver,
     paths: &[&str],
     accepted: &[String],
     limit: Duration,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_e2e::{eventually, Vhost};
 use herald_shared::amqp::topology::{EVENTS_EXCHANGE, EVENTS_QUEUE, QUARANTINE_QUEUE};
 use herald_shared::amqp::{consume, header_str, Broker, Handled, Publisher, REASON_HEADER};
 use herald_shared::config::{CommonSettings, Source};
@@ -13,12 +14,10 @@ use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{eventually, Vhost};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_that_crashes_its_handler_twice_is_quarantined_with_its_reason() {
     let vhost = Vhost::new();
-    let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.0);
+    let url = vhost.amqp_url(herald_e2e::vhost::AMQP_BASE);
     let settings = CommonSettings::from_source(&Source::from_pairs([("HERALD_AMQP_URL", url)]))
         .expect("settings");
     let broker = Broker::new(&settings, "consumer-test");

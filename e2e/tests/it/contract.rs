@@ -12,7 +12,7 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{json, Map, Value};
 
-use crate::helpers::{Stack, ADMIN};
+use herald_e2e::{Stack, ADMIN};
 
 /// Valid requests generated per operation.
 const VALID_CASES: usize = 16;

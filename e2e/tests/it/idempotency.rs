@@ -4,20 +4,19 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use herald_e2e::{Receiver, Stack};
 use herald_shared::amqp::topology::EVENTS_EXCHANGE;
 use herald_shared::amqp::{headers, Broker, WORKSPACE_HEADER};
 use herald_shared::config::{CommonSettings, Source};
 use lapin::BasicProperties;
 use serde_json::json;
 
-use crate::helpers::{Stack, TestReceiver};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_producer_uuid_sent_many_ways_is_delivered_once() {
     let mut stack = Stack::start().await;
     // Two routers, so concurrent copies can meet in different processes' hands.
     stack.add_router().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let (ws, sk, pk) = stack.workspace().await;
     let (conn, _) = stack
         .connection(&sk, &receiver.url("once"), json!({}))

@@ -4,14 +4,13 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use herald_e2e::{eventually, Behaviour, Receiver, Stack};
 use serde_json::{json, Value};
-
-use crate::helpers::{eventually, Behaviour, Stack, TestReceiver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hanging_connection_does_not_hold_up_a_healthy_one() {
     let stack = Stack::start().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("hang", Behaviour::Slow(Duration::from_secs(20)));
     let (_, sk, _) = stack.workspace().await;
     let (hang, _) = stack
@@ -76,7 +75,7 @@ async fn a_failing_connection_trips_its_breaker_and_a_probe_closes_it() {
         ),
     ])
     .await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("down", Behaviour::Always(500));
     let (_, sk, _) = stack.workspace().await;
     let (conn, _) = stack

@@ -3,7 +3,6 @@
 
 mod consumer;
 mod contract;
-mod helpers;
 mod idempotency;
 mod isolation;
 mod pipeline;

@@ -1,14 +1,13 @@
 //! An event in, signed webhooks out: fan-out, bulk, no-match, history.
 
+use herald_e2e::{verify, Receiver, Stack};
 use serde_json::{json, Value};
-
-use crate::helpers::{verify, Stack, TestReceiver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_fan_out_to_every_matching_connection_signed_and_recorded() {
     // Arrange: two connections; a wildcard rule and an exact rule both match order.completed.
     let stack = Stack::start().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let (_, sk, pk) = stack.workspace().await;
     let (con_a, secret_a) = stack
         .connection(
@@ -164,7 +163,7 @@ async fn events_fan_out_to_every_matching_connection_signed_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn configuration_changes_reach_the_pipeline_and_keys_are_scoped() {
     let stack = Stack::start().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let (_, sk, pk) = stack.workspace().await;
     let (_, other_sk, _) = stack.workspace().await;
     let (con, secret) = stack.connection(&sk, &receiver.url("c"), json!({})).await;

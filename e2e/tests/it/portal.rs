@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herald_e2e::{eventually, Behaviour, Receiver, Stack, ADMIN};
 use serde_json::{json, Value};
-
-use crate::helpers::{eventually, Behaviour, Stack, TestReceiver, ADMIN};
 
 async fn mint(stack: &Stack, sk: &str, role: &str, ttl_s: Option<u64>) -> Value {
     let mut body = json!({"role": role});
@@ -456,7 +455,7 @@ async fn portal_and_console_work_in_a_real_browser() {
          run ./deploy/services.sh"
     );
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s")]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("flaky", Behaviour::FailFirst(3, 503));
     let (_, sk, _) = stack.workspace().await;
 

@@ -2,20 +2,16 @@
 
 use std::time::Duration;
 
+use herald_e2e::{verify, Behaviour, Receiver, Stack};
 use serde_json::json;
-
-use crate::helpers::{verify, Behaviour, Stack, TestReceiver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_that_fails_twice_gets_three_attempts_in_the_history() {
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("flaky", Behaviour::FailFirst(2, 500));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, secret) = stack
-        .connection(&sk, &receiver.url("flaky"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["flaky"]).await;
+    let (sk, pk, (_, secret)) = (w.sk, w.pk, w.connections[0].clone());
 
     let uuid = stack
         .send(&pk, "order.completed", "order", json!({"n": 1}))
@@ -63,13 +59,10 @@ async fn a_receiver_that_fails_twice_gets_three_attempts_in_the_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_destination_is_dead_lettered_then_replayed_once_fixed() {
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("down", Behaviour::Always(503));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, secret) = stack
-        .connection(&sk, &receiver.url("down"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["down"]).await;
+    let (sk, pk, (con, secret)) = (w.sk, w.pk, w.connections[0].clone());
 
     let uuid = stack
         .send(&pk, "invoice.paid", "invoice", json!({"amount": 5}))
@@ -147,13 +140,10 @@ async fn a_dead_destination_is_dead_lettered_then_replayed_once_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redirect_counts_as_success_and_is_not_followed() {
     let stack = Stack::start().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("moved", Behaviour::RedirectTo("target".into()));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, _) = stack
-        .connection(&sk, &receiver.url("moved"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["moved"]).await;
+    let (sk, pk) = (w.sk, w.pk);
 
     let uuid = stack.send(&pk, "a.b", "r", json!({})).await;
 
@@ -172,13 +162,10 @@ async fn a_redirect_counts_as_success_and_is_not_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_waiting_in_the_broker_survive_the_deliverer_going_away() {
     let mut stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "3s")]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("later", Behaviour::FailFirst(5, 500));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, _) = stack
-        .connection(&sk, &receiver.url("later"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["later"]).await;
+    let (sk, pk) = (w.sk, w.pk);
 
     let mut uuids = Vec::new();
     for i in 0..5 {
@@ -205,7 +192,7 @@ async fn retries_waiting_in_the_broker_survive_the_deliverer_going_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotated_secret_signs_alongside_the_new_one_and_test_events_flow() {
     let stack = Stack::start().await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     let (_, sk, _) = stack.workspace().await;
     let (con, old) = stack.connection(&sk, &receiver.url("rot"), json!({})).await;
     let rule = stack.rule(&sk, "order.*", "order", &con).await;
@@ -258,13 +245,10 @@ async fn a_rotated_secret_signs_alongside_the_new_one_and_test_events_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gone_stops_retries_and_a_filter_replays_every_matching_dead_letter() {
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s,1s,1s")]).await;
-    let receiver = TestReceiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.set("gone", Behaviour::Always(410));
-    let (_, sk, pk) = stack.workspace().await;
-    let (con, _) = stack
-        .connection(&sk, &receiver.url("gone"), json!({}))
-        .await;
-    stack.rule(&sk, "*", "*", &con).await;
+    let w = stack.wired(&receiver, &["gone"]).await;
+    let (sk, pk, (con, _)) = (w.sk, w.pk, w.connections[0].clone());
 
     let first = stack.send(&pk, "a.b", "r", json!({"n": 1})).await;
     let second = stack.send(&pk, "a.c", "r", json!({"n": 2})).await;

@@ -152,12 +152,13 @@ async fn metrics_count_the_traffic_and_json_logs_parse_line_by_line() {
     // Queue depths, sampled by the router (every queue, the delay rungs too).
     let r = eventually("queue depths sampled", Duration::from_secs(15), || async {
         let r = scrape(&stack, &router).await;
-        r.contains("herald_queue_messages{queue=\"herald.delay.1s\"}")
+        r.contains("herald_queue_messages{queue=\"herald.ladder.1s\"}")
             .then_some(r)
     })
     .await;
     for queue in [
         "herald.events",
+        "herald.events.wait",
         "herald.jobs",
         "herald.dead",
         "herald.quarantine",

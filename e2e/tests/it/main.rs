@@ -9,3 +9,4 @@ mod pipeline;
 mod portal;
 mod retries;
 mod security;
+mod stalls;

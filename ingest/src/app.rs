@@ -1,37 +1,19 @@
 //! Start-up: connect to Redis and the broker, build the state and the router, serve until
 //! cancelled, and drain background work before the broker connection closes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use herald_shared::amqp::Broker;
 use herald_shared::config::IngestSettings;
 use herald_shared::ratelimit::RateLimiter;
+use herald_shared::service::Running;
 use herald_shared::store::Store;
 
 use crate::routes;
 use crate::state::AppState;
-
-/// A started ingest.
-pub struct Running {
-    /// Where the API listens.
-    pub addr: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Running {
-    /// Waits until the server and its tasks ended (after cancellation).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        for t in self.tasks {
-            t.await.context("an ingest task panicked")?;
-        }
-        Ok(())
-    }
-}
 
 /// Connects to Redis and the broker, binds the address and serves until `cancel`.
 pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyhow::Result<Running> {
@@ -77,6 +59,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     let broker_cancel = CancellationToken::new();
     let supervise = tokio::spawn(broker.supervise(broker_cancel.clone()));
     let app = routes::router(state);
+    let cancel_all = cancel.clone();
     let server = tokio::spawn(async move {
         let shutdown = cancel.clone();
         if let Err(e) = axum::serve(listener, app)
@@ -89,8 +72,13 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         background.wait().await;
         broker_cancel.cancel();
     });
-    Ok(Running {
+    Ok(Running::new(
         addr,
-        tasks: vec![server, supervise, watch],
-    })
+        cancel_all,
+        vec![
+            ("HTTP server", server),
+            ("broker supervisor", supervise),
+            ("connection watch", watch),
+        ],
+    ))
 }

@@ -30,4 +30,5 @@ pub mod routes;
 pub mod schemas;
 pub mod state;
 
-pub use app::{start, Running};
+pub use app::start;
+pub use herald_shared::service::Running;

@@ -15,5 +15,5 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting ingest")?;
     tracing::info!(addr = %running.addr, "herald-ingest listening");
-    running.wait().await
+    Ok(running.wait().await?)
 }

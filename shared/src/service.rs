@@ -178,3 +178,67 @@ where
         ],
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// A task that runs until the service is cancelled, as a healthy one does.
+    fn until_cancelled(cancel: &CancellationToken) -> JoinHandle<()> {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { cancel.cancelled().await })
+    }
+
+    #[tokio::test]
+    async fn a_task_that_stops_on_its_own_stops_the_service_and_is_named() {
+        let cancel = CancellationToken::new();
+        let running = Running::new(
+            addr(),
+            cancel.clone(),
+            vec![
+                ("consumer", until_cancelled(&cancel)),
+                ("HTTP server", tokio::spawn(async {})),
+            ],
+        );
+        let err = running.wait().await.expect_err("a task died");
+        assert_eq!(err.to_string(), "the HTTP server task stopped on its own");
+        assert!(cancel.is_cancelled(), "the others were told to stop");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_named() {
+        let cancel = CancellationToken::new();
+        let running = Running::new(
+            addr(),
+            cancel.clone(),
+            vec![
+                (
+                    "consumer",
+                    tokio::spawn(async { panic!("a bug, on purpose") }),
+                ),
+                ("ops server", until_cancelled(&cancel)),
+            ],
+        );
+        let err = running.wait().await.expect_err("a task panicked");
+        assert!(matches!(err, ServiceError::Panicked("consumer")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_asked_for_is_not_an_error() {
+        let cancel = CancellationToken::new();
+        let running = Running::new(
+            addr(),
+            cancel.clone(),
+            vec![
+                ("consumer", until_cancelled(&cancel)),
+                ("ops server", until_cancelled(&cancel)),
+            ],
+        );
+        cancel.cancel();
+        running.wait().await.expect("a clean stop");
+    }
+}

@@ -7,8 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::model::check_token;
 use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
-use herald_shared::store::{Cursor, StoreError};
-use redis::AsyncCommands;
+use herald_shared::store::Cursor;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -40,24 +39,8 @@ pub async fn find_event(
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_token("uuid", &uuid, 128)?;
-    let mut conn = state.store.conn();
-    let workspaces: Vec<String> = conn
-        .zrange(state.store.key("workspaces"), 0, -1)
-        .await
-        .map_err(StoreError::from)?;
-    if workspaces.is_empty() {
-        return Err(ApiError::NotFound("event"));
-    }
-    let mut pipe = redis::pipe();
-    for ws in &workspaces {
-        pipe.exists(state.store.ws_key(ws, &format!("evt:{uuid}")));
-    }
-    let found: Vec<bool> = pipe
-        .query_async(&mut conn)
-        .await
-        .map_err(StoreError::from)?;
-    for (ws, _) in workspaces.iter().zip(found).filter(|(_, f)| *f) {
-        if let Some(record) = state.store.get_event(ws, &uuid).await? {
+    for ws in state.store.workspaces_with_event(&uuid).await? {
+        if let Some(record) = state.store.get_event(&ws, &uuid).await? {
             let mut out = serde_json::to_value(record).map_err(anyhow::Error::from)?;
             out["workspace_id"] = json!(ws);
             return Ok(Json(out));

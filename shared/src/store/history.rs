@@ -102,6 +102,26 @@ impl Store {
         Ok(())
     }
 
+    /// The workspaces whose history holds event `uuid` (the console's lookup across
+    /// workspaces): one pipelined EXISTS per workspace.
+    pub async fn workspaces_with_event(&self, uuid: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
+        if workspaces.is_empty() {
+            return Ok(workspaces);
+        }
+        let mut pipe = redis::pipe();
+        for ws in &workspaces {
+            pipe.exists(self.event_key(ws, uuid));
+        }
+        let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+        Ok(workspaces
+            .into_iter()
+            .zip(found)
+            .filter_map(|(ws, f)| f.then_some(ws))
+            .collect())
+    }
+
     /// How many attempts the history holds for one delivery (None: not recorded).
     pub async fn attempts_recorded(
         &self,

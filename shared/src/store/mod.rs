@@ -153,17 +153,17 @@ impl Store {
     }
 
     /// A multiplexed connection (cheap to clone).
-    pub fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
     /// `{prefix}:{rest}`.
-    pub fn key(&self, rest: &str) -> String {
+    pub(crate) fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
     }
 
     /// `{prefix}:ws:{ws}:{rest}`.
-    pub fn ws_key(&self, ws: &str, rest: &str) -> String {
+    pub(crate) fn ws_key(&self, ws: &str, rest: &str) -> String {
         format!("{}:ws:{ws}:{rest}", self.prefix)
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use herald_shared::amqp::Broker;
+use herald_shared::amqp::{Broker, Publisher};
 use herald_shared::config::IngestSettings;
 use herald_shared::ratelimit::RateLimiter;
 use herald_shared::service::Running;
@@ -47,12 +47,12 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         cancel.clone(),
     ));
     let state = AppState {
-        batcher: crate::batcher::Batcher::start(broker.clone()),
+        batcher: crate::batcher::Batcher::start(Publisher::new(broker.clone())),
         keys: Arc::new(crate::keys::KeyCache::new(settings.common.config_refresh)),
         settings: Arc::new(settings),
         limiter: RateLimiter::new(store.clone()),
         store,
-        broker: broker.clone(),
+        publisher: Publisher::new(broker.clone()),
         background: background.clone(),
     };
     // The broker connection outlives the HTTP server so background replays can finish.

@@ -7,10 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use herald_shared::amqp::topology::EVENTS_EXCHANGE;
-use herald_shared::amqp::{headers, Broker, BrokerError, WORKSPACE_HEADER};
+use herald_shared::amqp::{BrokerError, Publisher};
 use herald_shared::model::Event;
-use lapin::BasicProperties;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Most events in one batch.
@@ -32,9 +30,9 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batching task; it ends when every handle is dropped.
-    pub fn start(broker: Arc<Broker>) -> Self {
+    pub fn start(publisher: Publisher) -> Self {
         let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
-        tokio::spawn(run(broker, rx));
+        tokio::spawn(run(publisher, rx));
         Self { tx }
     }
 
@@ -58,7 +56,7 @@ impl Batcher {
     }
 }
 
-async fn run(broker: Arc<Broker>, mut rx: mpsc::Receiver<Item>) {
+async fn run(publisher: Publisher, mut rx: mpsc::Receiver<Item>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // Wait for a free slot first: events that arrive meanwhile make the next batch.
@@ -75,7 +73,7 @@ async fn run(broker: Arc<Broker>, mut rx: mpsc::Receiver<Item>) {
                 Err(_) => break,
             }
         }
-        let broker = broker.clone();
+        let publisher = publisher.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut by_workspace: HashMap<String, Vec<Item>> = HashMap::new();
@@ -88,21 +86,17 @@ async fn run(broker: Arc<Broker>, mut rx: mpsc::Receiver<Item>) {
             futures::future::join_all(
                 by_workspace
                     .into_iter()
-                    .map(|(ws, items)| publish(&broker, ws, items)),
+                    .map(|(ws, items)| publish(&publisher, ws, items)),
             )
             .await;
         });
     }
 }
 
-async fn publish(broker: &Broker, workspace_id: String, items: Vec<Item>) {
+async fn publish(publisher: &Publisher, workspace_id: String, items: Vec<Item>) {
     let events: Vec<&Event> = items.iter().map(|i| &i.event).collect();
-    let body = serde_json::to_vec(&events).unwrap_or_default();
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_headers(headers([(WORKSPACE_HEADER, workspace_id.clone())]));
-    let result = broker
-        .publish(EVENTS_EXCHANGE, &workspace_id, &body, props)
+    let result = publisher
+        .events(&workspace_id, &events)
         .await
         .map_err(|e| e.to_string());
     for item in items {

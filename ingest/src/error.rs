@@ -83,6 +83,16 @@ impl From<herald_shared::amqp::BrokerError> for ApiError {
     }
 }
 
+impl From<herald_shared::amqp::PublishError> for ApiError {
+    fn from(e: herald_shared::amqp::PublishError) -> Self {
+        match e {
+            herald_shared::amqp::PublishError::Broker(e) => ApiError::BrokerUnavailable(e),
+            // A message that does not serialise is a bug: a 500, logged with its cause.
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
 impl ApiError {
     /// A 400 about one field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use herald_shared::amqp::Broker;
+use herald_shared::amqp::Publisher;
 use herald_shared::config::IngestSettings;
 use herald_shared::ratelimit::RateLimiter;
 use herald_shared::store::Store;
@@ -14,8 +14,8 @@ pub struct AppState {
     pub settings: Arc<IngestSettings>,
     /// Redis.
     pub store: Store,
-    /// RabbitMQ.
-    pub broker: Arc<Broker>,
+    /// RabbitMQ: every message ingest publishes goes through its typed methods.
+    pub publisher: Publisher,
     /// Background work (bulk replays) that shutdown waits for.
     pub background: tokio_util::task::TaskTracker,
     /// API keys seen recently.

@@ -7,10 +7,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_shared::amqp::topology::JOBS_EXCHANGE;
+use herald_shared::amqp::JobsSource;
 use herald_shared::model::{check_token, Delivery, DeliveryStatus, JobGroup, JobItem};
 use herald_shared::store::dead_letters::{DeadLetter, DeadLetterFilter};
-use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -136,17 +135,11 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
         event: d.event.clone(),
         jobs: vec![job],
     };
-    let body = serde_json::to_vec(&[group]).map_err(anyhow::Error::from)?;
-    let props = BasicProperties::default().with_content_type("application/json".into());
     // Mark first: a deliverer that handles the replay at once must not have its new outcome
     // (delivered, or dead again) overwritten by this bookkeeping. If the broker refuses, the
     // dead letter is put back as it was.
     state.store.mark_replayed(d).await?;
-    if let Err(e) = state
-        .broker
-        .publish(JOBS_EXCHANGE, "replay", &body, props)
-        .await
-    {
+    if let Err(e) = state.publisher.jobs(&[group], JobsSource::Replay).await {
         let dead = Delivery {
             connection_id: d.connection_id.clone(),
             status: DeliveryStatus::Dead,

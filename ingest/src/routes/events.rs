@@ -9,12 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use futures::future::try_join_all;
-use herald_shared::amqp::topology::EVENTS_EXCHANGE;
-use herald_shared::amqp::{headers, WORKSPACE_HEADER};
 use herald_shared::model::{Envelope, Event};
 use herald_shared::ratelimit::Decision;
 use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
-use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -32,19 +29,11 @@ const EVENTS_PER_MESSAGE: usize = 500;
 
 /// Publishes events of a workspace and waits for every confirm.
 pub async fn publish(state: &AppState, ws: &str, events: &[Event]) -> Result<(), ApiError> {
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_headers(headers([(WORKSPACE_HEADER, ws.to_string())]));
-    try_join_all(events.chunks(EVENTS_PER_MESSAGE).map(|chunk| {
-        let body = serde_json::to_vec(chunk).unwrap_or_default();
-        let props = props.clone();
-        async move {
-            state
-                .broker
-                .publish(EVENTS_EXCHANGE, ws, &body, props)
-                .await
-        }
-    }))
+    try_join_all(
+        events
+            .chunks(EVENTS_PER_MESSAGE)
+            .map(|chunk| state.publisher.events(ws, chunk)),
+    )
     .await?;
     Ok(())
 }

@@ -15,7 +15,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// The broker and Redis are reachable.
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "The broker or Redis is unreachable")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    herald_shared::ops::readiness(&state.broker, &state.store).await
+    herald_shared::ops::readiness(state.publisher.broker(), &state.store).await
 }
 
 /// Prometheus text.

@@ -3,11 +3,10 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_shared::amqp::topology::JOBS_EXCHANGE;
+use herald_shared::amqp::JobsSource;
 use herald_shared::model::rule::SEND_WEBHOOK;
 use herald_shared::model::{Event, JobGroup, JobItem, Rule};
 use herald_shared::store::history::Routed;
-use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -239,12 +238,7 @@ pub async fn test(
         event: event.clone(),
         jobs: vec![JobItem::new(rule.connection_id.clone())],
     };
-    let body = serde_json::to_vec(&[group]).map_err(anyhow::Error::from)?;
-    let props = BasicProperties::default().with_content_type("application/json".into());
-    state
-        .broker
-        .publish(JOBS_EXCHANGE, "test", &body, props)
-        .await?;
+    state.publisher.jobs(&[group], JobsSource::Test).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(TestSent {

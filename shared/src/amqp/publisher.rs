@@ -104,14 +104,8 @@ impl Publisher {
         workspace_id: &str,
         events: &[E],
     ) -> Result<(), PublishError> {
-        let body = encode("events", &events)?;
-        let mut headers = FieldTable::default();
-        string_header(&mut headers, WORKSPACE_HEADER, workspace_id);
-        let props = json_props().with_headers(headers);
-        Ok(self
-            .broker
-            .publish(EVENTS_EXCHANGE, workspace_id, &body, props)
-            .await?)
+        self.events_to(EVENTS_EXCHANGE, workspace_id, workspace_id, events)
+            .await
     }
 
     /// Events of one workspace that another router is expanding right now: they wait a moment
@@ -121,14 +115,25 @@ impl Publisher {
         workspace_id: &str,
         events: &[E],
     ) -> Result<(), PublishError> {
+        // The default exchange routes by queue name.
+        self.events_to("", EVENTS_WAIT_QUEUE, workspace_id, events)
+            .await
+    }
+
+    async fn events_to<E: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        workspace_id: &str,
+        events: &[E],
+    ) -> Result<(), PublishError> {
         let body = encode("events", &events)?;
         let mut headers = FieldTable::default();
         string_header(&mut headers, WORKSPACE_HEADER, workspace_id);
         let props = json_props().with_headers(headers);
-        // The default exchange routes by queue name.
         Ok(self
             .broker
-            .publish("", EVENTS_WAIT_QUEUE, &body, props)
+            .publish(exchange, routing_key, &body, props)
             .await?)
     }
 

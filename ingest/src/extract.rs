@@ -64,7 +64,7 @@ pub fn is_blank(bytes: &[u8]) -> bool {
 /// Parses a body that must be a JSON object. A struct whose fields all have defaults would
 /// otherwise also take a JSON array (serde reads structs from sequences too): `[]` must not
 /// pass for `{}`.
-fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') | None => parse_json(bytes),
         Some(_) => Err(ApiError::BadJson(
@@ -74,7 +74,7 @@ fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Parses JSON, naming the offending field when the shape is wrong.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if is_blank(bytes) {
         return Err(ApiError::BadJson(
             "the request body is empty; send a JSON object".into(),

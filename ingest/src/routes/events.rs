@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{AnyKey, Reader};
 use crate::error::ApiError;
-use crate::extract::{parse_json, ApiQuery, RawBody};
+use crate::extract::{parse_object, ApiQuery, RawBody};
 use crate::openapi::{ErrorDetail, ListOf, Refused};
 use crate::paging::{filter_token, list as list_body, page};
 use crate::schemas::{Cursor, EnvelopeSchema, EventRecordSchema, EventStatus, TokenFilter};
@@ -83,7 +83,7 @@ pub async fn create(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     limit_intake(&state, &key_hash, 1).await?;
-    let envelope: Envelope = parse_json(&body).inspect_err(|_| reject("invalid"))?;
+    let envelope: Envelope = parse_object(&body).inspect_err(|_| reject("invalid"))?;
     if envelope.time_created.is_some() {
         reject("invalid");
         return Err(ApiError::field("time_created", "is set by Herald"));
@@ -150,7 +150,7 @@ pub async fn bulk(
     }: AnyKey,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let bulk: Bulk = parse_json(&body)?;
+    let bulk: Bulk = parse_object(&body)?;
     if bulk.events.is_empty() {
         return Err(ApiError::field("events", "must hold at least one event"));
     }
@@ -171,7 +171,7 @@ pub async fn bulk(
         let parsed = if raw.get().len() > state.settings.max_event_bytes {
             Err(ApiError::TooLarge)
         } else {
-            parse_json::<Envelope>(raw.get().as_bytes()).and_then(|env| {
+            parse_object::<Envelope>(raw.get().as_bytes()).and_then(|env| {
                 if env.time_created.is_some() {
                     return Err(ApiError::field("time_created", "is set by Herald"));
                 }

@@ -219,6 +219,12 @@ async fn every_refusal_has_its_status_and_names_its_field_and_the_service_stays_
         get("/v1/dead-letters?connection_id=a%20b").gets(400, "connection_id"),
         post("/v1/dead-letters/replay", j(json!({"connection_id": ""}))).gets(400, "connection_id"),
         post("/v1/dead-letters/replay", j(json!({"conection_id": con}))).gets(400, "conection_id"),
+        // An array where an object is meant is refused, never read as a struct (a replay of
+        // everything, an envelope from its fields in order).
+        post("/v1/dead-letters/replay", j(json!([null, null]))).gets(400, "body"),
+        post("/v1/dead-letters/replay", j(json!([]))).gets(400, "body"),
+        events(j(json!(["a.b", "r", "1", {}, null, null]))).gets(400, "body"),
+        bulk(j(json!([[]]))).gets(400, "body"),
         // Workspaces and keys.
         workspaces(j(json!({"name": ""}))).gets(400, "name"),
         workspaces(j(json!({"name": "w".repeat(201)}))).gets(400, "name"),
@@ -249,6 +255,11 @@ async fn every_refusal_has_its_status_and_names_its_field_and_the_service_stays_
         assert!(
             answer["error"]["code"].is_string() && answer["error"]["message"].is_string(),
             "{method} {path}: the error shape: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("expected struct") && !message.contains("elements"),
+            "{method} {path}: serde's wording leaks: {message}"
         );
     }
 

@@ -179,3 +179,67 @@ async fn secrets_are_sealed_in_redis_and_masked_in_the_history() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_do_not_follow_a_connection_to_another_host() {
+    // Arrange: a connection with a bearer token, a secret header and a plain one.
+    let stack = Stack::start().await;
+    let receiver = Receiver::start().await;
+    let (_, sk, _) = stack.workspace().await;
+    let (id, _) = stack
+        .connection(
+            &sk,
+            &receiver.url("old"),
+            json!({"auth": {"type": "bearer", "token": "tok-precious"},
+                   "headers": {"x-api-key": "key-precious", "x-team": "payments"}}),
+        )
+        .await;
+    stack.rule(&sk, "*", "*", &id).await;
+    let elsewhere = receiver.url("new").replace("127.0.0.1", "localhost");
+
+    // Act: an editor points it at another host, keeping the masked header as read back.
+    let path = format!("/v1/connections/{id}");
+    let (status, body) = stack
+        .call(
+            "PATCH",
+            &path,
+            &sk,
+            Some(json!({"url": elsewhere, "headers": {"x-api-key": "********", "x-team": "payments"}})),
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "a masked secret cannot follow a new host: {body}"
+    );
+    assert_eq!(body["error"]["field"], "headers.x-api-key", "{body}");
+    let (status, body) = stack
+        .call("PATCH", &path, &sk, Some(json!({"url": elsewhere})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Assert: the credentials were dropped, the plain header kept, and nothing secret is sent.
+    assert!(body["auth"].is_null(), "{body}");
+    assert!(body["headers"].get("x-api-key").is_none(), "{body}");
+    assert_eq!(body["headers"]["x-team"], "payments", "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stack.send(&sk, "order.created", "order", json!({})).await;
+    let got = receiver.wait_for("new", 1).await;
+    assert!(got[0].headers.get("authorization").is_none());
+    assert!(got[0].headers.get("x-api-key").is_none());
+    assert_eq!(got[0].headers["x-team"], "payments");
+
+    // Credentials given again in the same request are kept.
+    let (status, body) = stack
+        .call(
+            "PATCH",
+            &path,
+            &sk,
+            Some(
+                json!({"url": receiver.url("old"), "auth": {"type": "bearer", "token": "tok-new"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["auth"]["type"], "bearer", "{body}");
+    stack.stop().await;
+}

@@ -288,8 +288,21 @@ pub async fn update(
     if let Some(v) = patch.name {
         c.name = v;
     }
+    // Credentials belong to the destination they were given for: when the URL moves to
+    // another origin, they are dropped unless given again in the same request (an editor
+    // could otherwise point a connection at their own server and read them off the wire).
+    let moved = patch
+        .url
+        .as_deref()
+        .is_some_and(|new| origin(new) != origin(&c.url));
     if let Some(v) = patch.url {
         c.url = v;
+    }
+    if moved {
+        if patch.auth.is_none() {
+            c.auth = None;
+        }
+        c.headers.retain(|name, _| !is_sensitive_header(name));
     }
     if let Some(v) = patch.secret {
         c.secret = v;
@@ -310,6 +323,12 @@ pub async fn update(
                     .map(|(_, v)| v.clone());
                 match old {
                     Some(old) => *value = old,
+                    None if moved => {
+                        return Err(ApiError::field(
+                            format!("headers.{name}"),
+                            "a secret header does not follow the connection to another host; send its value again",
+                        ))
+                    }
                     None => {
                         return Err(ApiError::field(
                             format!("headers.{name}"),
@@ -337,6 +356,13 @@ pub async fn update(
     validate(&state, &c)?;
     state.store.put_connection(&c).await?;
     Ok(Json(view(&c)))
+}
+
+/// A URL's origin (scheme, host and port), the unit credentials are bound to.
+fn origin(url: &str) -> Option<String> {
+    url::Url::parse(url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
 }
 
 /// Deletes a connection and the rules that point at it.

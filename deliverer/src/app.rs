@@ -17,7 +17,7 @@ use crate::admit::Gate;
 use crate::breaker::{Breakers, Policy as BreakerPolicy};
 use crate::dispatch::Dispatcher;
 use crate::settle::Settler;
-use crate::worker::Deliverer;
+use crate::state::Deliverer;
 
 /// Connects, serves ops endpoints and starts consuming jobs.
 pub async fn start(

@@ -7,20 +7,19 @@
 //! and starve healthy connections.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use futures::future::{try_join_all, BoxFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use herald_shared::amqp::PublishError;
+use herald_shared::amqp::{Handled, Message, PublishError, Rejection};
 use herald_shared::model::{JobGroup, JobItem};
 
 use crate::settle::{Done, Next, SettleError};
-use crate::worker::Deliverer;
+use crate::state::Deliverer;
+use crate::worker::JobState;
 
 /// How long finished jobs of a message wait for others before their outcomes are written, so
 /// the history shows each attempt within a second while writes stay batched.
@@ -38,16 +37,6 @@ pub const STAND_IN_AFTER: Duration = Duration::from_secs(150);
 
 /// A batch of finished jobs being written, giving the batch back with the result.
 type Settling = BoxFuture<'static, (Result<(), SettleError>, Vec<Done>)>;
-
-/// Where one job of a flight stands, shared between the flight and the job's turn.
-#[derive(Default)]
-pub struct JobState {
-    /// Cancelled when the flight lets go of its message: a job still waiting for admission
-    /// stops waiting and goes round the ladder.
-    pub give_up: CancellationToken,
-    /// Set once its request is about to be sent: from then on it records an attempt.
-    pub sending: AtomicBool,
-}
 
 /// How often a flight letting go looks whether its waiting jobs have stepped aside.
 const STEP_ASIDE_CHECK: Duration = Duration::from_millis(20);
@@ -222,5 +211,55 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+impl Deliverer {
+    /// Runs every job of a jobs message and settles them; says what to do with the message.
+    pub async fn handle(self: &Arc<Self>, message: &Message) -> Handled {
+        let groups: Vec<JobGroup> = match serde_json::from_slice(&message.data) {
+            Ok(g) => g,
+            Err(e) => {
+                return Handled::Quarantine(Rejection::new(
+                    "invalid_job",
+                    format!("not a jobs message: {e}"),
+                ))
+            }
+        };
+        if groups.iter().all(|g| g.jobs.is_empty()) {
+            return Handled::Quarantine(Rejection::new(
+                "invalid_job",
+                "a jobs message with no jobs",
+            ));
+        }
+        let mut flight = Flight::start(self.clone(), groups);
+        if !flight
+            .drive(Some(tokio::time::Instant::now() + DETACH_AFTER))
+            .await
+        {
+            // Some jobs still run (a slow or hanging destination): they must not hold this
+            // message's prefetch slot. Once each has a stand-in confirmed by the broker, the
+            // message is acknowledged and they finish in the background.
+            match flight.let_go().await {
+                Ok(n) => {
+                    metrics::counter!("herald_jobs_detached_total").increment(n as u64);
+                    self.detached.spawn(async move {
+                        flight.drive(None).await;
+                        flight.finish().await;
+                    });
+                    return Handled::Ack;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish stand-ins; holding the message");
+                    flight.drive(None).await;
+                }
+            }
+        }
+        if flight.untouched() {
+            // Shutting down before any of it started: the whole message goes back as it was.
+            return Handled::Release;
+        }
+        flight.finish().await;
+        Handled::Ack
     }
 }

@@ -12,6 +12,7 @@
 //! - [`outcome`]: every classification: a response or error, what follows it, metric names.
 //! - [`settle`]: what a batch of finished jobs writes and publishes (pure), then the I/O.
 //! - [`breaker`]: the per-connection circuit breaker (pure).
+//! - [`state`]: what the stages share (settings, cache, gate, settler).
 //! - [`app`]: start-up on the shared worker skeleton.
 
 pub mod admit;
@@ -21,6 +22,7 @@ pub mod dispatch;
 pub mod flight;
 pub mod outcome;
 pub mod settle;
+pub mod state;
 pub mod worker;
 
 pub use app::start;

@@ -1,99 +1,36 @@
-//! A jobs message's path through the deliverer: each job is looked up, admitted, sent and its
-//! outcome decided ([`Deliverer::run_job`]); the message's jobs run and settle together as a
-//! [`Flight`], which lets go of the message early when some of them hang.
+//! One job's turn: looked up, admitted, sent and its outcome decided
+//! ([`Deliverer::run_job`]). A message's jobs take their turns together in a `flight`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use herald_shared::amqp::{Handled, Message, Rejection};
-use herald_shared::config::DelivererSettings;
 use herald_shared::model::{Connection, JobGroup, JobItem};
 use herald_shared::store::health::BreakerChange;
-use herald_shared::store::{ConfigCache, StoreError, WorkspaceConfig};
+use herald_shared::store::{StoreError, WorkspaceConfig};
 
-use crate::admit::{deferral_delay, Admission, DeferReason, Gate};
+use crate::admit::{deferral_delay, Admission, DeferReason};
 use crate::breaker::Transition;
-use crate::dispatch::Dispatcher;
-use crate::flight::{Flight, JobState, DETACH_AFTER};
 use crate::outcome::{
     decide_outcome, refused_by_breaker, status_class, Outcome, Verdict, BREAKER_OPEN_CLASS,
 };
-use crate::settle::{Done, Next, Settler};
+use crate::settle::{Done, Next};
+use crate::state::Deliverer;
 
-/// Everything a deliverer's jobs go through.
-pub struct Deliverer {
-    /// Settings.
-    pub settings: DelivererSettings,
-    /// Workspaces and connections, cached.
-    pub cache: Arc<ConfigCache>,
-    /// Sends requests.
-    pub dispatcher: Dispatcher,
-    /// Admission: slots, rate limits, breakers.
-    pub gate: Gate,
-    /// Writes outcomes and publishes what follows them.
-    pub settler: Settler,
-    /// Fires on shutdown: jobs not yet started are handed back instead of sent.
-    pub shutdown: CancellationToken,
-    /// Jobs finishing after their message was acknowledged; shutdown waits for them.
-    pub detached: TaskTracker,
-    /// This process, as named in the breaker history (host and pid).
-    pub name: String,
+/// Where one job of a flight stands, shared between the flight and the job's turn.
+#[derive(Default)]
+pub struct JobState {
+    /// Cancelled when the flight lets go of its message: a job still waiting for admission
+    /// stops waiting and goes round the ladder.
+    pub give_up: CancellationToken,
+    /// Set once its request is about to be sent: from then on it records an attempt.
+    pub sending: AtomicBool,
 }
 
 impl Deliverer {
-    /// Runs every job of a jobs message and settles them; says what to do with the message.
-    pub async fn handle(self: &Arc<Self>, message: &Message) -> Handled {
-        let groups: Vec<JobGroup> = match serde_json::from_slice(&message.data) {
-            Ok(g) => g,
-            Err(e) => {
-                return Handled::Quarantine(Rejection::new(
-                    "invalid_job",
-                    format!("not a jobs message: {e}"),
-                ))
-            }
-        };
-        if groups.iter().all(|g| g.jobs.is_empty()) {
-            return Handled::Quarantine(Rejection::new(
-                "invalid_job",
-                "a jobs message with no jobs",
-            ));
-        }
-        let mut flight = Flight::start(self.clone(), groups);
-        if !flight
-            .drive(Some(tokio::time::Instant::now() + DETACH_AFTER))
-            .await
-        {
-            // Some jobs still run (a slow or hanging destination): they must not hold this
-            // message's prefetch slot. Once each has a stand-in confirmed by the broker, the
-            // message is acknowledged and they finish in the background.
-            match flight.let_go().await {
-                Ok(n) => {
-                    metrics::counter!("herald_jobs_detached_total").increment(n as u64);
-                    self.detached.spawn(async move {
-                        flight.drive(None).await;
-                        flight.finish().await;
-                    });
-                    return Handled::Ack;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot publish stand-ins; holding the message");
-                    flight.drive(None).await;
-                }
-            }
-        }
-        if flight.untouched() {
-            // Shutting down before any of it started: the whole message goes back as it was.
-            return Handled::Release;
-        }
-        flight.finish().await;
-        Handled::Ack
-    }
-
     /// Makes one attempt of one job (or decides it cannot be made) and what follows from it.
     pub async fn run_job(&self, group: Arc<JobGroup>, mut job: JobItem, state: &JobState) -> Done {
         let span = tracing::info_span!(

@@ -1,4 +1,5 @@
-//! Connections: the destinations of a workspace.
+//! Connections: the destinations of a workspace. (Over 400 lines only for the unit tests of
+//! its validation and masking.)
 
 use std::collections::BTreeMap;
 

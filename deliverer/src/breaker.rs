@@ -277,6 +277,16 @@ mod tests {
         })
     }
 
+    /// Breakers with connection `c` just opened by three failures, and when.
+    fn opened() -> (Breakers, Instant) {
+        let b = breakers();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record("c", false, false, t0);
+        }
+        (b, t0)
+    }
+
     #[test]
     fn a_run_of_failures_opens_and_a_success_in_between_resets_it() {
         let b = breakers();
@@ -303,11 +313,7 @@ mod tests {
 
     #[test]
     fn after_the_cooldown_one_probe_decides() {
-        let b = breakers();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record("c", false, false, t0);
-        }
+        let (b, t0) = opened();
         let later = t0 + Duration::from_secs(10);
         let (admit, t) = b.admit("c", later);
         assert_eq!(admit, Admit::Probe);
@@ -336,11 +342,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_never_reports_is_given_up_on() {
-        let b = breakers();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record("c", false, false, t0);
-        }
+        let (b, t0) = opened();
         let later = t0 + Duration::from_secs(10);
         assert_eq!(b.admit("c", later).0, Admit::Probe);
         assert!(matches!(
@@ -355,11 +357,7 @@ mod tests {
 
     #[test]
     fn late_results_of_requests_sent_before_opening_change_nothing() {
-        let b = breakers();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record("c", false, false, t0);
-        }
+        let (b, t0) = opened();
         assert_eq!(b.record("c", true, false, t0), None);
         assert_eq!(b.record("c", false, false, t0), None);
         assert!(matches!(b.admit("c", t0).0, Admit::Reject { .. }));

@@ -118,6 +118,17 @@ pub fn infrastructure() -> Vec<Watched> {
     out
 }
 
+/// The infrastructure, and this process (the producers and the receiver).
+pub fn infrastructure_and_self() -> Vec<Watched> {
+    let mut w = vec![Watched {
+        name: "herald-load (producers, receiver)".into(),
+        pid: std::process::id(),
+        ours: false,
+    }];
+    w.extend(infrastructure());
+    w
+}
+
 /// Measures a set of processes from [`Window::start`] to [`Window::finish`].
 pub struct Window {
     procs: Vec<Watched>,

@@ -1,10 +1,12 @@
-//! Routing claims on a real Redis: a producer's uuid can never spell another event's lease.
+//! The store on a real Redis: a producer's uuid can never spell another event's lease; a
+//! replay's bookkeeping never overwrites what a deliverer recorded after it.
 
 use std::time::Duration;
 
 use herald_shared::config::{CommonSettings, Source};
 use herald_shared::ids::random_base62;
-use herald_shared::model::Event;
+use herald_shared::model::{Attempt, Delivery, DeliveryStatus, Event};
+use herald_shared::store::dead_letters::DeadLetter;
 use herald_shared::store::history::Routed;
 use herald_shared::store::routing::Claim;
 use herald_shared::store::Store;
@@ -86,4 +88,108 @@ async fn an_event_whose_uuid_spells_another_events_lease_cannot_block_it() {
         .await
         .expect("claimed");
     assert_eq!(again, vec![Claim::Done, Claim::Done]);
+}
+
+fn attempt(at: i64, status: u16) -> Attempt {
+    Attempt {
+        at,
+        status_code: Some(status),
+        latency_ms: 1,
+        error: None,
+        response_excerpt: None,
+        url: "https://example.test/hook".into(),
+        request_headers: Default::default(),
+    }
+}
+
+fn delivery(status: DeliveryStatus, attempts: Vec<Attempt>, dead: Option<&str>) -> Delivery {
+    Delivery {
+        connection_id: "con_1".into(),
+        status,
+        attempts,
+        next_attempt_at: None,
+        dead_letter_id: dead.map(str::to_string),
+        updated_at: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
+    // Arrange: a dead letter, replayed; the deliverer delivers it before the replay's
+    // bookkeeping runs (the replay is published first, so this can happen).
+    let prefix = format!("herald-test-{}", random_base62(10));
+    let _cleanup = Cleanup(prefix.clone());
+    let store = store(&prefix).await;
+    let e = event("evt_r");
+    store
+        .record_routed(&[Routed {
+            workspace_id: "ws_a",
+            event: &e,
+            connection_ids: vec!["con_1".into()],
+        }])
+        .await
+        .expect("routed");
+    let failed = vec![attempt(1, 500)];
+    let dead = DeadLetter {
+        id: "evt_r.con_1".into(),
+        workspace_id: "ws_a".into(),
+        connection_id: "con_1".into(),
+        event: e.clone(),
+        attempts: failed.clone(),
+        reason: "gave up".into(),
+        dead_at: 10,
+    };
+    let as_dead = delivery(DeliveryStatus::Dead, failed.clone(), Some("evt_r.con_1"));
+    store
+        .record_outcomes(&[("ws_a", "evt_r", &as_dead)], std::slice::from_ref(&dead))
+        .await
+        .expect("dead");
+    let delivered = delivery(
+        DeliveryStatus::Delivered,
+        vec![attempt(1, 500), attempt(20, 200)],
+        None,
+    );
+    store
+        .record_outcomes(&[("ws_a", "evt_r", &delivered)], &[])
+        .await
+        .expect("delivered");
+
+    // Act
+    store.mark_replayed(&dead).await.expect("marked");
+
+    // Assert: the delivery stays delivered, and the dead letter left the list.
+    let record = store.get_event("ws_a", "evt_r").await.expect("read");
+    let status = record.map(|r| r.deliveries[0].status);
+    assert_eq!(status, Some(DeliveryStatus::Delivered));
+    assert!(store
+        .get_dead_letter("ws_a", "evt_r.con_1")
+        .await
+        .expect("read")
+        .is_none());
+
+    // A replay that died again has a new dead letter: the old replay's bookkeeping keeps it.
+    let again = DeadLetter {
+        dead_at: 30,
+        attempts: vec![attempt(1, 500), attempt(25, 500)],
+        ..dead.clone()
+    };
+    let as_dead_again = delivery(
+        DeliveryStatus::Dead,
+        again.attempts.clone(),
+        Some("evt_r.con_1"),
+    );
+    store
+        .record_outcomes(
+            &[("ws_a", "evt_r", &as_dead_again)],
+            std::slice::from_ref(&again),
+        )
+        .await
+        .expect("dead again");
+    store.mark_replayed(&dead).await.expect("marked");
+    let kept = store
+        .get_dead_letter("ws_a", "evt_r.con_1")
+        .await
+        .expect("read")
+        .map(|d| d.dead_at);
+    assert_eq!(kept, Some(30));
 }

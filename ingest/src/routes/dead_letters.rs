@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::amqp::JobsSource;
-use herald_shared::model::{check_token, Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::model::{check_token, JobGroup, JobItem};
 use herald_shared::store::dead_letters::{DeadLetter, DeadLetterFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -135,28 +135,12 @@ async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
         event: d.event.clone(),
         jobs: vec![job],
     };
-    // Mark first: a deliverer that handles the replay at once must not have its new outcome
-    // (delivered, or dead again) overwritten by this bookkeeping. If the broker refuses, the
-    // dead letter is put back as it was.
+    // Publish first: once the broker confirmed the replay, nothing can lose it. The
+    // bookkeeping after it is a compare-and-set, so an outcome the deliverer already recorded
+    // for the replay (delivered, or dead again) is kept. A crash in between leaves the dead
+    // letter listed while its replay runs: a second replay may send it twice, never zero times.
+    state.publisher.jobs(&[group], JobsSource::Replay).await?;
     state.store.mark_replayed(d).await?;
-    if let Err(e) = state.publisher.jobs(&[group], JobsSource::Replay).await {
-        let dead = Delivery {
-            connection_id: d.connection_id.clone(),
-            status: DeliveryStatus::Dead,
-            attempts: d.attempts.clone(),
-            next_attempt_at: None,
-            dead_letter_id: Some(d.id.clone()),
-            updated_at: herald_shared::now_ms(),
-        };
-        state
-            .store
-            .record_outcomes(
-                &[(d.workspace_id.as_str(), d.event.uuid.as_str(), &dead)],
-                std::slice::from_ref(d),
-            )
-            .await?;
-        return Err(e.into());
-    }
     metrics::counter!("herald_dead_letters_replayed_total").increment(1);
     Ok(())
 }

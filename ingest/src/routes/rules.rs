@@ -225,6 +225,14 @@ pub async fn test(
         time_created: herald_shared::now_ms(),
     };
     debug_assert_eq!(rule.action, SEND_WEBHOOK);
+    let group = JobGroup {
+        workspace_id: ws.clone(),
+        event: event.clone(),
+        jobs: vec![JobItem::new(rule.connection_id.clone())],
+    };
+    // Publish first, then record: a crash in between must not leave a `pending` history with
+    // no job behind it. The record never overwrites, so an outcome recorded first stays.
+    state.publisher.jobs(&[group], JobsSource::Test).await?;
     state
         .store
         .record_routed(&[Routed {
@@ -233,12 +241,6 @@ pub async fn test(
             connection_ids: vec![rule.connection_id.clone()],
         }])
         .await?;
-    let group = JobGroup {
-        workspace_id: ws.clone(),
-        event: event.clone(),
-        jobs: vec![JobItem::new(rule.connection_id.clone())],
-    };
-    state.publisher.jobs(&[group], JobsSource::Test).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(TestSent {

@@ -45,6 +45,22 @@ impl DeadLetterFilter {
     }
 }
 
+/// The compare-and-set of [`Store::mark_replayed`]. KEYS: the dead letter, the dead-letter
+/// index, the event's hash. ARGV: dead-letter id, its dead_at, the delivery's field, its number
+/// of attempts when it died, the pending delivery JSON.
+const MARK_REPLAYED: &str = r"
+local dead = redis.call('GET', KEYS[1])
+if dead and cjson.decode(dead).dead_at == tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local current = redis.call('HGET', KEYS[3], ARGV[3])
+if current and #cjson.decode(current).attempts == tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+end
+return 0
+";
+
 impl Store {
     fn dead_key(&self, ws: &str, id: &str) -> String {
         self.ws_key(ws, &format!("dl:{id}"))
@@ -141,10 +157,13 @@ impl Store {
         Ok(removed > 0)
     }
 
-    /// After a replay was published: the dead letter leaves the index and its delivery is
-    /// `pending` again, keeping its attempts.
+    /// After a replay was published (never before: a crash in between would lose it): the
+    /// dead letter leaves the index and its delivery is `pending` again, keeping its attempts.
+    /// Both are compare-and-set, since the replay may already have been handled: a delivery
+    /// with newer attempts keeps its outcome, and a dead letter written again since (the
+    /// replay died too) stays.
     pub async fn mark_replayed(&self, d: &DeadLetter) -> Result<(), StoreError> {
-        let delivery = Delivery {
+        let pending = Delivery {
             connection_id: d.connection_id.clone(),
             status: DeliveryStatus::Pending,
             attempts: d.attempts.clone(),
@@ -152,16 +171,16 @@ impl Store {
             dead_letter_id: None,
             updated_at: crate::now_ms(),
         };
-        let key = self.ws_key(&d.workspace_id, &format!("evt:{}", d.event.uuid));
-        redis::pipe()
-            .atomic()
-            .del(self.dead_key(&d.workspace_id, &d.id))
-            .ignore()
-            .zrem(self.ws_key(&d.workspace_id, "dead"), &d.id)
-            .ignore()
-            .hset(&key, format!("d:{}", d.connection_id), to_json(&delivery))
-            .ignore()
-            .query_async::<()>(&mut self.conn())
+        redis::Script::new(MARK_REPLAYED)
+            .key(self.dead_key(&d.workspace_id, &d.id))
+            .key(self.ws_key(&d.workspace_id, "dead"))
+            .key(self.event_key(&d.workspace_id, &d.event.uuid))
+            .arg(&d.id)
+            .arg(d.dead_at)
+            .arg(format!("d:{}", d.connection_id))
+            .arg(d.attempts.len())
+            .arg(to_json(&pending))
+            .invoke_async::<()>(&mut self.conn())
             .await?;
         Ok(())
     }

@@ -8,7 +8,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use herald_shared::model::{Envelope, Event};
 use herald_shared::ratelimit::Decision;
 use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
@@ -140,7 +140,8 @@ pub struct BulkResult {
 }
 
 /// `POST /v1/events/bulk`: each valid event is accepted, each invalid one answered with its
-/// error, in order. Nothing is accepted if the broker does not confirm.
+/// error, in order. Nothing is accepted if the broker confirms none of it; when it confirms only
+/// part, the rest is answered `unavailable`, one error per event.
 #[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body = Bulk, responses((status = 202, description = "One result per event, in order", body = BulkResults), Refused))]
 pub async fn bulk(
     State(state): State<AppState>,
@@ -195,12 +196,56 @@ pub async fn bulk(
         }
     }
     if !accepted.is_empty() {
-        publish(&state, &ws, &accepted)
-            .await
-            .inspect_err(|_| reject("broker_unavailable"))?;
-        metrics::counter!("herald_events_accepted_total").increment(accepted.len() as u64);
+        // One broker message per chunk, confirmed separately: when only some are confirmed,
+        // those events are accepted (they will be delivered) and the others are answered as
+        // unavailable, so the client sends again exactly those. None confirmed: 503.
+        let confirmed = join_all(
+            accepted
+                .chunks(EVENTS_PER_MESSAGE)
+                .map(|chunk| state.publisher.events(&ws, chunk)),
+        )
+        .await;
+        let chunk_ok: Vec<bool> = confirmed.iter().map(Result::is_ok).collect();
+        if let Some(Err(e)) = confirmed
+            .into_iter()
+            .find(Result::is_err)
+            .filter(|_| !chunk_ok.contains(&true))
+        {
+            reject("broker_unavailable");
+            return Err(e.into());
+        }
+        let unconfirmed = mark_unconfirmed(&mut results, &chunk_ok, EVENTS_PER_MESSAGE);
+        if unconfirmed > 0 {
+            metrics::counter!("herald_events_rejected_total", "reason" => "broker_unavailable")
+                .increment(unconfirmed as u64);
+        }
+        metrics::counter!("herald_events_accepted_total")
+            .increment((accepted.len() - unconfirmed) as u64);
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"results": results}))))
+}
+
+/// Turns the results of events whose broker message was not confirmed into an `unavailable`
+/// error naming the event. `chunk_ok[k]` says whether the k-th message (the k-th run of
+/// `per_message` accepted events, in order) was confirmed. Returns how many were turned.
+fn mark_unconfirmed(results: &mut [Value], chunk_ok: &[bool], per_message: usize) -> usize {
+    let mut turned = 0;
+    let accepted = results
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, r)| r.get("uuid").is_some());
+    for (n, (i, result)) in accepted.enumerate() {
+        if chunk_ok.get(n / per_message).copied().unwrap_or(false) {
+            continue;
+        }
+        *result = json!({"error": {
+            "code": "unavailable",
+            "message": "the broker did not confirm this event; nothing of it was accepted, send it again",
+            "field": format!("events[{i}]"),
+        }});
+        turned += 1;
+    }
+    turned
 }
 
 /// `GET /v1/events` query.
@@ -261,4 +306,31 @@ pub async fn get(
     Ok(Json(
         serde_json::to_value(record).map_err(anyhow::Error::from)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_of_an_unconfirmed_message_are_answered_unavailable_and_the_rest_accepted() {
+        // Five results: an invalid event at index 1, four accepted in messages of two.
+        let mut results = vec![
+            json!({"uuid": "evt_a"}),
+            json!({"error": {"code": "invalid_field", "field": "events[1].event"}}),
+            json!({"uuid": "evt_b"}),
+            json!({"uuid": "evt_c"}),
+            json!({"uuid": "evt_d"}),
+        ];
+        // The first message (a, b) was confirmed, the second (c, d) was not.
+        let turned = mark_unconfirmed(&mut results, &[true, false], 2);
+        assert_eq!(turned, 2);
+        assert_eq!(results[0]["uuid"], "evt_a");
+        assert_eq!(results[1]["error"]["field"], "events[1].event");
+        assert_eq!(results[2]["uuid"], "evt_b");
+        for i in [3, 4] {
+            assert_eq!(results[i]["error"]["code"], "unavailable");
+            assert_eq!(results[i]["error"]["field"], format!("events[{i}]"));
+        }
+    }
 }

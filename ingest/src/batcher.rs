@@ -13,6 +13,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Most events in one batch.
 const MAX_BATCH: usize = 500;
+/// Most bytes of payload in one batch, far below the broker's largest message (128 MiB by
+/// default): 500 events of up to `HERALD_MAX_EVENT_BYTES` each would not be.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches waiting for their confirms at once; while all are out, new events gather.
 const IN_FLIGHT: usize = 8;
 
@@ -66,10 +69,14 @@ async fn run(publisher: Publisher, mut rx: mpsc::Receiver<Item>) {
         let Some(first) = rx.recv().await else {
             return;
         };
+        let mut bytes = first.event.payload.get().len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    bytes += item.event.payload.get().len();
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }

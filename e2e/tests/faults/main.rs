@@ -3,6 +3,7 @@
 //! so they live in a test binary of their own (cargo runs test binaries one after another) and
 //! take turns inside it.
 
+mod alarm;
 mod broker_kill;
 mod kills;
 mod observe;

@@ -24,6 +24,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// duplicate, never a loss.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often a publish waiting for its confirm looks whether the broker blocked the connection.
+const BLOCKED_CHECK: Duration = Duration::from_millis(50);
+
+/// The error of a publish the broker will not take now (a memory or disk alarm). The message
+/// may still be confirmed once the alarm clears: the caller's retry makes a duplicate, never a
+/// loss.
+fn blocked() -> BrokerError {
+    BrokerError::Unavailable("the broker is blocking publishers (a memory or disk alarm)".into())
+}
+
 /// The broker could not take a message or a command.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -77,6 +87,29 @@ impl Broker {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Runs one step of talking to the broker with the connect timeout: a wedged broker makes it
+    /// fail instead of hanging whoever waits on it.
+    async fn bounded<T>(
+        what: &str,
+        step: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, step)
+            .await
+            .map_err(|_| BrokerError::Unavailable(format!("{what} timed out")))?
+    }
+
+    /// A confirm-mode channel to publish on.
+    async fn publisher_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+        Self::bounded("opening the publisher channel", async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok(channel)
+        })
+        .await
+    }
+
     async fn connect(&self) -> Result<Live, BrokerError> {
         let props = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
@@ -88,13 +121,14 @@ impl Broker {
         )
         .await
         .map_err(|_| BrokerError::Unavailable("connection attempt timed out".into()))??;
-        let setup = connection.create_channel().await?;
-        super::topology::declare(&setup, self.queue_type, self.dead_retention).await?;
-        let _ = setup.close(200, "topology declared").await;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        Self::bounded("declaring the topology", async {
+            let setup = connection.create_channel().await?;
+            super::topology::declare(&setup, self.queue_type, self.dead_retention).await?;
+            let _ = setup.close(200, "topology declared").await;
+            Ok(())
+        })
+        .await?;
+        let publisher = Self::publisher_channel(&connection).await?;
         Ok(Live {
             connection: Arc::new(connection),
             publisher,
@@ -110,10 +144,7 @@ impl Broker {
             }
             if live.connection.status().connected() {
                 // Only the publisher channel died (e.g. a refused publish): open another.
-                let publisher = live.connection.create_channel().await?;
-                publisher
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
+                let publisher = Self::publisher_channel(&live.connection).await?;
                 let connection = live.connection.clone();
                 *guard = Some(Live {
                     connection: connection.clone(),
@@ -165,12 +196,60 @@ impl Broker {
         if !self.is_ready() {
             return Err(BrokerError::Unavailable("not connected".into()));
         }
-        tokio::time::timeout(
-            CONFIRM_TIMEOUT,
-            self.publish_confirmed(exchange, routing_key, body, properties),
-        )
-        .await
-        .map_err(|_| BrokerError::Unavailable("no confirm from the broker in time".into()))?
+        let confirmed = self.publish_confirmed(exchange, routing_key, body, properties);
+        let timeout = tokio::time::sleep(CONFIRM_TIMEOUT);
+        tokio::pin!(confirmed, timeout);
+        // The broker blocks a connection when it publishes during a memory or disk alarm, and
+        // then holds the confirm until the alarm clears: watch for that instead of waiting.
+        // A publish confirmed within the first check (nearly all of them) never looks.
+        let mut watch =
+            tokio::time::interval_at(tokio::time::Instant::now() + BLOCKED_CHECK, BLOCKED_CHECK);
+        loop {
+            tokio::select! {
+                result = &mut confirmed => return result,
+                _ = &mut timeout => {
+                    return Err(BrokerError::Unavailable("no confirm from the broker in time".into()))
+                }
+                _ = watch.tick() => {
+                    if self.blocked().await {
+                        return Err(blocked());
+                    }
+                }
+            }
+        }
+    }
+
+    /// True while the broker blocks this connection's publishers.
+    async fn blocked(&self) -> bool {
+        let guard = self.live.lock().await;
+        guard
+            .as_ref()
+            .is_some_and(|live| live.connection.status().blocked())
+    }
+
+    /// The publisher channel as it is now. A publish never connects (the supervisor does, so
+    /// requests do not queue behind a connection attempt) and never waits on a broker that
+    /// blocks publishers (a memory or disk alarm): both fail at once.
+    async fn publisher_now(&self) -> Result<Channel, BrokerError> {
+        {
+            let guard = self.live.lock().await;
+            match guard.as_ref() {
+                Some(live) if live.connection.status().connected() => {
+                    if live.connection.status().blocked() {
+                        return Err(blocked());
+                    }
+                    if live.publisher.status().connected() {
+                        return Ok(live.publisher.clone());
+                    }
+                }
+                _ => {
+                    self.set_ready(false);
+                    return Err(BrokerError::Unavailable("not connected".into()));
+                }
+            }
+        }
+        // Only the publisher channel died (a refused publish): open another, bounded.
+        self.live().await.map(|(_, channel)| channel)
     }
 
     async fn publish_confirmed(
@@ -180,7 +259,7 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let (_, channel) = self.live().await?;
+        let channel = self.publisher_now().await?;
         let confirm = channel
             .basic_publish(
                 exchange,
@@ -240,11 +319,14 @@ impl Broker {
     /// A channel with a prefetch limit, for consuming.
     pub async fn consumer_channel(&self, prefetch: u16) -> Result<Channel, BrokerError> {
         let connection = self.connection().await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
-            .await?;
-        Ok(channel)
+        Self::bounded("opening a consumer channel", async {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+                .await?;
+            Ok(channel)
+        })
+        .await
     }
 
     /// Messages waiting in each queue, for metrics (None when the broker is unreachable; a

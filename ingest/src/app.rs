@@ -46,6 +46,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         herald_shared::ops::QueueDepths::Skip,
         cancel.clone(),
     ));
+    let settings_common = settings.common.clone();
     let state = AppState {
         batcher: crate::batcher::Batcher::start(Publisher::new(broker.clone())),
         keys: Arc::new(crate::keys::KeyCache::new(settings.common.config_refresh)),
@@ -58,6 +59,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
     // The broker connection outlives the HTTP server so background replays can finish.
     let broker_cancel = CancellationToken::new();
     let supervise = tokio::spawn(broker.supervise(broker_cancel.clone()));
+    let metrics = herald_shared::service::metrics_server(&settings_common, &cancel).await?;
     let app = routes::router(state);
     let cancel_all = cancel.clone();
     let server = tokio::spawn(async move {
@@ -72,13 +74,11 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         background.wait().await;
         broker_cancel.cancel();
     });
-    Ok(Running::new(
-        addr,
-        cancel_all,
-        vec![
-            ("HTTP server", server),
-            ("broker supervisor", supervise),
-            ("connection watch", watch),
-        ],
-    ))
+    let mut tasks = vec![
+        ("HTTP server", server),
+        ("broker supervisor", supervise),
+        ("connection watch", watch),
+    ];
+    tasks.extend(metrics);
+    Ok(Running::new(addr, cancel_all, tasks))
 }

@@ -102,10 +102,12 @@ async fn run(publisher: Publisher, mut rx: mpsc::Receiver<Item>) {
 
 async fn publish(publisher: &Publisher, workspace_id: String, items: Vec<Item>) {
     let events: Vec<&Event> = items.iter().map(|i| &i.event).collect();
+    let started = std::time::Instant::now();
     let result = publisher
         .events(&workspace_id, &events)
         .await
         .map_err(|e| e.to_string());
+    metrics::histogram!("herald_intake_confirm_seconds").record(started.elapsed().as_secs_f64());
     for item in items {
         let _ = item.done.send(result.clone());
     }

@@ -71,6 +71,27 @@ pub async fn serve(
     Ok((bound, handle))
 }
 
+/// Serves `/metrics` alone at `addr` (`HERALD_METRICS_ADDR`) until `cancel`. Returns the bound
+/// address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(|| async { crate::telemetry::metrics().render() }),
+    );
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+    });
+    tracing::info!(addr = %bound, "serving /metrics");
+    Ok((bound, handle))
+}
+
 /// How often [`watch`] samples.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -107,5 +128,31 @@ pub async fn watch(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_metrics_address_serves_the_metrics_page_alone() {
+        let _ = crate::telemetry::metrics();
+        let cancel = CancellationToken::new();
+        let (addr, task) = serve_metrics(SocketAddr::from(([127, 0, 0, 1], 0)), cancel.clone())
+            .await
+            .expect("bound");
+        let page = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("answered");
+        assert_eq!(page.status(), 200);
+        let text = page.text().await.expect("text");
+        assert!(text.contains("herald_events_accepted_total 0"), "{text}");
+        let other = reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .expect("answered");
+        assert_eq!(other.status(), 404, "only /metrics is served there");
+        cancel.cancel();
+        task.await.expect("stopped");
     }
 }

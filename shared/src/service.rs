@@ -166,17 +166,29 @@ where
         }
         broker_cancel.cancel();
     });
-    Ok(Running::new(
-        addr,
-        cancel,
-        vec![
-            ("consumer", consume),
-            ("broker supervisor", supervise),
-            ("configuration refresh", refresh),
-            ("connection watch", watch),
-            ("ops server", ops),
-        ],
-    ))
+    let mut tasks = vec![
+        ("consumer", consume),
+        ("broker supervisor", supervise),
+        ("configuration refresh", refresh),
+        ("connection watch", watch),
+        ("ops server", ops),
+    ];
+    tasks.extend(metrics_server(common, &cancel).await?);
+    Ok(Running::new(addr, cancel, tasks))
+}
+
+/// The `/metrics` server of `HERALD_METRICS_ADDR`, when it is set.
+pub async fn metrics_server(
+    common: &CommonSettings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<(&'static str, JoinHandle<()>)>> {
+    let Some(addr) = common.metrics_addr else {
+        return Ok(None);
+    };
+    let (_, task) = crate::ops::serve_metrics(addr, cancel.clone())
+        .await
+        .with_context(|| format!("binding HERALD_METRICS_ADDR {addr}"))?;
+    Ok(Some(("metrics server", task)))
 }
 
 #[cfg(test)]

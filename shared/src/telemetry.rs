@@ -165,4 +165,38 @@ fn describe() {
         "herald_redis_connected",
         "1 while Redis answers (checked every 5 s and on /readyz)."
     );
+    describe_counter!(
+        "herald_http_requests_total",
+        "API requests, by route template, method and status."
+    );
+    describe_histogram!(
+        "herald_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an API request, by route template and method."
+    );
+    describe_histogram!(
+        "herald_intake_confirm_seconds",
+        Unit::Seconds,
+        "Time from intake publishing a message of events to the broker's confirm."
+    );
+    // Exported at 0 from start-up, so a rate over them is defined before the first event.
+    for name in [
+        "herald_events_accepted_total",
+        "herald_router_events_total",
+        "herald_router_events_unmatched_total",
+        "herald_router_duplicate_events_total",
+        "herald_router_contested_events_total",
+        "herald_router_jobs_total",
+        "herald_router_job_messages_total",
+        "herald_retries_scheduled_total",
+        "herald_dead_letters_total",
+        "herald_dead_letters_replayed_total",
+        "herald_jobs_handed_back_total",
+        "herald_jobs_detached_total",
+        "herald_outcome_write_failures_total",
+        "herald_settle_failures_total",
+        "herald_broker_disconnects_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
 }

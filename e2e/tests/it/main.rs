@@ -5,6 +5,7 @@ mod consumer;
 mod contract;
 mod idempotency;
 mod isolation;
+mod metrics;
 mod pipeline;
 mod portal;
 mod retries;

@@ -199,12 +199,15 @@ pub async fn bulk(
         // One broker message per chunk, confirmed separately: when only some are confirmed,
         // those events are accepted (they will be delivered) and the others are answered as
         // unavailable, so the client sends again exactly those. None confirmed: 503.
+        let started = std::time::Instant::now();
         let confirmed = join_all(
             accepted
                 .chunks(EVENTS_PER_MESSAGE)
                 .map(|chunk| state.publisher.events(&ws, chunk)),
         )
         .await;
+        metrics::histogram!("herald_intake_confirm_seconds")
+            .record(started.elapsed().as_secs_f64());
         let chunk_ok: Vec<bool> = confirmed.iter().map(Result::is_ok).collect();
         if let Some(Err(e)) = confirmed
             .into_iter()

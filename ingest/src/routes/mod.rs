@@ -105,7 +105,26 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Counts every request by route template (not by path: ids would make a metric per object),
+/// method and status, and times it.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("herald_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("herald_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response
 }
 
 /// This API's OpenAPI 3.1 document, generated from the route table and its handlers.

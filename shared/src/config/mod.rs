@@ -54,6 +54,9 @@ pub struct CommonSettings {
     pub config_refresh: Duration,
     /// `HERALD_DRAIN_TIMEOUT`: how long shutdown waits for in-flight work.
     pub drain_timeout: Duration,
+    /// `HERALD_METRICS_ADDR`: when set, `/metrics` is served there too, on a port of its own
+    /// (so it need not be public where the API or health endpoints are).
+    pub metrics_addr: Option<SocketAddr>,
     /// `HERALD_SECRETS_KEY` (seals) and `HERALD_SECRETS_KEYS_OLD` (still open): the keys that
     /// encrypt signing secrets and destination credentials in Redis.
     pub secrets: crate::secrets::SecretsKeys,
@@ -106,6 +109,10 @@ impl CommonSettings {
             retention: src.duration("HERALD_RETENTION", Duration::from_secs(30 * 86_400))?,
             config_refresh: src.duration("HERALD_CONFIG_REFRESH", Duration::from_millis(250))?,
             drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            metrics_addr: match src.get("HERALD_METRICS_ADDR") {
+                None => None,
+                Some(_) => Some(src.addr("HERALD_METRICS_ADDR", "127.0.0.1:0")?),
+            },
             secrets: src.secrets()?,
         })
     }

@@ -10,4 +10,5 @@ mod pipeline;
 mod portal;
 mod retries;
 mod security;
+mod sessions;
 mod stalls;

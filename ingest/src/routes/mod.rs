@@ -47,7 +47,8 @@ pub fn api_routes(event_limit: usize, bulk_limit: usize) -> OpenApiRouter<AppSta
         .routes(routes!(workspaces::roll_key))
         .routes(routes!(sessions::create))
         .routes(routes!(sessions::refresh))
-        .routes(routes!(sessions::current))
+        .routes(routes!(sessions::current, sessions::end_current))
+        .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::get_settings, sessions::update_settings))
         .routes(routes!(connections::create, connections::list))
         .routes(routes!(

@@ -130,14 +130,15 @@ pub async fn create(
         expires_at: now + ttl_ms,
         started_at: now,
         ttl_ms,
+        epoch: 0,
     };
     let token = state.store.create_session(&session).await?;
     Ok((StatusCode::CREATED, Json(minted(token, &session))))
 }
 
-/// Exchanges a live session token for a new one with the same workspace, role and life. The
-/// old token keeps working for 30 s, for requests already in flight. A chain of refreshes ends
-/// 12 h after the first token was minted.
+/// Exchanges a live session token for a new one with the same workspace, role and life, once:
+/// a token already refreshed is refused (401). The old token keeps working for 30 s, for
+/// requests already in flight. A chain of refreshes ends 12 h after the first token was minted.
 #[utoipa::path(post, path = "/v1/sessions/refresh", tag = "portal",
     responses((status = 200, description = "The new session", body = MintedSession), Refused))]
 pub async fn refresh(
@@ -149,6 +150,9 @@ pub async fn refresh(
     if now >= chain_end {
         return Err(ApiError::Unauthorized);
     }
+    if !state.store.claim_refresh(&token).await? {
+        return Err(ApiError::Unauthorized);
+    }
     let next = Session {
         expires_at: (now + session.ttl_ms).min(chain_end),
         ..session
@@ -156,6 +160,60 @@ pub async fn refresh(
     let new_token = state.store.create_session(&next).await?;
     state.store.retire_session(&token, REFRESH_OVERLAP).await?;
     Ok(Json(minted(new_token, &next)))
+}
+
+/// `POST /v1/sessions/revoke` body: one session, or all of the workspace's.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// The session token to end (`sess_...`).
+    #[schema(max_length = 64)]
+    token: Option<String>,
+    /// `true`: end every session of the workspace minted until now.
+    all: Option<bool>,
+}
+
+/// Ends a portal session of the workspace (`token`), or every one of them (`all: true`).
+/// Secret key only. A token of another workspace, or no session, is 404.
+#[utoipa::path(post, path = "/v1/sessions/revoke", tag = "portal", request_body = Revoke,
+    responses((status = 204, description = "Revoked (no body)"), Refused))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    SecretKey(ws): SecretKey,
+    ApiJson(body): ApiJson<Revoke>,
+) -> Result<StatusCode, ApiError> {
+    match (body.token, body.all) {
+        (None, Some(true)) => state.store.revoke_sessions(&ws).await?,
+        (Some(token), None | Some(false)) => {
+            let owned = state
+                .store
+                .session(&token)
+                .await?
+                .is_some_and(|s| s.workspace_id == ws);
+            if !owned {
+                return Err(ApiError::NotFound("session"));
+            }
+            state.store.revoke_session(&token).await?;
+        }
+        _ => {
+            return Err(ApiError::field(
+                "token",
+                "give either a session token or \"all\": true",
+            ))
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends the caller's own session (the portal's "sign out").
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "portal",
+    responses((status = 204, description = "Ended (no body)"), Refused))]
+pub async fn end_current(
+    State(state): State<AppState>,
+    PortalSession { token, .. }: PortalSession,
+) -> Result<StatusCode, ApiError> {
+    state.store.revoke_session(&token).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// What the portal page needs to know about its own session.

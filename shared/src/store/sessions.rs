@@ -4,8 +4,10 @@
 //! minted it; Redis keeps only its SHA-256, with a TTL equal to the session's life, so an
 //! expired session is gone rather than merely marked. Keys:
 //! ```text
-//! {p}:session:{sha256}   session JSON (workspace, role, expiry), expires with the session
-//! {p}:ws:{ws}:portal     portal settings JSON (frame_ancestors)
+//! {p}:session:{sha256}            session JSON (workspace, role, expiry, epoch), expires with it
+//! {p}:refreshed:{sha256}          the token was refreshed once already (as long as it lives)
+//! {p}:ws:{ws}:session-epoch       bumped to revoke every session of the workspace
+//! {p}:ws:{ws}:portal              portal settings JSON (frame_ancestors)
 //! ```
 
 use std::time::Duration;
@@ -42,6 +44,10 @@ pub struct Session {
     pub started_at: i64,
     /// The life of each token of the chain, in milliseconds.
     pub ttl_ms: i64,
+    /// The workspace's session epoch when it was minted: revoking every session of the
+    /// workspace moves the epoch on, and sessions of an older one are no sessions.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// Portal settings of a workspace.
@@ -87,11 +93,24 @@ impl Store {
         self.ws_key(ws, "portal")
     }
 
-    /// Stores a new session and returns its token. The key expires with the session.
+    fn epoch_key(&self, ws: &str) -> String {
+        self.ws_key(ws, "session-epoch")
+    }
+
+    /// Stores a new session (of the workspace's current epoch) and returns its token. The key
+    /// expires with the session.
     pub async fn create_session(&self, session: &Session) -> Result<String, SessionError> {
         let token = format!("{TOKEN_PREFIX}{}", crate::ids::random_base62(32));
         let ttl = (session.expires_at - crate::now_ms()).max(1) as u64;
-        let json = to_json("session", session)?;
+        let epoch: Option<i64> = self
+            .conn()
+            .get(self.epoch_key(&session.workspace_id))
+            .await?;
+        let session = Session {
+            epoch: epoch.unwrap_or(0),
+            ..session.clone()
+        };
+        let json = to_json("session", &session)?;
         let _: () = self
             .conn()
             .pset_ex(self.session_key(&token), json, ttl)
@@ -104,9 +123,45 @@ impl Store {
     pub async fn session(&self, token: &str) -> Result<Option<Session>, SessionError> {
         let raw: Option<String> = self.conn().get(self.session_key(token)).await?;
         let now = crate::now_ms();
-        Ok(raw
+        let Some(session) = raw
             .and_then(|r| serde_json::from_str::<Session>(&r).ok())
-            .filter(|s| s.expires_at > now))
+            .filter(|s| s.expires_at > now)
+        else {
+            return Ok(None);
+        };
+        let epoch: Option<i64> = self
+            .conn()
+            .get(self.epoch_key(&session.workspace_id))
+            .await?;
+        Ok((session.epoch == epoch.unwrap_or(0)).then_some(session))
+    }
+
+    /// Claims the one refresh a token allows: true the first time, false ever after (for as
+    /// long as the token could be presented).
+    pub async fn claim_refresh(&self, token: &str) -> Result<bool, SessionError> {
+        let key = self.key(&format!("refreshed:{}", hash_key(token)));
+        let ttl: i64 = self.conn().pttl(self.session_key(token)).await?;
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.max(1000))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    /// Ends one session now.
+    pub async fn revoke_session(&self, token: &str) -> Result<(), SessionError> {
+        let _: () = self.conn().del(self.session_key(token)).await?;
+        Ok(())
+    }
+
+    /// Ends every session of a workspace now (sessions minted after this are not affected).
+    pub async fn revoke_sessions(&self, ws: &str) -> Result<(), SessionError> {
+        let _: () = self.conn().incr(self.epoch_key(ws), 1).await?;
+        Ok(())
     }
 
     /// Shortens a token's life to at most `left` (used when it was refreshed).

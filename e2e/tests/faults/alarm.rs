@@ -1,23 +1,16 @@
 //! A broker that blocks publishers (a memory alarm): intake answers 503 at once instead of
 //! waiting for a confirm that cannot come, and accepts again once the alarm clears.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use herald_e2e::{eventually, Processes, Receiver};
 
-use crate::serial;
+use crate::{run_quiet, serial};
 
 fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    run_quiet("rabbitmqctl", args)
 }
 
 /// The broker's memory watermark set so low that it blocks every publisher; set back to

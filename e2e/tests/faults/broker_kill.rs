@@ -2,7 +2,6 @@
 //! again once the node is back (the ladder dead-letters at least once).
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
@@ -10,17 +9,7 @@ use serde_json::json;
 use herald_e2e::procs::wait_status;
 use herald_e2e::{Behaviour, Processes, Receiver};
 
-use crate::serial;
-
-fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+use crate::{run_quiet, serial};
 
 /// The machine's RabbitMQ node, killed with SIGKILL as a crash would; started again when
 /// dropped, even if the test fails half-way.
@@ -29,7 +18,7 @@ struct BrokerKilled;
 impl BrokerKilled {
     fn now() -> Self {
         assert!(
-            quiet("pkill", &["-9", "-x", "beam.smp"]),
+            run_quiet("pkill", &["-9", "-x", "beam.smp"]),
             "kill -9 beam.smp"
         );
         Self
@@ -39,16 +28,16 @@ impl BrokerKilled {
 impl Drop for BrokerKilled {
     fn drop(&mut self) {
         for _ in 0..50 {
-            if !quiet("pgrep", &["-x", "beam.smp"]) {
+            if !run_quiet("pgrep", &["-x", "beam.smp"]) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        if !quiet("rabbitmq-server", &["-detached"]) {
+        if !run_quiet("rabbitmq-server", &["-detached"]) {
             eprintln!("rabbitmq-server -detached failed; start RabbitMQ by hand");
         }
         for _ in 0..120 {
-            if quiet("rabbitmq-diagnostics", &["-q", "check_running"]) {
+            if run_quiet("rabbitmq-diagnostics", &["-q", "check_running"]) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(500));

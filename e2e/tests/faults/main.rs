@@ -12,6 +12,8 @@ mod poison;
 mod shutdown;
 mod stream;
 
+use std::process::{Command, Stdio};
+
 use tokio::sync::{Mutex, MutexGuard};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -19,4 +21,15 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 /// One fault test at a time.
 pub async fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().await
+}
+
+/// Runs a command of the machine's broker tools quietly; true when it succeeded.
+pub fn run_quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }

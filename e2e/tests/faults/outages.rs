@@ -8,17 +8,11 @@ use serde_json::json;
 use herald_e2e::procs::{wait_status, DELIVERER, ROUTER};
 use herald_e2e::{eventually, Processes, Receiver};
 
-use crate::serial;
 use crate::stream::{all_delivered, Producer};
+use crate::{run_quiet, serial};
 
 fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    run_quiet("rabbitmqctl", args)
 }
 
 /// The machine's RabbitMQ application, stopped; started again when dropped, even if the test

@@ -29,11 +29,11 @@ const SETTLE_EVERY: Duration = Duration::from_millis(200);
 const SETTLE_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 /// A message whose jobs still run this long lets go of its prefetch slot.
-pub const DETACH_AFTER: Duration = Duration::from_secs(1);
+pub const DETACH_AFTER: Duration = Duration::from_secs(2);
 
-/// When a stand-in comes back: after the longest request (120 s timeout, plus the wait for a
-/// slot and settling) could have been recorded.
-pub const STAND_IN_AFTER: Duration = Duration::from_secs(150);
+/// A stand-in comes back this long after its request's timeout: by then the request it stands
+/// in for has ended and, unless its deliverer died, been recorded.
+pub const STAND_IN_MARGIN: Duration = Duration::from_secs(5);
 
 /// A batch of finished jobs being written, giving the batch back with the result.
 type Settling = BoxFuture<'static, (Result<(), SettleError>, Vec<Done>)>;
@@ -159,22 +159,26 @@ impl Flight {
     /// Publishes a stand-in for every unfinished job, confirmed by the broker.
     async fn publish_stand_ins(&mut self) -> Result<usize, PublishError> {
         let publisher = self.deliverer.settler.publisher.clone();
-        let stand_ins: Vec<JobGroup> = self
+        let stand_ins: Vec<(JobGroup, Duration)> = self
             .unfinished
             .values()
-            .map(|(group, job, _)| JobGroup {
-                workspace_id: group.workspace_id.clone(),
-                event: group.event.clone(),
-                jobs: vec![JobItem {
-                    stand_in: true,
-                    ..job.clone()
-                }],
+            .map(|(group, job, state)| {
+                let timeout = Duration::from_millis(state.timeout_ms.load(Ordering::SeqCst));
+                let stand_in = JobGroup {
+                    workspace_id: group.workspace_id.clone(),
+                    event: group.event.clone(),
+                    jobs: vec![JobItem {
+                        stand_in: true,
+                        ..job.clone()
+                    }],
+                };
+                (stand_in, timeout + STAND_IN_MARGIN)
             })
             .collect();
         try_join_all(
             stand_ins
                 .iter()
-                .map(|group| publisher.retry_after(group, STAND_IN_AFTER)),
+                .map(|(group, after)| publisher.retry_after(group, *after)),
         )
         .await?;
         Ok(stand_ins.len())

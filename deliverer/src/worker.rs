@@ -1,7 +1,7 @@
 //! One job's turn: looked up, admitted, sent and its outcome decided
 //! ([`Deliverer::run_job`]). A message's jobs take their turns together in a `flight`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub struct JobState {
     pub give_up: CancellationToken,
     /// Set once its request is about to be sent: from then on it records an attempt.
     pub sending: AtomicBool,
+    /// The request's timeout in ms, once it is being sent: its stand-in waits a little longer.
+    pub timeout_ms: AtomicU64,
 }
 
 impl Deliverer {
@@ -110,6 +112,7 @@ impl Deliverer {
             }
         };
 
+        state.timeout_ms.store(conn.timeout_ms, Ordering::SeqCst);
         state.sending.store(true, Ordering::SeqCst);
         let timeout = Duration::from_millis(conn.timeout_ms);
         let (attempt, verdict) = {

@@ -195,8 +195,9 @@ pub async fn metrics_server(
 mod tests {
     use super::*;
 
-    fn addr() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 0))
+    /// A service of these tasks, stopped by `cancel`.
+    fn running(cancel: &CancellationToken, tasks: Vec<(&'static str, JoinHandle<()>)>) -> Running {
+        Running::new(SocketAddr::from(([127, 0, 0, 1], 0)), cancel.clone(), tasks)
     }
 
     /// A task that runs until the service is cancelled, as a healthy one does.
@@ -208,9 +209,8 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_stops_on_its_own_stops_the_service_and_is_named() {
         let cancel = CancellationToken::new();
-        let running = Running::new(
-            addr(),
-            cancel.clone(),
+        let running = running(
+            &cancel,
             vec![
                 ("consumer", until_cancelled(&cancel)),
                 ("HTTP server", tokio::spawn(async {})),
@@ -224,9 +224,8 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_is_named() {
         let cancel = CancellationToken::new();
-        let running = Running::new(
-            addr(),
-            cancel.clone(),
+        let running = running(
+            &cancel,
             vec![
                 (
                     "consumer",
@@ -242,9 +241,8 @@ mod tests {
     #[tokio::test]
     async fn a_shutdown_asked_for_is_not_an_error() {
         let cancel = CancellationToken::new();
-        let running = Running::new(
-            addr(),
-            cancel.clone(),
+        let running = running(
+            &cancel,
             vec![
                 ("consumer", until_cancelled(&cancel)),
                 ("ops server", until_cancelled(&cancel)),

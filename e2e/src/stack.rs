@@ -127,7 +127,15 @@ impl Stack {
 
     /// Starts the deliverer (again, after a test stopped it).
     pub async fn start_deliverer(&mut self) {
-        let settings = DelivererSettings::from_source(&self.source).expect("settings");
+        self.start_deliverer_with(&[]).await;
+    }
+
+    /// Starts the deliverer with some settings of its own (a Redis reached through a relay).
+    pub async fn start_deliverer_with(&mut self, own: &[(&str, &str)]) {
+        let source = own
+            .iter()
+            .fold(self.source.clone(), |s, (name, value)| s.with(name, value));
+        let settings = DelivererSettings::from_source(&source).expect("settings");
         let cancel = CancellationToken::new();
         let running = herald_deliverer::start(settings, cancel.clone())
             .await

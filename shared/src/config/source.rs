@@ -63,6 +63,13 @@ impl Source {
         }
     }
 
+    /// This source with `name` set to `value` (one service of a stack set apart).
+    pub fn with(&self, name: &str, value: &str) -> Self {
+        let mut values = self.values.clone();
+        values.insert(name.to_string(), value.to_string());
+        Self { values }
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values
             .get(name)

@@ -100,6 +100,18 @@ impl Stack {
         self.ingest = Some(Service::spawn(cancel, running.wait()));
     }
 
+    /// Stops the router (events wait in `herald.events`).
+    pub async fn stop_router(&mut self) {
+        if let Some(r) = self.router.take() {
+            r.stop().await;
+        }
+    }
+
+    /// The name of the stack's own vhost (for a policy set on it).
+    pub fn vhost_name(&self) -> &str {
+        &self.vhost.name
+    }
+
     /// Starts the router (again, after a test stopped it).
     pub async fn start_router(&mut self) {
         self.router = Some(self.router_service().await);

@@ -63,6 +63,9 @@ enum Scenario {
     /// --events dead letters (default 10,000) replayed by one `POST /v1/dead-letters/replay`
     /// with an event filter: ingest's RSS before, at its peak, and after.
     Replay,
+    /// --events events (default 100,000) delivered, then their list walked page by page by
+    /// cursor: page 1, page 50 and the last page timed.
+    Paging,
     /// Only the raw broker hop.
     Hop,
 }
@@ -99,7 +102,7 @@ struct Args {
     /// Events per single request in the latency scenario (1: `/v1/events`; more: bulk).
     #[arg(long, default_value_t = 1)]
     latency_batch: usize,
-    /// Events sent (scaleout 20000 per phase, memory 2000, replay 10000).
+    /// Events sent (scaleout 20000 per phase, memory 2000, replay 10000, paging 100000).
     #[arg(long)]
     events: Option<u64>,
     /// Deliverer processes (the first phase of scaleout always uses one).
@@ -120,6 +123,9 @@ struct Args {
     /// unless --set says otherwise).
     #[arg(long, default_value_t = 0)]
     fail_first: u32,
+    /// Rows per page in the paging scenario (the API's limit, 1 to 250).
+    #[arg(long, default_value_t = 50)]
+    page_size: usize,
     /// Seconds between the soak's samples.
     #[arg(long, default_value_t = 10.0)]
     sample_every: f64,
@@ -172,7 +178,7 @@ impl Scenario {
             Scenario::Scaleout => (30.0, 50),
             Scenario::Memory => (30.0, 2000),
             Scenario::Soak => (180.0, 0),
-            Scenario::Replay => (0.0, 0),
+            Scenario::Replay | Scenario::Paging => (0.0, 0),
             Scenario::Latency | Scenario::Hop => (30.0, 0),
         }
     }
@@ -265,6 +271,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Scenario::Memory => scenarios::memory::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Soak => scenarios::soak::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Replay => scenarios::replay::run(&mut ctx, &mut stack, &producer).await?,
+        Scenario::Paging => scenarios::paging::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Hop => {}
     }
     stack.check_alive()?;

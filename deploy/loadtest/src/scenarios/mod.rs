@@ -7,6 +7,7 @@
 //! - [`memory`]: a very slow receiver holding about a thousand deliveries in flight.
 //! - [`soak`]: a steady rate for minutes, sampling Redis's memory and the services' RSS.
 //! - [`replay`]: thousands of dead letters replayed by one filtered request.
+//! - [`paging`]: a long event list walked by cursor, its first, 50th and last pages timed.
 //! - [`measure`]: the CPU window, waiting for deliveries, the intake and delivery figures, and
 //!   the burst phase scaleout and memory share.
 
@@ -14,6 +15,7 @@ pub mod intake;
 pub mod latency;
 pub mod measure;
 pub mod memory;
+pub mod paging;
 pub mod replay;
 pub mod scaleout;
 pub mod soak;

@@ -87,7 +87,8 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     let others_after = redis.dbsize().await?.saturating_sub(census.keys);
 
     let mut figures = summary(ctx, &ticks, args.duration().as_secs_f64());
-    let events = drained.delivered_events.max(1) as f64;
+    // Every accepted event leaves its state, delivered or not (a shortfall is warned about).
+    let events = sent.accepted.len().max(1) as f64;
     figures.push(figure(
         "used_memory added per event, after delivery",
         drained.used_memory as f64 - baseline as f64,

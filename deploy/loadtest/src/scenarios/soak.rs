@@ -42,7 +42,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     let baseline = redis.used_memory().await?;
 
     let started = Instant::now();
-    let load = {
+    let mut load = {
         let producer = producer.clone();
         let body = produce::body(batch, args.payload_bytes);
         let period = Duration::from_secs_f64(batch as f64 / rate);
@@ -59,8 +59,12 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     };
     let mut ticks = Vec::new();
     let mut interval = tokio::time::interval(every);
-    while !load.is_finished() {
-        interval.tick().await;
+    // Samples while the load runs; the one after delivery is taken apart.
+    let sent = loop {
+        tokio::select! {
+            sent = &mut load => break sent?,
+            _ = interval.tick() => {}
+        }
         let t = sampler.sample(ctx, stack, &mut redis).await?;
         eprintln!(
             "herald-load: soak: {:>5.0} s  {:>8} events delivered  {:>6.0}/s  used_memory {:.1} MiB",
@@ -71,8 +75,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
         );
         ticks.push(t);
         stack.check_alive()?;
-    }
-    let sent = load.await?;
+    };
     let load_seconds = started.elapsed().as_secs_f64();
     let expected = sent.accepted.len() * connections as usize;
     eprintln!(

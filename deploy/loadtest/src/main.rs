@@ -126,6 +126,9 @@ struct Args {
     /// Rows per page in the paging scenario (the API's limit, 1 to 250).
     #[arg(long, default_value_t = 50)]
     page_size: usize,
+    /// A filter of the paging scenario's list, e.g. --list-filter status=delivered (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    list_filter: Vec<String>,
     /// Seconds between the soak's samples.
     #[arg(long, default_value_t = 10.0)]
     sample_every: f64,

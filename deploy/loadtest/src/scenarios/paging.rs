@@ -1,6 +1,6 @@
 //! Paging: a workspace with --events events (100,000 by default), all delivered, then its event
 //! list walked page by page (`GET /v1/events?limit=--page-size`, following `next_cursor`) from
-//! the first page to the last. Page 1, page 50 and the last page are each asked for again
+//! the first page to the last, with the query's --list-filter. Page 1, page 50 and the last page are each asked for again
 //! --page-repeats times with the same cursor, and their median time reported, beside the time
 //! of the whole walk: with paging by cursor a deep page costs what the first does.
 
@@ -125,7 +125,14 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
         ));
     }
     ctx.report.phases.push(Phase {
-        name: format!("paging: {listed} events, {limit} per page"),
+        name: format!(
+            "paging: {listed} events, {limit} per page{}",
+            if args.list_filter.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", args.list_filter.join("&"))
+            }
+        ),
         figures,
         counts: vec![
             ("events accepted".into(), sent.accepted.len() as u64),
@@ -167,6 +174,12 @@ async fn get_page(
         .get(format!("{}/v1/events", stack.url))
         .bearer_auth(&ctx.workspace.secret_key)
         .query(&[("limit", limit.to_string())]);
+    for f in &ctx.args.list_filter {
+        let (k, v) = f
+            .split_once('=')
+            .with_context(|| format!("--list-filter {f}: expected KEY=VALUE"))?;
+        req = req.query(&[(k, v)]);
+    }
     if let Some(c) = cursor {
         req = req.query(&[("cursor", c)]);
     }

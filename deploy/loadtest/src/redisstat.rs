@@ -93,10 +93,11 @@ impl RedisStat {
                 }
                 let answers: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
                 for (k, pair) in keys.iter().zip(answers.chunks(2)) {
-                    // A key that expired between SCAN and MEMORY USAGE answers nil.
+                    // A key that expired after SCAN answers nil, or type `none` if it expired
+                    // between the two commands: it is no longer there to count.
                     let bytes: Option<u64> = redis::from_redis_value(&pair[0]).ok();
                     let kind: String = redis::from_redis_value(&pair[1]).unwrap_or_default();
-                    if let Some(bytes) = bytes {
+                    if let Some(bytes) = bytes.filter(|_| kind != "none") {
                         let e = kinds.entry((shape(k, &self.prefix), kind)).or_default();
                         e.0 += 1;
                         e.1 += bytes;

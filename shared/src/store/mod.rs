@@ -40,7 +40,9 @@ pub mod cache;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+pub mod record;
 pub mod routing;
+mod scripts;
 mod sealing;
 pub mod sessions;
 pub mod tenants;
@@ -71,6 +73,14 @@ pub enum StoreError {
         /// The parse error.
         source: serde_json::Error,
     },
+    /// A history record is not what Herald writes.
+    #[error("stored record is corrupt at {key}: {message}")]
+    Record {
+        /// The key and field read.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The referenced object does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -90,6 +100,7 @@ pub struct Store {
     conn: ConnectionManager,
     prefix: String,
     retention: Duration,
+    dedup_window: Duration,
     secrets: std::sync::Arc<crate::secrets::SecretsKeys>,
 }
 
@@ -134,6 +145,7 @@ impl Store {
                         conn,
                         prefix: settings.redis_prefix.clone(),
                         retention: settings.retention,
+                        dedup_window: settings.dedup_window,
                         secrets: std::sync::Arc::new(settings.secrets.clone()),
                     });
                 }
@@ -172,6 +184,28 @@ impl Store {
         self.retention.as_secs().max(1) as i64
     }
 
+    /// Runs a pipeline that invokes scripts: they are sent by hash, so after a Redis restart
+    /// (which forgets them) they are loaded and the pipeline is sent once more. Every script
+    /// Herald pipelines is safe to run twice.
+    pub(crate) async fn run(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        self.query::<()>(pipe).await
+    }
+
+    /// [`Store::run`] for a pipeline whose replies are wanted.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        match pipe.query_async::<T>(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                load_scripts(&mut conn).await?;
+                Ok(pipe.query_async::<T>(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// True when Redis answers a PING.
     pub async fn ping(&self) -> bool {
         let mut c = self.conn();
@@ -182,6 +216,65 @@ impl Store {
         metrics::gauge!("herald_redis_connected").set(if ok { 1.0 } else { 0.0 });
         ok
     }
+}
+
+/// The scripts the store pipelines (see `scripts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptName {
+    Route,
+    Outcome,
+    MarkReplayed,
+    Claim,
+    Expanded,
+    Trim,
+}
+
+impl ScriptName {
+    const ALL: [ScriptName; 6] = [
+        ScriptName::Route,
+        ScriptName::Outcome,
+        ScriptName::MarkReplayed,
+        ScriptName::Claim,
+        ScriptName::Expanded,
+        ScriptName::Trim,
+    ];
+}
+
+async fn load_scripts(conn: &mut ConnectionManager) -> Result<(), StoreError> {
+    for name in ScriptName::ALL {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script_text(name))
+            .query_async::<String>(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn script_text(name: ScriptName) -> String {
+    scripts::with_common(match name {
+        ScriptName::Route => scripts::ROUTE,
+        ScriptName::Outcome => scripts::OUTCOME,
+        ScriptName::MarkReplayed => scripts::MARK_REPLAYED,
+        ScriptName::Claim => scripts::CLAIM,
+        ScriptName::Expanded => scripts::EXPANDED,
+        ScriptName::Trim => scripts::TRIM,
+    })
+}
+
+/// An invocation of a script, to fill with keys and arguments.
+pub(crate) fn script(name: ScriptName) -> redis::ScriptInvocation<'static> {
+    static SCRIPTS: std::sync::LazyLock<Vec<redis::Script>> = std::sync::LazyLock::new(|| {
+        ScriptName::ALL
+            .iter()
+            .map(|n| redis::Script::new(&script_text(*n)))
+            .collect()
+    });
+    let index = ScriptName::ALL
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_default();
+    SCRIPTS[index].prepare_invoke()
 }
 
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(

@@ -251,9 +251,15 @@ impl Store {
         // A cursor this function made names an entry (`ms-seq`); one made from a time alone
         // (or an event's time and uuid) starts before that millisecond.
         let mut end = match &cursor {
-            Some(c) if c.member.parse::<u64>().is_ok() => format!("({}-{}", c.score, c.member),
-            Some(c) => format!("({}-0", c.score),
             None => "+".to_string(),
+            Some(c) => match c.member.parse::<u64>() {
+                Ok(seq) if c.score > 0 || (c.score == 0 && seq > 0) => {
+                    format!("({}-{seq}", c.score)
+                }
+                Err(_) if c.score > 0 => format!("({}-0", c.score),
+                // Nothing is before the stream's first possible id.
+                _ => return Ok((Vec::new(), None)),
+            },
         };
         let mut out = Vec::new();
         let mut scanned = 0;

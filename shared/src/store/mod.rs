@@ -4,13 +4,14 @@
 //! - [`sealing`]: secrets at rest in stored connections.
 //! - [`cache`]: the configuration cache services read through (refreshed within
 //!   `HERALD_CONFIG_REFRESH` of a change).
-//! - [`history`]: events, their deliveries and every attempt; the event index.
+//! - [`history`]: events, their deliveries and every attempt; the event index, trimmed to the
+//!   retention. [`record`] is the compact form a record is kept in.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //!
-//! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
+//! Key layout (`{p}` is the prefix, `{ws}` a workspace id), with the bound of each:
 //! ```text
 //! {p}:config:ver                 INCR on every configuration change (caches poll it)
 //! {p}:workspaces                 ZSET created_at -> ws id
@@ -18,15 +19,26 @@
 //! {p}:apikey:{sha256}            API key JSON (workspace, scope)
 //! {p}:ws:{ws}:keys               SET of the workspace's key hashes
 //! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
-//! {p}:ws:{ws}:events             ZSET time_created -> event uuid
-//! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
-//! {p}:ws:{ws}:lease:{uuid}       a router's short lease while it expands the event
-//! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50)
-//! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
-//! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
-//! {p}:ws:{ws}:dl:{id}            dead letter JSON
-//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
-//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
+//! {p}:ws:{ws}:history            HASH event uuid -> compact record (see `record`): the event,
+//!                                its deliveries and attempts, the time it was expanded (the
+//!                                dedup claim). Trimmed with the log; expires a retention after
+//!                                the workspace's last write
+//! {p}:ws:{ws}:log                STREAM `u` -> event uuid, by time: the index lists page
+//!                                through. Every write trims entries older than the retention
+//!                                (`scripts::TRIM`); expires with the history
+//! {p}:ws:{ws}:lease:{uuid}       a router's lease while it expands the event (20 s; deleted
+//!                                once expanded)
+//! {p}:ws:{ws}:idem:{uuid}        a dedup claim, only when HERALD_DEDUP_WINDOW is longer than
+//!                                the retention (expires with the window)
+//! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50;
+//!                                expires a retention after the last)
+//! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id; every write trims by score
+//!                                to the retention
+//! {p}:ws:{ws}:dl:{id}            dead letter JSON (expires a retention after it died)
+//! {p}:ws:{ws}:evt:{uuid}         an event's HASH as versions before the compact record wrote
+//!                                it: read, never written; expires by itself
+//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`; expires)
+//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries (expires)
 //! {p}:session:{sha256}           portal session JSON, expiring with the session
 //! {p}:ws:{ws}:portal             portal settings JSON
 //! ```

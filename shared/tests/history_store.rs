@@ -189,7 +189,10 @@ async fn the_api_shows_delivered_retrying_and_dead_deliveries_exactly_as_recorde
     expected["deliveries"] = serde_json::to_value(&deliveries).expect("deliveries");
     let got = serde_json::to_value(got.expect("kept")).expect("json");
     assert_eq!(got, expected);
-    assert_eq!(got["payload"].to_string(), serde_json::to_value(&e).expect("e")["payload"].to_string());
+    assert_eq!(
+        got["payload"].to_string(),
+        serde_json::to_value(&e).expect("e")["payload"].to_string()
+    );
     assert_eq!(listed.len(), 1);
     assert_eq!(serde_json::to_value(&listed[0]).expect("json"), expected);
     assert_eq!(
@@ -207,7 +210,9 @@ async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
     let (prefix, _cleanup) = prefix();
     let store = store(&prefix, &[("HERALD_RETENTION", "10s")]).await;
     let now = herald_shared::now_ms();
-    let old: Vec<Event> = (0..40).map(|_| event(&new_event_id(), now - 50_000)).collect();
+    let old: Vec<Event> = (0..40)
+        .map(|_| event(&new_event_id(), now - 50_000))
+        .collect();
     let history = format!("{prefix}:ws:ws_busy:history");
     let log = format!("{prefix}:ws:ws_busy:log");
     for e in &old {
@@ -235,17 +240,32 @@ async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
     // Assert: only the five inside the window remain, in the history and in its index.
     assert_eq!(redis_int("HLEN", &history), 5);
     assert_eq!(redis_int("XLEN", &log), 5);
-    assert!(store.get_event("ws_busy", &old[0].uuid).await.expect("read").is_none());
-    assert!(store.get_event("ws_busy", &fresh[0].uuid).await.expect("read").is_some());
+    assert!(store
+        .get_event("ws_busy", &old[0].uuid)
+        .await
+        .expect("read")
+        .is_none());
+    assert!(store
+        .get_event("ws_busy", &fresh[0].uuid)
+        .await
+        .expect("read")
+        .is_some());
     let ttl = redis_int("TTL", &history);
-    assert!((1..=10).contains(&ttl), "the hash expires with the retention: {ttl}");
+    assert!(
+        (1..=10).contains(&ttl),
+        "the hash expires with the retention: {ttl}"
+    );
 }
 
 #[tokio::test]
 async fn a_uuid_is_remembered_for_the_dedup_window_and_no_longer() {
     // Arrange: a 10 s dedup window inside a day's retention; an event expanded once.
     let (prefix, _cleanup) = prefix();
-    let store = store(&prefix, &[("HERALD_DEDUP_WINDOW", "10s"), ("HERALD_RETENTION", "1d")]).await;
+    let store = store(
+        &prefix,
+        &[("HERALD_DEDUP_WINDOW", "10s"), ("HERALD_RETENTION", "1d")],
+    )
+    .await;
     let e = event("producer-uuid-1", herald_shared::now_ms());
     let routed = Routed {
         workspace_id: "ws_a",
@@ -254,34 +274,63 @@ async fn a_uuid_is_remembered_for_the_dedup_window_and_no_longer() {
     };
     store.record_routed(&[routed]).await.expect("routed");
     let lease = Duration::from_secs(20);
-    let first = store.claim_for_routing("ws_a", &[&e.uuid], lease).await.expect("claim");
-    store.mark_expanded("ws_a", &[&e.uuid]).await.expect("marked");
+    let first = store
+        .claim_for_routing("ws_a", &[&e.uuid], lease)
+        .await
+        .expect("claim");
+    store
+        .mark_expanded("ws_a", &[&e.uuid])
+        .await
+        .expect("marked");
 
     // Act
-    let within = store.claim_for_routing("ws_a", &[&e.uuid], lease).await.expect("claim");
+    let within = store
+        .claim_for_routing("ws_a", &[&e.uuid], lease)
+        .await
+        .expect("claim");
     tokio::time::sleep(Duration::from_millis(10_500)).await;
-    let after = store.claim_for_routing("ws_a", &[&e.uuid], lease).await.expect("claim");
+    let after = store
+        .claim_for_routing("ws_a", &[&e.uuid], lease)
+        .await
+        .expect("claim");
 
     // Assert: a duplicate inside the window; a new event after it (its history still kept).
     assert_eq!(first, vec![Claim::Taken]);
     assert_eq!(within, vec![Claim::Done]);
     assert_eq!(after, vec![Claim::Taken]);
-    assert!(store.get_event("ws_a", &e.uuid).await.expect("read").is_some());
+    assert!(store
+        .get_event("ws_a", &e.uuid)
+        .await
+        .expect("read")
+        .is_some());
 }
 
 #[tokio::test]
 async fn a_dedup_window_longer_than_the_retention_keeps_a_claim_that_expires_with_it() {
     // Arrange: a 10 s retention and a 20 s window; the event's history is trimmed first.
     let (prefix, _cleanup) = prefix();
-    let store = store(&prefix, &[("HERALD_DEDUP_WINDOW", "20s"), ("HERALD_RETENTION", "10s")]).await;
+    let store = store(
+        &prefix,
+        &[("HERALD_DEDUP_WINDOW", "20s"), ("HERALD_RETENTION", "10s")],
+    )
+    .await;
     let e = event("producer-uuid-2", herald_shared::now_ms());
     let lease = Duration::from_secs(20);
-    store.claim_for_routing("ws_a", &[&e.uuid], lease).await.expect("claim");
-    store.mark_expanded("ws_a", &[&e.uuid]).await.expect("marked");
+    store
+        .claim_for_routing("ws_a", &[&e.uuid], lease)
+        .await
+        .expect("claim");
+    store
+        .mark_expanded("ws_a", &[&e.uuid])
+        .await
+        .expect("marked");
 
     // Act and assert: the claim holds past the record, with a TTL of the window.
     let ttl = redis_int("PTTL", &format!("{prefix}:ws:ws_a:idem:{}", e.uuid));
     assert!((10_000..=20_000).contains(&ttl), "{ttl}");
-    let again = store.claim_for_routing("ws_a", &[&e.uuid], lease).await.expect("claim");
+    let again = store
+        .claim_for_routing("ws_a", &[&e.uuid], lease)
+        .await
+        .expect("claim");
     assert_eq!(again, vec![Claim::Done]);
 }

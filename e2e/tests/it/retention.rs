@@ -25,7 +25,11 @@ async fn a_workspace_kept_busy_past_its_retention_holds_only_the_window() {
 
     // Act
     while started.elapsed() < Duration::from_secs(24) {
-        sent.push(stack.send(&w.pk, "order.paid", "order", json!({"n": sent.len()})).await);
+        sent.push(
+            stack
+                .send(&w.pk, "order.paid", "order", json!({"n": sent.len()}))
+                .await,
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let last = sent.last().expect("sent").clone();
@@ -53,7 +57,10 @@ async fn a_workspace_kept_busy_past_its_retention_holds_only_the_window() {
         .expect("xlen");
     assert!(sent.len() >= 60, "the producer sent {}", sent.len());
     assert!((20..=56).contains(&kept), "{kept} of {} kept", sent.len());
-    assert!((kept - indexed).abs() <= 1, "{kept} records, {indexed} entries");
+    assert!(
+        (kept - indexed).abs() <= 1,
+        "{kept} records, {indexed} entries"
+    );
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{ws}:*"))
         .query(&mut c)
@@ -95,9 +102,11 @@ async fn a_resent_uuid_is_a_duplicate_within_the_dedup_window_only() {
 
     // Assert
     assert_eq!(within, 1, "a duplicate inside the window was delivered");
-    eventually("delivered again after the window", Duration::from_secs(20), || async {
-        (receiver.received("dedup").len() == 2).then_some(())
-    })
+    eventually(
+        "delivered again after the window",
+        Duration::from_secs(20),
+        || async { (receiver.received("dedup").len() == 2).then_some(()) },
+    )
     .await;
     stack.stop().await;
 }

@@ -196,8 +196,14 @@ pub const QUARANTINE_LIMITS: QueueLimits = QueueLimits {
 };
 
 fn with_limits(mut args: FieldTable, limits: QueueLimits) -> FieldTable {
-    args.insert("x-max-length".into(), AMQPValue::LongLongInt(limits.messages));
-    args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(limits.bytes));
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(limits.messages),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(limits.bytes),
+    );
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("drop-head".into()),
@@ -243,7 +249,10 @@ async fn declare_bounded(
                 limits.bytes
             );
             let channel = connection.create_channel().await.map_err(err)?;
-            channel.queue_declare(name, queue, args).await.map_err(err)?;
+            channel
+                .queue_declare(name, queue, args)
+                .await
+                .map_err(err)?;
             let _ = channel.close(200, "declared").await;
             Ok(())
         }
@@ -257,10 +266,13 @@ pub async fn declare(
     queue_type: QueueType,
     dead_retention: Duration,
 ) -> Result<(), TopologyError> {
-    let channel = &connection.create_channel().await.map_err(|source| TopologyError {
-        what: "a channel".into(),
-        source,
-    })?;
+    let channel = &connection
+        .create_channel()
+        .await
+        .map_err(|source| TopologyError {
+            what: "a channel".into(),
+            source,
+        })?;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()

@@ -186,8 +186,7 @@ impl Store {
             dead_letter_id: None,
             updated_at: crate::now_ms(),
         };
-        let body =
-            super::record::delivery_body(&d.event.uuid, d.event.time_created, &pending);
+        let body = super::record::delivery_body(&d.event.uuid, d.event.time_created, &pending);
         let mut pipe = redis::pipe();
         pipe.invoke_script(
             super::script(super::ScriptName::MarkReplayed)

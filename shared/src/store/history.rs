@@ -190,7 +190,11 @@ impl Store {
 
     /// The records of `uuids` (None for those not kept), in one round trip, plus one more
     /// for any still kept only in the form earlier versions wrote.
-    async fn load_records(&self, ws: &str, uuids: &[String]) -> Result<Vec<Option<Partial>>, StoreError> {
+    async fn load_records(
+        &self,
+        ws: &str,
+        uuids: &[String],
+    ) -> Result<Vec<Option<Partial>>, StoreError> {
         if uuids.is_empty() {
             return Ok(Vec::new());
         }
@@ -347,7 +351,8 @@ impl Partial {
     /// This (older) state with the deliveries of `newer` in place of its own.
     fn overlaid_by(mut self, newer: Partial) -> Self {
         for d in newer.deliveries {
-            self.deliveries.retain(|o| o.connection_id != d.connection_id);
+            self.deliveries
+                .retain(|o| o.connection_id != d.connection_id);
             self.deliveries.push(d);
         }
         self.routed = self.routed.or(newer.routed);

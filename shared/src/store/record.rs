@@ -84,7 +84,11 @@ pub fn delivery_body(uuid: &str, time_created: i64, d: &Delivery) -> String {
         DeliveryStatus::Retrying => "r",
         DeliveryStatus::Dead => "x",
     };
-    let mut parts = vec![json!(status), json!(d.updated_at - base), Value::Array(attempts)];
+    let mut parts = vec![
+        json!(status),
+        json!(d.updated_at - base),
+        Value::Array(attempts),
+    ];
     let dead = match &d.dead_letter_id {
         None => Value::Null,
         Some(id) if *id == delivery_id(uuid, &d.connection_id) => json!(1),
@@ -150,7 +154,10 @@ fn headers_value(uuid: &str, a: &Attempt) -> Value {
         .iter()
         .filter(|(k, v)| standard.get(*k) != Some(*v))
         .collect();
-    let missing: Vec<&String> = standard.keys().filter(|k| !shown.contains_key(*k)).collect();
+    let missing: Vec<&String> = standard
+        .keys()
+        .filter(|k| !shown.contains_key(*k))
+        .collect();
     let mut spec = serde_json::Map::new();
     if signatures != 1 {
         spec.insert("g".into(), json!(signatures));
@@ -168,7 +175,11 @@ fn headers_value(uuid: &str, a: &Attempt) -> Value {
     }
 }
 
-fn headers_from(uuid: &str, at: i64, spec: Option<&Value>) -> Result<BTreeMap<String, String>, BadRecord> {
+fn headers_from(
+    uuid: &str,
+    at: i64,
+    spec: Option<&Value>,
+) -> Result<BTreeMap<String, String>, BadRecord> {
     let spec = match spec {
         None | Some(Value::Null) => return Ok(standard_headers(uuid, at, 1)),
         Some(Value::Object(spec)) => spec,
@@ -207,7 +218,10 @@ fn delivery_from(
         Some("x") => DeliveryStatus::Dead,
         _ => return Err(bad("delivery status")),
     };
-    let updated = parts.get(1).and_then(Value::as_i64).ok_or_else(|| bad("updated"))?;
+    let updated = parts
+        .get(1)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| bad("updated"))?;
     let mut attempts = Vec::new();
     let mut previous_url = String::new();
     for a in parts.get(2).and_then(Value::as_array).into_iter().flatten() {
@@ -286,7 +300,9 @@ pub fn decode(uuid: &str, record: &str) -> Result<Decoded, BadRecord> {
         };
         let len: usize = len.parse().map_err(|_| bad("delivery length"))?;
         let start = 2 + line_end + 1;
-        let body = rest.get(start..start + len).ok_or_else(|| bad("delivery body"))?;
+        let body = rest
+            .get(start..start + len)
+            .ok_or_else(|| bad("delivery body"))?;
         deliveries.push(delivery_from(uuid, connection, time_created, body)?);
         rest = &rest[start + len..];
     }
@@ -346,7 +362,12 @@ mod tests {
         }
     }
 
-    fn sent(uuid: &str, at: i64, extra: &[(&str, &str)], signatures: usize) -> BTreeMap<String, String> {
+    fn sent(
+        uuid: &str,
+        at: i64,
+        extra: &[(&str, &str)],
+        signatures: usize,
+    ) -> BTreeMap<String, String> {
         let mut h = standard_headers(uuid, at, signatures);
         for (k, v) in extra {
             h.insert(k.to_string(), v.to_string());
@@ -354,7 +375,12 @@ mod tests {
         h
     }
 
-    fn attempt(at: i64, code: Option<u16>, url: &str, headers: BTreeMap<String, String>) -> Attempt {
+    fn attempt(
+        at: i64,
+        code: Option<u16>,
+        url: &str,
+        headers: BTreeMap<String, String>,
+    ) -> Attempt {
         Attempt {
             at,
             status_code: code,
@@ -371,7 +397,10 @@ mod tests {
         let text = encode(&e.uuid, &e, Some(2), Some(e.time_created + 40), &deliveries);
         let back = decode(&e.uuid, &text).expect("decodes");
         let again = back.event.expect("event");
-        assert_eq!(serde_json::to_string(&again).ok(), serde_json::to_string(&e).ok());
+        assert_eq!(
+            serde_json::to_string(&again).ok(),
+            serde_json::to_string(&e).ok()
+        );
         assert_eq!(back.routed, Some(2));
         assert_eq!(back.expanded_at, Some(e.time_created + 40));
         assert_eq!(back.deliveries, deliveries);
@@ -415,7 +444,12 @@ mod tests {
             Delivery {
                 connection_id: "con_c".into(),
                 status: DeliveryStatus::Dead,
-                attempts: vec![attempt(t - 5, Some(410), "https://d.example/h", BTreeMap::new())],
+                attempts: vec![attempt(
+                    t - 5,
+                    Some(410),
+                    "https://d.example/h",
+                    BTreeMap::new(),
+                )],
                 next_attempt_at: None,
                 dead_letter_id: Some(delivery_id(uuid, "con_c")),
                 updated_at: t + 1,

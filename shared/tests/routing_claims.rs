@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald_shared::config::{CommonSettings, Source};
 use herald_shared::ids::random_base62;
 use herald_shared::model::{Attempt, Delivery, DeliveryStatus, Event};
-use herald_shared::store::dead_letters::DeadLetter;
+use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::history::Routed;
 use herald_shared::store::routing::Claim;
 use herald_shared::store::Store;
@@ -113,6 +113,15 @@ fn delivery(status: DeliveryStatus, attempts: Vec<Attempt>, dead: Option<&str>) 
     }
 }
 
+fn row(delivery: &Delivery) -> OutcomeRow<'_> {
+    OutcomeRow {
+        workspace_id: "ws_a",
+        uuid: "evt_r",
+        time_created: 1,
+        delivery,
+    }
+}
+
 #[tokio::test]
 async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
     // Arrange: a dead letter, replayed; the deliverer delivers it before the replay's
@@ -141,7 +150,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
     };
     let as_dead = delivery(DeliveryStatus::Dead, failed.clone(), Some("evt_r.con_1"));
     store
-        .record_outcomes(&[("ws_a", "evt_r", &as_dead)], std::slice::from_ref(&dead))
+        .record_outcomes(&[row(&as_dead)], std::slice::from_ref(&dead))
         .await
         .expect("dead");
     let delivered = delivery(
@@ -150,7 +159,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
         None,
     );
     store
-        .record_outcomes(&[("ws_a", "evt_r", &delivered)], &[])
+        .record_outcomes(&[row(&delivered)], &[])
         .await
         .expect("delivered");
 
@@ -179,10 +188,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
         Some("evt_r.con_1"),
     );
     store
-        .record_outcomes(
-            &[("ws_a", "evt_r", &as_dead_again)],
-            std::slice::from_ref(&again),
-        )
+        .record_outcomes(&[row(&as_dead_again)], std::slice::from_ref(&again))
         .await
         .expect("dead again");
     store.mark_replayed(&dead).await.expect("marked");

@@ -8,6 +8,7 @@ mod isolation;
 mod metrics;
 mod pipeline;
 mod portal;
+mod retention;
 mod retries;
 mod security;
 mod sessions;

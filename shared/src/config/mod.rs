@@ -33,6 +33,10 @@ pub enum QueueType {
     Quorum,
 }
 
+/// The shortest `HERALD_RETENTION` and `HERALD_DEDUP_WINDOW`: short enough for a test to watch
+/// state expire, long enough that an event outlives its own routing.
+pub const MIN_WINDOW: Duration = Duration::from_secs(10);
+
 /// What every service needs: the broker, Redis, logging, retry and retention policy.
 #[derive(Debug, Clone)]
 pub struct CommonSettings {
@@ -48,8 +52,11 @@ pub struct CommonSettings {
     pub queue_type: QueueType,
     /// `HERALD_RETRY_SCHEDULE`: the delays between attempts.
     pub retry_schedule: RetrySchedule,
-    /// `HERALD_RETENTION`: how long history, dead letters and idempotency keys are kept.
+    /// `HERALD_RETENTION`: how long history and dead letters are kept (at least 10 s).
     pub retention: Duration,
+    /// `HERALD_DEDUP_WINDOW`: how long a producer's uuid is remembered for duplicate detection
+    /// (at least 10 s), independently of the retention.
+    pub dedup_window: Duration,
     /// `HERALD_CONFIG_REFRESH`: how often cached configuration is checked for changes.
     pub config_refresh: Duration,
     /// `HERALD_DRAIN_TIMEOUT`: how long shutdown waits for in-flight work.
@@ -106,7 +113,16 @@ impl CommonSettings {
             log_format,
             queue_type,
             retry_schedule,
-            retention: src.duration("HERALD_RETENTION", Duration::from_secs(30 * 86_400))?,
+            retention: src.duration_at_least(
+                "HERALD_RETENTION",
+                Duration::from_secs(30 * 86_400),
+                MIN_WINDOW,
+            )?,
+            dedup_window: src.duration_at_least(
+                "HERALD_DEDUP_WINDOW",
+                Duration::from_secs(86_400),
+                MIN_WINDOW,
+            )?,
             config_refresh: src.duration("HERALD_CONFIG_REFRESH", Duration::from_millis(250))?,
             drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             metrics_addr: match src.get("HERALD_METRICS_ADDR") {
@@ -289,6 +305,22 @@ mod tests {
         assert_eq!(s.common.redis_prefix, "herald");
         assert!(s.admin_token.is_none());
         assert_eq!(s.common.retry_schedule.retries(), 7);
+    }
+
+    #[test]
+    fn retention_and_dedup_window_accept_ten_seconds_and_no_less() {
+        let s = RouterSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.common.dedup_window, Duration::from_secs(86_400));
+        assert_eq!(s.common.retention, Duration::from_secs(30 * 86_400));
+        let src = Source::from_pairs([("HERALD_RETENTION", "10s"), ("HERALD_DEDUP_WINDOW", "10s")]);
+        let s = RouterSettings::from_source(&src).expect("10 s is allowed");
+        assert_eq!(s.common.retention, Duration::from_secs(10));
+        assert_eq!(s.common.dedup_window, Duration::from_secs(10));
+        for name in ["HERALD_RETENTION", "HERALD_DEDUP_WINDOW"] {
+            let src = Source::from_pairs([(name, "9s")]);
+            let err = RouterSettings::from_source(&src).expect_err("under 10 s");
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -116,6 +116,21 @@ impl Source {
         }
     }
 
+    /// A duration of at least `min`: shorter values are refused rather than silently raised.
+    pub(crate) fn duration_at_least(
+        &self,
+        name: &'static str,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(name, default)?;
+        if d < min {
+            let expected = format!("a duration of at least {}s", min.as_secs());
+            return Err(invalid(name, &expected, self.get(name).unwrap_or_default()));
+        }
+        Ok(d)
+    }
+
     pub(crate) fn addr(
         &self,
         name: &'static str,

@@ -4,13 +4,14 @@
 //! - [`sealing`]: secrets at rest in stored connections.
 //! - [`cache`]: the configuration cache services read through (refreshed within
 //!   `HERALD_CONFIG_REFRESH` of a change).
-//! - [`history`]: events, their deliveries and every attempt; the event index.
+//! - [`history`]: events, their deliveries and every attempt; the event index, trimmed to the
+//!   retention. [`record`] is the compact form a record is kept in.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //!
-//! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
+//! Key layout (`{p}` is the prefix, `{ws}` a workspace id), with the bound of each:
 //! ```text
 //! {p}:config:ver                 INCR on every configuration change (caches poll it)
 //! {p}:workspaces                 ZSET created_at -> ws id
@@ -18,15 +19,26 @@
 //! {p}:apikey:{sha256}            API key JSON (workspace, scope)
 //! {p}:ws:{ws}:keys               SET of the workspace's key hashes
 //! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
-//! {p}:ws:{ws}:events             ZSET time_created -> event uuid
-//! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
-//! {p}:ws:{ws}:lease:{uuid}       a router's short lease while it expands the event
-//! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50)
-//! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
-//! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
-//! {p}:ws:{ws}:dl:{id}            dead letter JSON
-//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
-//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
+//! {p}:ws:{ws}:history            HASH event uuid -> compact record (see `record`): the event,
+//!                                its deliveries and attempts, the time it was expanded (the
+//!                                dedup claim). Trimmed with the log; expires a retention after
+//!                                the workspace's last write
+//! {p}:ws:{ws}:log                STREAM `u` -> event uuid, by time: the index lists page
+//!                                through. Every write trims entries older than the retention
+//!                                (`scripts::TRIM`); expires with the history
+//! {p}:ws:{ws}:lease:{uuid}       a router's lease while it expands the event (20 s; deleted
+//!                                once expanded)
+//! {p}:ws:{ws}:idem:{uuid}        a dedup claim, only when HERALD_DEDUP_WINDOW is longer than
+//!                                the retention (expires with the window)
+//! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50;
+//!                                expires a retention after the last)
+//! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id; every write trims by score
+//!                                to the retention
+//! {p}:ws:{ws}:dl:{id}            dead letter JSON (expires a retention after it died)
+//! {p}:ws:{ws}:evt:{uuid}         an event's HASH as versions before the compact record wrote
+//!                                it: read, never written; expires by itself
+//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`; expires)
+//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries (expires)
 //! {p}:session:{sha256}           portal session JSON, expiring with the session
 //! {p}:ws:{ws}:portal             portal settings JSON
 //! ```
@@ -40,7 +52,9 @@ pub mod cache;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+pub mod record;
 pub mod routing;
+mod scripts;
 mod sealing;
 pub mod sessions;
 pub mod tenants;
@@ -71,6 +85,14 @@ pub enum StoreError {
         /// The parse error.
         source: serde_json::Error,
     },
+    /// A history record is not what Herald writes.
+    #[error("stored record is corrupt at {key}: {message}")]
+    Record {
+        /// The key and field read.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The referenced object does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -90,6 +112,7 @@ pub struct Store {
     conn: ConnectionManager,
     prefix: String,
     retention: Duration,
+    dedup_window: Duration,
     secrets: std::sync::Arc<crate::secrets::SecretsKeys>,
 }
 
@@ -134,6 +157,7 @@ impl Store {
                         conn,
                         prefix: settings.redis_prefix.clone(),
                         retention: settings.retention,
+                        dedup_window: settings.dedup_window,
                         secrets: std::sync::Arc::new(settings.secrets.clone()),
                     });
                 }
@@ -172,6 +196,28 @@ impl Store {
         self.retention.as_secs().max(1) as i64
     }
 
+    /// Runs a pipeline that invokes scripts: they are sent by hash, so after a Redis restart
+    /// (which forgets them) they are loaded and the pipeline is sent once more. Every script
+    /// Herald pipelines is safe to run twice.
+    pub(crate) async fn run(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        self.query::<()>(pipe).await
+    }
+
+    /// [`Store::run`] for a pipeline whose replies are wanted.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        match pipe.query_async::<T>(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                load_scripts(&mut conn).await?;
+                Ok(pipe.query_async::<T>(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// True when Redis answers a PING.
     pub async fn ping(&self) -> bool {
         let mut c = self.conn();
@@ -182,6 +228,65 @@ impl Store {
         metrics::gauge!("herald_redis_connected").set(if ok { 1.0 } else { 0.0 });
         ok
     }
+}
+
+/// The scripts the store pipelines (see `scripts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptName {
+    Route,
+    Outcome,
+    MarkReplayed,
+    Claim,
+    Expanded,
+    Trim,
+}
+
+impl ScriptName {
+    const ALL: [ScriptName; 6] = [
+        ScriptName::Route,
+        ScriptName::Outcome,
+        ScriptName::MarkReplayed,
+        ScriptName::Claim,
+        ScriptName::Expanded,
+        ScriptName::Trim,
+    ];
+}
+
+async fn load_scripts(conn: &mut ConnectionManager) -> Result<(), StoreError> {
+    for name in ScriptName::ALL {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script_text(name))
+            .query_async::<String>(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn script_text(name: ScriptName) -> String {
+    scripts::with_common(match name {
+        ScriptName::Route => scripts::ROUTE,
+        ScriptName::Outcome => scripts::OUTCOME,
+        ScriptName::MarkReplayed => scripts::MARK_REPLAYED,
+        ScriptName::Claim => scripts::CLAIM,
+        ScriptName::Expanded => scripts::EXPANDED,
+        ScriptName::Trim => scripts::TRIM,
+    })
+}
+
+/// An invocation of a script, to fill with keys and arguments.
+pub(crate) fn script(name: ScriptName) -> redis::ScriptInvocation<'static> {
+    static SCRIPTS: std::sync::LazyLock<Vec<redis::Script>> = std::sync::LazyLock::new(|| {
+        ScriptName::ALL
+            .iter()
+            .map(|n| redis::Script::new(&script_text(*n)))
+            .collect()
+    });
+    let index = ScriptName::ALL
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_default();
+    SCRIPTS[index].prepare_invoke()
 }
 
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(

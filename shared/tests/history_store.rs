@@ -5,50 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use herald_shared::config::{CommonSettings, Source};
-use herald_shared::ids::{new_event_id, random_base62};
+mod common;
+
+use herald_shared::ids::new_event_id;
 use herald_shared::model::{Attempt, Delivery, DeliveryStatus, Event};
 use herald_shared::store::dead_letters::OutcomeRow;
 use herald_shared::store::history::{EventFilter, Routed};
 use herald_shared::store::routing::Claim;
-use herald_shared::store::Store;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-async fn store(prefix: &str, extra: &[(&str, &str)]) -> Store {
-    let mut pairs = vec![("HERALD_REDIS_PREFIX".to_string(), prefix.to_string())];
-    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let settings = CommonSettings::from_source(&Source::from_pairs(pairs)).expect("settings");
-    Store::connect(&settings, &CancellationToken::new())
-        .await
-        .expect("redis")
-}
-
-/// Deletes every key under the test's own prefix, even when the test failed.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut c)
-            .unwrap_or_default();
-        for k in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-        }
-    }
-}
-
-fn prefix() -> (String, Cleanup) {
-    let p = format!("herald-test-{}", random_base62(10));
-    (p.clone(), Cleanup(p))
-}
+use common::TestStore;
 
 fn redis_int(cmd: &str, key: &str) -> i64 {
     let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
@@ -90,8 +56,8 @@ fn headers(uuid: &str, at: i64, extra: &[(&str, &str)]) -> BTreeMap<String, Stri
 #[tokio::test]
 async fn the_api_shows_delivered_retrying_and_dead_deliveries_exactly_as_recorded() {
     // Arrange: one event to three connections, as the router and deliverers record it.
-    let (prefix, _cleanup) = prefix();
-    let store = store(&prefix, &[]).await;
+    let t = TestStore::new().await;
+    let store = &t.store;
     let t = herald_shared::now_ms() - 5_000;
     let uuid = new_event_id();
     let e = event(&uuid, t);
@@ -207,8 +173,8 @@ async fn the_api_shows_delivered_retrying_and_dead_deliveries_exactly_as_recorde
 #[tokio::test]
 async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
     // Arrange: a workspace with a 10 s retention holds 40 events recorded 50 s ago.
-    let (prefix, _cleanup) = prefix();
-    let store = store(&prefix, &[("HERALD_RETENTION", "10s")]).await;
+    let t = TestStore::with(&[("HERALD_RETENTION", "10s")]).await;
+    let (store, prefix) = (&t.store, &t.prefix);
     let now = herald_shared::now_ms();
     let old: Vec<Event> = (0..40)
         .map(|_| event(&new_event_id(), now - 50_000))
@@ -260,12 +226,8 @@ async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
 #[tokio::test]
 async fn a_uuid_is_remembered_for_the_dedup_window_and_no_longer() {
     // Arrange: a 10 s dedup window inside a day's retention; an event expanded once.
-    let (prefix, _cleanup) = prefix();
-    let store = store(
-        &prefix,
-        &[("HERALD_DEDUP_WINDOW", "10s"), ("HERALD_RETENTION", "1d")],
-    )
-    .await;
+    let t = TestStore::with(&[("HERALD_DEDUP_WINDOW", "10s"), ("HERALD_RETENTION", "1d")]).await;
+    let store = &t.store;
     let e = event("producer-uuid-1", herald_shared::now_ms());
     let routed = Routed {
         workspace_id: "ws_a",
@@ -308,12 +270,8 @@ async fn a_uuid_is_remembered_for_the_dedup_window_and_no_longer() {
 #[tokio::test]
 async fn a_dedup_window_longer_than_the_retention_keeps_a_claim_that_expires_with_it() {
     // Arrange: a 10 s retention and a 20 s window; the event's history is trimmed first.
-    let (prefix, _cleanup) = prefix();
-    let store = store(
-        &prefix,
-        &[("HERALD_DEDUP_WINDOW", "20s"), ("HERALD_RETENTION", "10s")],
-    )
-    .await;
+    let t = TestStore::with(&[("HERALD_DEDUP_WINDOW", "20s"), ("HERALD_RETENTION", "10s")]).await;
+    let (store, prefix) = (&t.store, &t.prefix);
     let e = event("producer-uuid-2", herald_shared::now_ms());
     let lease = Duration::from_secs(20);
     store

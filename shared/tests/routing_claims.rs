@@ -3,25 +3,14 @@
 
 use std::time::Duration;
 
-use herald_shared::config::{CommonSettings, Source};
-use herald_shared::ids::random_base62;
+mod common;
+
 use herald_shared::model::{Attempt, Delivery, DeliveryStatus, Event};
 use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::history::Routed;
 use herald_shared::store::routing::Claim;
-use herald_shared::store::Store;
-use tokio_util::sync::CancellationToken;
 
-async fn store(prefix: &str) -> Store {
-    let settings = CommonSettings::from_source(&Source::from_pairs([(
-        "HERALD_REDIS_PREFIX",
-        prefix.to_string(),
-    )]))
-    .expect("settings");
-    Store::connect(&settings, &CancellationToken::new())
-        .await
-        .expect("redis")
-}
+use common::TestStore;
 
 fn event(uuid: &str) -> Event {
     Event {
@@ -34,33 +23,11 @@ fn event(uuid: &str) -> Event {
     }
 }
 
-/// Deletes every key under the test's own prefix, even when the test failed.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut c)
-            .unwrap_or_default();
-        for k in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_event_whose_uuid_spells_another_events_lease_cannot_block_it() {
     // Arrange: event "X:routing" is recorded first, as a hostile producer would send it.
-    let prefix = format!("herald-test-{}", random_base62(10));
-    let _cleanup = Cleanup(prefix.clone());
-    let store = store(&prefix).await;
+    let t = TestStore::new().await;
+    let store = &t.store;
     let hostile = event("X:routing");
     store
         .record_routed(&[Routed {
@@ -126,9 +93,8 @@ fn row(delivery: &Delivery) -> OutcomeRow<'_> {
 async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
     // Arrange: a dead letter, replayed; the deliverer delivers it before the replay's
     // bookkeeping runs (the replay is published first, so this can happen).
-    let prefix = format!("herald-test-{}", random_base62(10));
-    let _cleanup = Cleanup(prefix.clone());
-    let store = store(&prefix).await;
+    let t = TestStore::new().await;
+    let store = &t.store;
     let e = event("evt_r");
     store
         .record_routed(&[Routed {

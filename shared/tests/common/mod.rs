@@ -10,18 +10,22 @@ use tokio_util::sync::CancellationToken;
 pub struct TestStore {
     /// The store.
     pub store: Store,
-    prefix: String,
+    /// Its key prefix (`herald-test-<random>`).
+    pub prefix: String,
 }
 
 impl TestStore {
     /// Connects to the machine's Redis under `herald-test-<random>`.
     pub async fn new() -> Self {
+        Self::with(&[]).await
+    }
+
+    /// The same, with some settings of the test's own (e.g. `HERALD_RETENTION`).
+    pub async fn with(extra: &[(&str, &str)]) -> Self {
         let prefix = format!("herald-test-{}", random_base62(10));
-        let settings = CommonSettings::from_source(&Source::from_pairs([(
-            "HERALD_REDIS_PREFIX",
-            prefix.clone(),
-        )]))
-        .expect("settings");
+        let mut pairs = vec![("HERALD_REDIS_PREFIX".to_string(), prefix.clone())];
+        pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let settings = CommonSettings::from_source(&Source::from_pairs(pairs)).expect("settings");
         let store = Store::connect(&settings, &CancellationToken::new())
             .await
             .expect("redis");

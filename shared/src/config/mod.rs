@@ -203,6 +203,8 @@ pub struct RouterSettings {
     pub prefetch: u16,
     /// `HERALD_ROUTER_JOBS_PER_MESSAGE`: most delivery jobs put in one broker message.
     pub jobs_per_message: usize,
+    /// `HERALD_ROUTER_INFLIGHT_BYTES`: most bytes of event messages handled at once.
+    pub inflight_bytes: usize,
 }
 
 impl RouterSettings {
@@ -218,6 +220,7 @@ impl RouterSettings {
             addr: src.addr("HERALD_ROUTER_ADDR", "127.0.0.1:8081")?,
             prefetch: src.prefetch("HERALD_ROUTER_PREFETCH", 64)?,
             jobs_per_message: src.positive("HERALD_ROUTER_JOBS_PER_MESSAGE", 100)?,
+            inflight_bytes: src.positive("HERALD_ROUTER_INFLIGHT_BYTES", 2 * 1_048_576)?,
         })
     }
 }
@@ -331,6 +334,18 @@ mod tests {
         let src = Source::from_pairs([("HERALD_RETRY_SCHEDULE", "5s,soon")]);
         let err = RouterSettings::from_source(&src).expect_err("must fail");
         assert!(err.to_string().contains("HERALD_RETRY_SCHEDULE"), "{err}");
+    }
+
+    #[test]
+    fn the_router_bounds_its_bytes_in_flight_and_refuses_no_bound() {
+        let s = RouterSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.inflight_bytes, 2 * 1_048_576);
+        let src = Source::from_pairs([("HERALD_ROUTER_INFLIGHT_BYTES", "0")]);
+        let err = RouterSettings::from_source(&src).expect_err("0 is no bound");
+        assert!(
+            err.to_string().contains("HERALD_ROUTER_INFLIGHT_BYTES"),
+            "{err}"
+        );
     }
 
     #[test]

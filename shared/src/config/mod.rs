@@ -364,12 +364,18 @@ mod tests {
         let s = RouterSettings::from_source(&Source::default()).expect("defaults");
         assert_eq!(s.common.redis_mode, RedisMode::Standalone);
         let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
-        let src = Source::from_pairs([("HERALD_REDIS_MODE", "cluster"), ("HERALD_REDIS_URL", seeds)]);
+        let src = Source::from_pairs([
+            ("HERALD_REDIS_MODE", "cluster"),
+            ("HERALD_REDIS_URL", seeds),
+        ]);
         let s = RouterSettings::from_source(&src).expect("seed nodes");
         assert_eq!(s.common.redis_mode, RedisMode::Cluster);
         let src = Source::from_pairs([("HERALD_REDIS_URL", seeds)]);
         let err = RouterSettings::from_source(&src).expect_err("a list needs cluster mode");
-        assert!(err.to_string().contains("HERALD_REDIS_MODE=cluster"), "{err}");
+        assert!(
+            err.to_string().contains("HERALD_REDIS_MODE=cluster"),
+            "{err}"
+        );
         let src = Source::from_pairs([("HERALD_REDIS_MODE", "sentinel")]);
         let err = RouterSettings::from_source(&src).expect_err("unknown mode");
         assert!(err.to_string().contains("HERALD_REDIS_MODE"), "{err}");

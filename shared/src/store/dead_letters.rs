@@ -81,18 +81,20 @@ impl Store {
         let mut written: std::collections::HashMap<&str, usize> = Default::default();
         for row in rows {
             let d = row.delivery;
-            batch.ws(row.workspace_id).invoke_script(
-                super::script(super::ScriptName::Outcome)
-                    .key(self.history_key(row.workspace_id))
-                    .key(self.log_key(row.workspace_id))
-                    .arg(row.uuid)
-                    .arg(row.time_created)
-                    .arg(&d.connection_id)
-                    .arg(d.attempts.len())
-                    .arg(super::record::delivery_body(row.uuid, row.time_created, d))
-                    .arg(floor),
-            )
-            .ignore();
+            batch
+                .ws(row.workspace_id)
+                .invoke_script(
+                    super::script(super::ScriptName::Outcome)
+                        .key(self.history_key(row.workspace_id))
+                        .key(self.log_key(row.workspace_id))
+                        .arg(row.uuid)
+                        .arg(row.time_created)
+                        .arg(&d.connection_id)
+                        .arg(d.attempts.len())
+                        .arg(super::record::delivery_body(row.uuid, row.time_created, d))
+                        .arg(floor),
+                )
+                .ignore();
             *written.entry(row.workspace_id).or_default() += 1;
         }
         for (ws, n) in written {

@@ -150,11 +150,17 @@ impl Store {
         use futures::{StreamExt, TryStreamExt};
         let mut conn = self.conn();
         let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
-        let found: Vec<bool> = futures::stream::iter(&workspaces)
+        let pipes: Vec<redis::Pipeline> = workspaces
+            .iter()
             .map(|ws| {
                 let mut pipe = redis::pipe();
                 pipe.hexists(self.history_key(ws), uuid)
                     .exists(self.legacy_event_key(ws, uuid));
+                pipe
+            })
+            .collect();
+        let found: Vec<bool> = futures::stream::iter(pipes)
+            .map(|pipe| {
                 let mut conn = self.conn();
                 async move {
                     let (kept, legacy): (bool, bool) = pipe.query_async(&mut conn).await?;

@@ -439,12 +439,24 @@ mod tests {
         let root = ws_root_key("herald", ws);
         assert_eq!(root, "herald:ws:{ws_01JABCD3EF}");
         // A producer's uuid may hold braces of its own: only the first pair is the tag.
-        for rest in ["history", "log", "dead", "dl:x.c", "lease:{u}", "idem:a}{b", "conns"] {
+        for rest in [
+            "history",
+            "log",
+            "dead",
+            "dl:x.c",
+            "lease:{u}",
+            "idem:a}{b",
+            "conns",
+        ] {
             let key = format!("{root}:{rest}");
             assert_eq!(get_slot(key.as_bytes()), slot, "{key}");
         }
         assert_eq!(get_slot(root.as_bytes()), slot);
         let other = ws_root_key("herald", "ws_01JZZZZ9ZZ");
-        assert_ne!(get_slot(other.as_bytes()), slot, "workspaces spread over slots");
+        assert_ne!(
+            get_slot(other.as_bytes()),
+            slot,
+            "workspaces spread over slots"
+        );
     }
 }

@@ -30,6 +30,15 @@ pub struct Node {
     pub down: bool,
     /// A master serving at least one slot.
     pub has_slots: bool,
+    /// The slot ranges it serves, first and last slot of each.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl Node {
+    /// True when this node serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
 }
 
 fn connection(port: u16) -> anyhow::Result<redis::Connection> {
@@ -109,6 +118,15 @@ fn parse_node(line: &str) -> anyhow::Result<Node> {
         master_id: (f[3] != "-").then(|| f[3].to_string()),
         down: flags.iter().any(|x| x.starts_with("fail")) || f[7] != "connected",
         has_slots: f.len() > 8,
+        // `[slot->-node]` entries are slots being migrated: not served here yet.
+        slots: f[8..]
+            .iter()
+            .filter(|r| !r.starts_with('['))
+            .filter_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect(),
     })
 }
 
@@ -130,6 +148,19 @@ pub fn masters_of(url: &str) -> anyhow::Result<Vec<u16>> {
         .filter(|n| n.master && n.has_slots && !n.down)
         .map(|n| n.port)
         .collect())
+}
+
+/// The slot of `key` (its hash tag's, if it has one), as the cluster computes it.
+pub fn slot_of(key: &str) -> u16 {
+    redis::cluster_routing::get_slot(key.as_bytes())
+}
+
+/// Whether the node on `port` is a master now (`ROLE`).
+pub fn is_master(port: u16) -> bool {
+    command::<Vec<redis::Value>>(port, &["ROLE"])
+        .ok()
+        .and_then(|r| r.into_iter().next())
+        .is_some_and(|role| matches!(role, redis::Value::BulkString(b) if b == b"master"))
 }
 
 /// SIGKILLs the Redis on `port` (its pid as it reports it).
@@ -179,6 +210,7 @@ mod tests {
         .expect("master");
         assert!(master.master && master.has_slots && !master.down);
         assert_eq!(master.port, 7000);
+        assert!(master.serves(0) && master.serves(5460) && !master.serves(5461));
         let replica =
             parse_node("29f8 127.0.0.1:7004@17004 slave d9d4 0 1796104988000 1 connected")
                 .expect("replica");

@@ -10,6 +10,8 @@
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
+//! - `conn`: one Redis server or a Redis Cluster (`HERALD_REDIS_MODE`), behind one connection.
+//! - `migrate`: the one-time renaming of workspace keys written before they were hash-tagged.
 //!
 //! Key layout (`{p}` is the prefix, `<ws>` a workspace id), with the bound of each. The braces
 //! around `<ws>` are literal: a Redis Cluster hash tag, so every key of a workspace is in the
@@ -45,6 +47,7 @@
 //! {p}:session:{sha256}           portal session JSON, expiring with the session
 //! {p}:ws:{<ws>}:portal           portal settings JSON
 //! {p}:ws:{<ws>}:session-epoch    INCR when every portal session of the workspace is revoked
+//! {p}:keys:tagged                set once the keys of earlier versions were renamed (`migrate`)
 //! ```
 //!
 //! A producer's uuid (which may contain `:`) is only ever the last part of a key, so no uuid can
@@ -57,6 +60,7 @@ mod conn;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+mod migrate;
 pub mod record;
 pub mod routing;
 mod scripts;
@@ -144,13 +148,15 @@ impl Store {
             match RedisConn::open(settings.redis_mode, settings.redis_url.expose_secret()).await {
                 Ok(conn) => {
                     metrics::gauge!("herald_redis_connected").set(1.0);
-                    return Ok(Self {
+                    let store = Self {
                         conn,
                         prefix: settings.redis_prefix.clone(),
                         retention: settings.retention,
                         dedup_window: settings.dedup_window,
                         secrets: std::sync::Arc::new(settings.secrets.clone()),
-                    });
+                    };
+                    store.tag_workspace_keys().await?;
+                    return Ok(store);
                 }
                 Err(e) if cancel.is_cancelled() => return Err(e.into()),
                 Err(e) => {

@@ -179,8 +179,8 @@ async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
     let old: Vec<Event> = (0..40)
         .map(|_| event(&new_event_id(), now - 50_000))
         .collect();
-    let history = format!("{prefix}:ws:ws_busy:history");
-    let log = format!("{prefix}:ws:ws_busy:log");
+    let history = format!("{prefix}:ws:{{ws_busy}}:history");
+    let log = format!("{prefix}:ws:{{ws_busy}}:log");
     for e in &old {
         // One at a time, as a trickle of traffic would come; each write trims what is older.
         let routed = Routed {
@@ -284,7 +284,7 @@ async fn a_dedup_window_longer_than_the_retention_keeps_a_claim_that_expires_wit
         .expect("marked");
 
     // Act and assert: the claim holds past the record, with a TTL of the window.
-    let ttl = redis_int("PTTL", &format!("{prefix}:ws:ws_a:idem:{}", e.uuid));
+    let ttl = redis_int("PTTL", &format!("{prefix}:ws:{{ws_a}}:idem:{}", e.uuid));
     assert!((10_000..=20_000).contains(&ttl), "{ttl}");
     let again = store
         .claim_for_routing("ws_a", &[&e.uuid], lease)

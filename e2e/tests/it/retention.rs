@@ -45,7 +45,7 @@ async fn a_workspace_kept_busy_past_its_retention_holds_only_the_window() {
         .call("GET", &format!("/v1/events/{}", sent[0]), &w.sk, None)
         .await;
     assert_eq!(status, 404, "the first event outlived the retention");
-    let ws = format!("{}:ws:{}", stack.prefix, w.workspace);
+    let ws = format!("{}:ws:{{{}}}", stack.prefix, w.workspace);
     let mut c = redis();
     let kept: i64 = redis::cmd("HLEN")
         .arg(format!("{ws}:history"))

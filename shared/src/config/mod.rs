@@ -33,6 +33,15 @@ pub enum QueueType {
     Quorum,
 }
 
+/// How Herald reaches Redis (`HERALD_REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One Redis server (optionally with replicas behind a failover address).
+    Standalone,
+    /// A Redis Cluster: `HERALD_REDIS_URL` lists seed nodes, comma-separated.
+    Cluster,
+}
+
 /// The shortest `HERALD_RETENTION` and `HERALD_DEDUP_WINDOW`: short enough for a test to watch
 /// state expire, long enough that an event outlives its own routing.
 pub const MIN_WINDOW: Duration = Duration::from_secs(10);
@@ -42,8 +51,10 @@ pub const MIN_WINDOW: Duration = Duration::from_secs(10);
 pub struct CommonSettings {
     /// `HERALD_AMQP_URL`; its vhost isolates one installation.
     pub amqp_url: SecretString,
-    /// `HERALD_REDIS_URL`.
+    /// `HERALD_REDIS_URL`: one URL, or in cluster mode a comma-separated list of seed nodes.
     pub redis_url: SecretString,
+    /// `HERALD_REDIS_MODE`: `standalone` (default) or `cluster`.
+    pub redis_mode: RedisMode,
     /// `HERALD_REDIS_PREFIX`: prefix of every Redis key.
     pub redis_prefix: String,
     /// `HERALD_LOG_FORMAT`.
@@ -98,17 +109,42 @@ impl CommonSettings {
                 &amqp_url,
             ));
         }
+        let redis_mode = match src.string("HERALD_REDIS_MODE", "standalone").as_str() {
+            "standalone" => RedisMode::Standalone,
+            "cluster" => RedisMode::Cluster,
+            other => return Err(invalid("HERALD_REDIS_MODE", "standalone or cluster", other)),
+        };
         let redis_url = src.string("HERALD_REDIS_URL", "redis://127.0.0.1:6379");
-        if redis::parse_redis_url(&redis_url).is_none() {
-            return Err(invalid("HERALD_REDIS_URL", "a redis:// URL", &redis_url));
+        let urls_ok = match redis_mode {
+            RedisMode::Standalone => redis::parse_redis_url(&redis_url).is_some(),
+            RedisMode::Cluster => redis_url
+                .split(',')
+                .all(|u| redis::parse_redis_url(u.trim()).is_some()),
+        };
+        if !urls_ok {
+            let expected = match redis_mode {
+                RedisMode::Standalone if redis_url.contains(',') => {
+                    "a redis:// URL (a list of seed nodes needs HERALD_REDIS_MODE=cluster)"
+                }
+                RedisMode::Standalone => "a redis:// URL",
+                RedisMode::Cluster => "comma-separated redis:// URLs of seed nodes",
+            };
+            return Err(invalid("HERALD_REDIS_URL", expected, &redis_url));
         }
         let redis_prefix = src.string("HERALD_REDIS_PREFIX", "herald");
-        if redis_prefix.contains(char::is_whitespace) {
-            return Err(invalid("HERALD_REDIS_PREFIX", "no spaces", &redis_prefix));
+        // Braces would make the prefix a Redis Cluster hash tag of its own, in place of the
+        // workspace id that spreads workspaces over the cluster's slots.
+        if redis_prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+            return Err(invalid(
+                "HERALD_REDIS_PREFIX",
+                "no spaces or braces",
+                &redis_prefix,
+            ));
         }
         Ok(Self {
             amqp_url: amqp_url.into(),
             redis_url: redis_url.into(),
+            redis_mode,
             redis_prefix,
             log_format,
             queue_type,
@@ -324,6 +360,28 @@ mod tests {
             let err = RouterSettings::from_source(&src).expect_err("under 10 s");
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn redis_mode_is_standalone_by_default_and_cluster_takes_seed_nodes() {
+        let s = RouterSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.common.redis_mode, RedisMode::Standalone);
+        let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        let src = Source::from_pairs([
+            ("HERALD_REDIS_MODE", "cluster"),
+            ("HERALD_REDIS_URL", seeds),
+        ]);
+        let s = RouterSettings::from_source(&src).expect("seed nodes");
+        assert_eq!(s.common.redis_mode, RedisMode::Cluster);
+        let src = Source::from_pairs([("HERALD_REDIS_URL", seeds)]);
+        let err = RouterSettings::from_source(&src).expect_err("a list needs cluster mode");
+        assert!(
+            err.to_string().contains("HERALD_REDIS_MODE=cluster"),
+            "{err}"
+        );
+        let src = Source::from_pairs([("HERALD_REDIS_MODE", "sentinel")]);
+        let err = RouterSettings::from_source(&src).expect_err("unknown mode");
+        assert!(err.to_string().contains("HERALD_REDIS_MODE"), "{err}");
     }
 
     #[test]

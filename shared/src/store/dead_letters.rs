@@ -75,30 +75,34 @@ impl Store {
             return Ok(());
         }
         let ttl = self.retention_secs();
-        let mut pipe = redis::pipe();
+        // One pipeline per workspace (a slot of its own in a cluster).
+        let mut batch = self.batch();
         let floor = crate::now_ms() - super::history::INDEX_FLOOR_MS;
         let mut written: std::collections::HashMap<&str, usize> = Default::default();
         for row in rows {
             let d = row.delivery;
-            pipe.invoke_script(
-                super::script(super::ScriptName::Outcome)
-                    .key(self.history_key(row.workspace_id))
-                    .key(self.log_key(row.workspace_id))
-                    .arg(row.uuid)
-                    .arg(row.time_created)
-                    .arg(&d.connection_id)
-                    .arg(d.attempts.len())
-                    .arg(super::record::delivery_body(row.uuid, row.time_created, d))
-                    .arg(floor),
-            )
-            .ignore();
+            batch
+                .ws(row.workspace_id)
+                .invoke_script(
+                    super::script(super::ScriptName::Outcome)
+                        .key(self.history_key(row.workspace_id))
+                        .key(self.log_key(row.workspace_id))
+                        .arg(row.uuid)
+                        .arg(row.time_created)
+                        .arg(&d.connection_id)
+                        .arg(d.attempts.len())
+                        .arg(super::record::delivery_body(row.uuid, row.time_created, d))
+                        .arg(floor),
+                )
+                .ignore();
             *written.entry(row.workspace_id).or_default() += 1;
         }
         for (ws, n) in written {
-            self.trim_history(&mut pipe, ws, n);
+            self.trim_history(batch.ws(ws), ws, n);
         }
         let cutoff = crate::now_ms() - self.retention.as_millis() as i64;
         for d in dead {
+            let pipe = batch.ws(&d.workspace_id);
             pipe.set_ex(
                 self.dead_key(&d.workspace_id, &d.id),
                 to_json(d),
@@ -114,7 +118,7 @@ impl Store {
                 .ignore();
             pipe.expire(&index, ttl).ignore();
         }
-        self.run(&pipe).await
+        self.run_batch(batch).await
     }
 
     /// One dead letter.

@@ -68,12 +68,12 @@ pub(super) const INDEX_FLOOR_MS: i64 = 60_000;
 const TRIM_EXTRA: usize = 500;
 
 impl Store {
-    /// `{p}:ws:{ws}:history`: HASH uuid -> record.
+    /// `{p}:ws:{<ws>}:history`: HASH uuid -> record.
     pub(super) fn history_key(&self, ws: &str) -> String {
         self.ws_key(ws, "history")
     }
 
-    /// `{p}:ws:{ws}:log`: STREAM of `u` -> uuid, by time.
+    /// `{p}:ws:{<ws>}:log`: STREAM of `u` -> uuid, by time.
     pub(super) fn log_key(&self, ws: &str) -> String {
         self.ws_key(ws, "log")
     }
@@ -108,7 +108,9 @@ impl Store {
             return Ok(());
         }
         let now = crate::now_ms();
-        let mut pipe = redis::pipe();
+        // One pipeline per workspace: a batch of events from many workspaces spans many slots
+        // of a cluster.
+        let mut batch = self.batch();
         let mut written: HashMap<&str, usize> = HashMap::new();
         for item in items {
             let e = item.event;
@@ -132,32 +134,45 @@ impl Store {
                 call.arg(cid)
                     .arg(record::delivery_body(&e.uuid, e.time_created, &pending));
             }
-            pipe.invoke_script(&call).ignore();
+            batch.ws(item.workspace_id).invoke_script(&call).ignore();
             *written.entry(item.workspace_id).or_default() += 1;
         }
         for (ws, n) in written {
-            self.trim_history(&mut pipe, ws, n);
+            self.trim_history(batch.ws(ws), ws, n);
         }
-        self.run(&pipe).await
+        self.run_batch(batch).await
     }
 
     /// The workspaces whose history holds event `uuid` (the console's lookup across
-    /// workspaces): one pipelined HEXISTS per workspace.
+    /// workspaces): a HEXISTS per workspace, in a pipeline per workspace (each in its own slot
+    /// of a cluster), many at a time.
     pub async fn workspaces_with_event(&self, uuid: &str) -> Result<Vec<String>, StoreError> {
+        use futures::{StreamExt, TryStreamExt};
         let mut conn = self.conn();
         let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
-        if workspaces.is_empty() {
-            return Ok(workspaces);
-        }
-        let mut pipe = redis::pipe();
-        for ws in &workspaces {
-            pipe.hexists(self.history_key(ws), uuid);
-            pipe.exists(self.legacy_event_key(ws, uuid));
-        }
-        let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let pipes: Vec<redis::Pipeline> = workspaces
+            .iter()
+            .map(|ws| {
+                let mut pipe = redis::pipe();
+                pipe.hexists(self.history_key(ws), uuid)
+                    .exists(self.legacy_event_key(ws, uuid));
+                pipe
+            })
+            .collect();
+        let found: Vec<bool> = futures::stream::iter(pipes)
+            .map(|pipe| {
+                let mut conn = self.conn();
+                async move {
+                    let (kept, legacy): (bool, bool) = pipe.query_async(&mut conn).await?;
+                    Ok::<_, StoreError>(kept || legacy)
+                }
+            })
+            .buffered(64)
+            .try_collect()
+            .await?;
         Ok(workspaces
             .into_iter()
-            .zip(found.chunks(2).map(|f| f.iter().any(|x| *x)))
+            .zip(found)
             .filter_map(|(ws, f)| f.then_some(ws))
             .collect())
     }

@@ -59,6 +59,10 @@ fn describe() {
         "Events intake refused, by reason."
     );
     describe_counter!(
+        "herald_redis_calls_timed_out_total",
+        "Redis calls that got no answer within 6 s, queueing included (the connection is then replaced)."
+    );
+    describe_counter!(
         "herald_config_loads_total",
         "Workspace configurations read from Redis (after a change, or for a workspace not cached)."
     );

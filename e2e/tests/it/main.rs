@@ -9,6 +9,7 @@ mod isolation;
 mod metrics;
 mod pipeline;
 mod portal;
+mod redis_stall;
 mod retention;
 mod retries;
 mod security;

@@ -126,23 +126,31 @@ impl Store {
         let this = self.clone();
         let ws = ws.to_string();
         let filter = filter.clone();
-        super::scan_newest(&mut self.conn(), &index, cursor, limit, max_scan, |ids| {
-            let this = this.clone();
-            let ws = ws.clone();
-            let filter = filter.clone();
-            async move {
-                let keys: Vec<String> = ids.iter().map(|id| this.dead_key(&ws, id)).collect();
-                let values: Vec<Option<String>> = this.conn().mget(&keys).await?;
-                values
-                    .into_iter()
-                    .zip(keys)
-                    .map(|(v, k)| {
-                        let d = v.map(|v| parse::<DeadLetter>(&k, &v)).transpose()?;
-                        Ok(d.filter(|d| filter.matches(d)))
-                    })
-                    .collect()
-            }
-        })
+        super::paging::scan_newest(
+            &mut self.conn(),
+            &index,
+            cursor,
+            None,
+            limit,
+            max_scan,
+            |ids| {
+                let this = this.clone();
+                let ws = ws.clone();
+                let filter = filter.clone();
+                async move {
+                    let keys: Vec<String> = ids.iter().map(|id| this.dead_key(&ws, id)).collect();
+                    let values: Vec<Option<String>> = this.conn().mget(&keys).await?;
+                    values
+                        .into_iter()
+                        .zip(keys)
+                        .map(|(v, k)| {
+                            let d = v.map(|v| parse::<DeadLetter>(&k, &v)).transpose()?;
+                            Ok(d.filter(|d| filter.matches(d)))
+                        })
+                        .collect()
+                }
+            },
+        )
         .await
     }
 

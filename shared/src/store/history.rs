@@ -38,7 +38,26 @@ pub struct EventFilter {
     pub status: Option<String>,
     /// Only events of this type.
     pub event: Option<String>,
+    /// Only events with a delivery to this connection.
+    pub connection_id: Option<String>,
+    /// Only events created at or after this time (Unix ms): the walk stops there.
+    pub since: Option<i64>,
 }
+
+impl EventFilter {
+    fn matches(&self, r: &EventRecord) -> bool {
+        self.status.as_deref().is_none_or(|s| s == r.status)
+            && self.event.as_deref().is_none_or(|e| e == r.event.event)
+            && self
+                .connection_id
+                .as_deref()
+                .is_none_or(|c| r.deliveries.iter().any(|d| d.connection_id == c))
+    }
+}
+
+/// How many events one list request looks at, at most, before it answers with what it found
+/// and a cursor to go on from (a filter that matches rarely gives short pages, not long reads).
+pub const MAX_SCAN: usize = 5_000;
 
 /// The statuses an event can have.
 pub const EVENT_STATUSES: &[&str] = &["pending", "delivered", "retrying", "dead", "no_match"];
@@ -97,29 +116,15 @@ impl Store {
                 .arg(&item.event.uuid)
                 .ignore();
             pipe.expire(&index, ttl).ignore();
+            self.locate(&mut pipe, item.workspace_id, &item.event.uuid, ttl);
         }
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
-    }
-
-    /// The workspaces whose history holds event `uuid` (the console's lookup across
-    /// workspaces): one pipelined EXISTS per workspace.
-    pub async fn workspaces_with_event(&self, uuid: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn();
-        let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
-        if workspaces.is_empty() {
-            return Ok(workspaces);
-        }
-        let mut pipe = redis::pipe();
-        for ws in &workspaces {
-            pipe.exists(self.event_key(ws, uuid));
-        }
-        let found: Vec<bool> = pipe.query_async(&mut conn).await?;
-        Ok(workspaces
-            .into_iter()
-            .zip(found)
-            .filter_map(|(ws, f)| f.then_some(ws))
-            .collect())
+        // The only answers not ignored: what each event's locator held before.
+        let before: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        let written: Vec<(&str, &str)> = items
+            .iter()
+            .map(|i| (i.workspace_id, i.event.uuid.as_str()))
+            .collect();
+        self.locate_shared(&written, before, ttl).await
     }
 
     /// How many attempts the history holds for one delivery (None: not recorded).
@@ -142,7 +147,8 @@ impl Store {
         record_from_fields(&key, fields)
     }
 
-    /// Events of a workspace, newest first, filtered.
+    /// Events of a workspace, newest first, filtered; from after `cursor`, looking at
+    /// [`MAX_SCAN`] events at most.
     pub async fn list_events(
         &self,
         ws: &str,
@@ -154,28 +160,35 @@ impl Store {
         let this = self.clone();
         let ws = ws.to_string();
         let filter = filter.clone();
-        super::scan_newest(&mut self.conn(), &index, cursor, limit, 5_000, |uuids| {
-            let this = this.clone();
-            let ws = ws.clone();
-            let filter = filter.clone();
-            async move {
-                let mut pipe = redis::pipe();
-                for uuid in &uuids {
-                    pipe.hgetall(this.event_key(&ws, uuid));
+        let since = filter.since;
+        super::paging::scan_newest(
+            &mut self.conn(),
+            &index,
+            cursor,
+            since,
+            limit,
+            MAX_SCAN,
+            |uuids| {
+                let this = this.clone();
+                let ws = ws.clone();
+                let filter = filter.clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    for uuid in &uuids {
+                        pipe.hgetall(this.event_key(&ws, uuid));
+                    }
+                    let all: Vec<HashMap<String, String>> =
+                        pipe.query_async(&mut this.conn()).await?;
+                    all.into_iter()
+                        .zip(uuids)
+                        .map(|(fields, uuid)| {
+                            let record = record_from_fields(&this.event_key(&ws, &uuid), fields)?;
+                            Ok(record.filter(|r| filter.matches(r)))
+                        })
+                        .collect()
                 }
-                let all: Vec<HashMap<String, String>> = pipe.query_async(&mut this.conn()).await?;
-                all.into_iter()
-                    .zip(uuids)
-                    .map(|(fields, uuid)| {
-                        let record = record_from_fields(&this.event_key(&ws, &uuid), fields)?;
-                        Ok(record.filter(|r| {
-                            filter.status.as_deref().is_none_or(|s| s == r.status)
-                                && filter.event.as_deref().is_none_or(|e| e == r.event.event)
-                        }))
-                    })
-                    .collect()
-            }
-        })
+            },
+        )
         .await
     }
 }

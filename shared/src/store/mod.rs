@@ -9,6 +9,8 @@
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
+//! - `locator`: which workspace an event uuid is in (the console's lookup), one key per event.
+//! - `paging`: every list pages by cursor, `(score, member)`, never by offset.
 //!
 //! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
 //! ```text
@@ -20,6 +22,7 @@
 //! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
 //! {p}:ws:{ws}:events             ZSET time_created -> event uuid
 //! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
+//! {p}:loc:{uuid}                 the workspace(s) holding event uuid, expiring with it
 //! {p}:ws:{ws}:lease:{uuid}       a router's short lease while it expands the event
 //! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50)
 //! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
@@ -40,6 +43,8 @@ pub mod cache;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+mod locator;
+mod paging;
 pub mod routing;
 mod sealing;
 pub mod sessions;
@@ -55,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::CommonSettings;
 
 pub use cache::{ConfigCache, WorkspaceConfig};
+pub use paging::Cursor;
 pub use tenants::NewWorkspace;
 
 /// A Redis operation failed, or stored data did not parse.
@@ -197,91 +203,4 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Herald's own types always serialise.
     serde_json::to_string(value).unwrap_or_default()
-}
-
-/// A cursor over a sorted set, newest first: the last score and member returned.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cursor {
-    /// Score of the last item returned.
-    pub score: i64,
-    /// Member of the last item returned.
-    pub member: String,
-}
-
-impl Cursor {
-    /// `score~member`, as put in `next_cursor`.
-    pub fn encode(&self) -> String {
-        format!("{}~{}", self.score, self.member)
-    }
-
-    /// Parses a `next_cursor` value.
-    pub fn decode(text: &str) -> Option<Self> {
-        let (score, member) = text.split_once('~')?;
-        Some(Self {
-            score: score.parse().ok()?,
-            member: member.to_string(),
-        })
-    }
-}
-
-/// Pages through a sorted set newest first, from after `cursor`. `load` turns a batch of
-/// members into items (None for those a filter drops). Stops at `limit` items or after
-/// `max_scan` members; returns the items and the cursor of the next page, if there may be more.
-pub(crate) async fn scan_newest<T, F, Fut>(
-    conn: &mut ConnectionManager,
-    key: &str,
-    cursor: Option<Cursor>,
-    limit: usize,
-    max_scan: usize,
-    mut load: F,
-) -> Result<(Vec<T>, Option<Cursor>), StoreError>
-where
-    F: FnMut(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Option<T>>, StoreError>>,
-{
-    const BATCH: isize = 100;
-    let max = cursor
-        .as_ref()
-        .map(|c| c.score.to_string())
-        .unwrap_or_else(|| "+inf".into());
-    let mut offset: isize = 0;
-    let mut out = Vec::new();
-    let mut scanned = 0;
-    loop {
-        let page: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
-            .arg(key)
-            .arg(&max)
-            .arg("-inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(offset)
-            .arg(BATCH)
-            .query_async(conn)
-            .await?;
-        if page.is_empty() {
-            return Ok((out, None));
-        }
-        offset += page.len() as isize;
-        let page: Vec<(String, i64)> = page
-            .into_iter()
-            .map(|(m, s)| (m, s as i64))
-            .filter(|(m, s)| match &cursor {
-                Some(c) => *s < c.score || (*s == c.score && *m < c.member),
-                None => true,
-            })
-            .collect();
-        if page.is_empty() {
-            continue;
-        }
-        let items = load(page.iter().map(|(m, _)| m.clone()).collect()).await?;
-        for ((member, score), item) in page.into_iter().zip(items) {
-            scanned += 1;
-            if let Some(item) = item {
-                out.push(item);
-            }
-            if out.len() >= limit || scanned >= max_scan {
-                return Ok((out, Some(Cursor { score, member })));
-            }
-        }
-    }
 }

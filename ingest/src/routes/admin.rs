@@ -178,13 +178,25 @@ pub async fn replay_dead_letter(
     params(("ws" = String, Path, description = "Workspace id")),
     request_body = Option<dead_letters::ReplayFilter>,
     responses((status = 200, description = "Done: `status` is `replayed`", body = dead_letters::ReplayedMany),
-        (status = 202, description = "More than 100, in the background: `status` is `replaying`", body = dead_letters::ReplayedMany), Refused))]
+        (status = 202, description = "More than 100 to look at, in the background: `status` is `accepted`; progress at `.../dead-letters/replays/{replay_id}`", body = dead_letters::ReplayedMany), Refused))]
 pub async fn replay_dead_letters(
     State(state): State<AppState>,
     AdminOf(ws): AdminOf,
     OptionalJson(filter): OptionalJson<dead_letters::ReplayFilter>,
 ) -> Result<(StatusCode, Json<dead_letters::ReplayedMany>), ApiError> {
     dead_letters::replay_many_of(&state, &ws, filter).await
+}
+
+/// Where a bulk replay of a workspace's dead letters stands.
+#[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/dead-letters/replays/{id}", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "The `replay_id` a bulk replay answered")),
+    responses((status = 200, description = "Its progress", body = dead_letters::ReplayProgress), Refused))]
+pub async fn replay_progress(
+    State(state): State<AppState>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
+) -> Result<Json<dead_letters::ReplayProgress>, ApiError> {
+    dead_letters::replay_progress_of(&state, &ws, &id).await
 }
 
 /// Discards a dead letter of a workspace.

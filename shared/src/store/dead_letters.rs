@@ -37,7 +37,8 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    fn matches(&self, d: &DeadLetter) -> bool {
+    /// True when `d` is one this filter selects.
+    pub fn matches(&self, d: &DeadLetter) -> bool {
         self.connection_id
             .as_deref()
             .is_none_or(|c| c == d.connection_id)
@@ -62,7 +63,7 @@ return 0
 ";
 
 impl Store {
-    fn dead_key(&self, ws: &str, id: &str) -> String {
+    pub(super) fn dead_key(&self, ws: &str, id: &str) -> String {
         self.ws_key(ws, &format!("dl:{id}"))
     }
 

@@ -10,6 +10,7 @@
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //! - `locator`: which workspace an event uuid is in (the console's lookup), one key per event.
+//! - [`replays`]: bulk replays of dead letters, their progress, and resuming them.
 //! - `paging`: every list pages by cursor, `(score, member)`, never by offset.
 //!
 //! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
@@ -28,6 +29,8 @@
 //! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
 //! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
 //! {p}:ws:{ws}:dl:{id}            dead letter JSON
+//! {p}:ws:{ws}:replay...          a bulk replay of dead letters (see `replays`)
+//! {p}:replays                    ZSET of unfinished bulk replays, to resume
 //! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
 //! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
 //! {p}:session:{sha256}           portal session JSON, expiring with the session
@@ -45,6 +48,7 @@ pub mod health;
 pub mod history;
 mod locator;
 mod paging;
+pub mod replays;
 pub mod routing;
 mod sealing;
 pub mod sessions;

@@ -53,6 +53,9 @@ enum Scenario {
     /// A receiver taking 2 s per request and a burst of --events, so about a thousand
     /// deliveries are in flight: the deliverer's peak RSS.
     Memory,
+    /// A workspace of --events (100,000) delivered events listed page by page: the time of
+    /// page 1, page 50 and the last page.
+    Paging,
     /// Only the raw broker hop.
     Hop,
 }
@@ -88,7 +91,7 @@ struct Args {
     /// Events per single request in the latency scenario (1: `/v1/events`; more: bulk).
     #[arg(long, default_value_t = 1)]
     latency_batch: usize,
-    /// Events sent (scaleout 20000 per phase, memory 2000).
+    /// Events sent (scaleout 20000 per phase, memory 2000, paging 100000).
     #[arg(long)]
     events: Option<u64>,
     /// Deliverer processes (the first phase of scaleout always uses one).
@@ -148,6 +151,7 @@ impl Scenario {
             Scenario::IntakeSingle => (20.0, 0),
             Scenario::Scaleout => (30.0, 50),
             Scenario::Memory => (30.0, 2000),
+            Scenario::Paging => (30.0, 0),
             Scenario::Latency | Scenario::Hop => (30.0, 0),
         }
     }
@@ -228,6 +232,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Scenario::Latency => scenarios::latency::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Scaleout => scenarios::scaleout::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Memory => scenarios::memory::run(&mut ctx, &mut stack, &producer).await?,
+        Scenario::Paging => scenarios::paging::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Hop => {}
     }
     stack.check_alive()?;

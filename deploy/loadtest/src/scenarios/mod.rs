@@ -5,6 +5,7 @@
 //! - [`latency`]: a steady rate of events, timed from intake's 202 to the receiver.
 //! - [`scaleout`]: a slow receiver with one deliverer, then several.
 //! - [`memory`]: a very slow receiver holding about a thousand deliveries in flight.
+//! - [`paging`]: a 100,000-event history listed page by page: page 1, page 50, the last page.
 //! - [`measure`]: the CPU window, waiting for deliveries, the intake and delivery figures, and
 //!   the burst phase scaleout and memory share.
 
@@ -12,6 +13,7 @@ pub mod intake;
 pub mod latency;
 pub mod measure;
 pub mod memory;
+pub mod paging;
 pub mod scaleout;
 pub mod throughput;
 

@@ -50,12 +50,18 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     let mut twice = 0u64;
     let mut per_ms: HashMap<i64, u64> = HashMap::new();
     let mut walk_ms = Vec::new();
+    // The last page with items (a walk that ends exactly at a page's end asks one empty page).
+    let mut last = 0;
     loop {
         let cursor = cursors.last().cloned().unwrap_or_default();
         let started = Instant::now();
         let body = get(stack, &page(&cursor)).await?;
         walk_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-        for e in body["data"].as_array().context("no data")? {
+        let data = body["data"].as_array().context("no data")?;
+        if !data.is_empty() {
+            last = cursors.len() - 1;
+        }
+        for e in data {
             if !seen.insert(e["uuid"].as_str().unwrap_or_default().to_string()) {
                 twice += 1;
             }
@@ -75,7 +81,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     }
 
     let mut figures = Vec::new();
-    for (name, index) in [("page 1", 0), ("page 50", 49), ("last page", pages - 1)] {
+    for (name, index) in [("page 1", 0), ("page 50", 49), ("last page", last)] {
         let mut ms = Vec::with_capacity(REPEATS);
         for _ in 0..REPEATS {
             let started = Instant::now();

@@ -2,7 +2,18 @@
 # Makes sure RabbitMQ and Redis are installed (from Debian's packages) and running on localhost,
 # and that the browser test has Chromium, Node and its one npm package.
 # Safe to run again: it installs and starts only what is missing.
+#
+# `deploy/services.sh cluster` (or HERALD_REDIS_CLUSTER=1) also starts the local Redis Cluster
+# the cluster tests use (see deploy/redis-cluster.sh).
 set -euo pipefail
+
+want_cluster="${HERALD_REDIS_CLUSTER:-0}"
+for arg in "$@"; do
+  case "$arg" in
+    cluster) want_cluster=1 ;;
+    *) echo "usage: $0 [cluster]" >&2; exit 2 ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -45,6 +56,8 @@ for _ in $(seq 1 30); do
 done
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
 echo "==> RabbitMQ and Redis are running on 127.0.0.1"
+
+if [ "$want_cluster" = 1 ]; then "$(dirname "$0")/redis-cluster.sh"; fi
 
 # playwright-core for the browser test, installed again only when the lock file changed.
 browser="$(cd "$(dirname "$0")/.." && pwd)/e2e/browser"

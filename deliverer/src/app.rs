@@ -33,6 +33,9 @@ pub async fn start(
         addr_setting: "HERALD_DELIVERER_ADDR",
         queue: JOBS_QUEUE,
         prefetch: settings.prefetch,
+        // A jobs message is bounded by HERALD_ROUTER_JOBS_PER_MESSAGE, so the prefetch bounds
+        // its bytes too.
+        budget: None,
         queue_depths: QueueDepths::Skip,
         // Jobs that finish after their message was acknowledged (see `flight`); a process
         // killed instead of drained leaves them to their stand-ins.

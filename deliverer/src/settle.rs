@@ -14,7 +14,7 @@ use futures::future::join_all;
 use herald_shared::amqp::{JobsSource, PublishError, Publisher};
 use herald_shared::model::job::delivery_id;
 use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
-use herald_shared::store::dead_letters::DeadLetter;
+use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::Store;
 
 use crate::outcome::Outcome;
@@ -232,16 +232,17 @@ impl Settler {
     /// batch (and its message's ack) and retries.
     pub async fn settle(&self, batch: &[Done]) -> Result<(), SettleError> {
         let plan = plan(batch, herald_shared::now_ms());
-        let rows: Vec<(&str, &str, &Delivery)> = plan
+        let rows: Vec<OutcomeRow> = plan
             .rows
             .iter()
             .map(|(i, delivery)| {
                 let group = &batch[*i].group;
-                (
-                    group.workspace_id.as_str(),
-                    group.event.uuid.as_str(),
+                OutcomeRow {
+                    workspace_id: &group.workspace_id,
+                    uuid: &group.event.uuid,
+                    time_created: group.event.time_created,
                     delivery,
-                )
+                }
             })
             .collect();
         let mut wait = Duration::from_millis(100);

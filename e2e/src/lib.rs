@@ -9,10 +9,15 @@
 //! - [`settings`]: the settings a test stack gives its services.
 //! - [`stack`]: ingest, router and deliverer in-process on port 0 ([`Stack`]).
 //! - [`procs`]: the built binaries as processes ([`Processes`]), for SIGKILL, SIGTERM and load.
+//! - [`cluster`]: the local Redis Cluster of the cluster tests: its nodes, killing one, and
+//!   starting it again.
+//! - [`cut`]: a TCP relay a test can cut ([`CutRelay`]), so one service loses Redis alone.
 //! - [`api`]: the HTTP API as a client sees it ([`Api`]), and [`eventually`] for polling.
 //! - [`receiver`]: the test receiver ([`Receiver`]) and signature verification.
 
 pub mod api;
+pub mod cluster;
+pub mod cut;
 pub mod prefix;
 pub mod procs;
 pub mod receiver;
@@ -21,6 +26,7 @@ pub mod stack;
 pub mod vhost;
 
 pub use api::{eventually, Api, Wired, ADMIN};
+pub use cut::CutRelay;
 pub use prefix::RedisPrefix;
 pub use procs::Processes;
 pub use receiver::{verify, Behaviour, Received, Receiver};

@@ -14,33 +14,61 @@ pub struct RedisPrefix {
 }
 
 impl RedisPrefix {
-    /// Deletes every key under the prefix; returns how many.
+    /// Deletes every key under the prefix; returns how many. `url` may be a Redis Cluster's
+    /// comma-separated seed nodes: then every master is cleared.
     ///
     /// Blocking on purpose: it also runs from `Drop`, where no runtime can be awaited.
     pub fn clear(&self) -> anyhow::Result<usize> {
-        let client = redis::Client::open(self.url.as_str())?;
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(5))?;
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut c)?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
+        // A seed node may be down (a fault test killed it): the first that answers will do.
+        let seeds: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        let mut found = Err(anyhow::anyhow!("no Redis URL"));
+        for seed in &seeds {
+            found = crate::cluster::masters_of(seed).map(|m| (*seed, m));
+            if found.is_ok() {
                 break;
             }
         }
-        for chunk in keys.chunks(1000) {
-            redis::cmd("UNLINK").arg(chunk).query::<()>(&mut c)?;
+        let (seed, masters) = found?;
+        if masters.is_empty() {
+            return clear_node(seed, &self.prefix);
         }
-        Ok(keys.len())
+        let mut cleared = 0;
+        for port in masters {
+            cleared += clear_node(&format!("redis://127.0.0.1:{port}"), &self.prefix)?;
+        }
+        Ok(cleared)
     }
+}
+
+/// Deletes the keys under `prefix` that the Redis at `url` holds, one UNLINK per key (in a
+/// cluster, keys of different slots cannot share a command).
+fn clear_node(url: &str, prefix: &str) -> anyhow::Result<usize> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    for chunk in keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("UNLINK").arg(key).ignore();
+        }
+        pipe.query::<()>(&mut c)?;
+    }
+    Ok(keys.len())
 }
 
 impl Drop for RedisPrefix {

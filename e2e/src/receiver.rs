@@ -29,6 +29,8 @@ pub enum Behaviour {
     RedirectTo(String),
     /// 200 after this long (a slow receiver: requests stay in flight).
     Slow(Duration),
+    /// This status after this long, every time (a slow, failing receiver).
+    SlowFail(Duration, u16),
 }
 
 /// A request as it arrived.
@@ -159,6 +161,14 @@ async fn receive(
         Behaviour::Slow(pause) => {
             tokio::time::sleep(pause).await;
             (StatusCode::OK, "ok, slowly").into_response()
+        }
+        Behaviour::SlowFail(pause, status) => {
+            tokio::time::sleep(pause).await;
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "broken, slowly",
+            )
+                .into_response()
         }
         Behaviour::RedirectTo(to) => {
             (StatusCode::FOUND, [("location", format!("/{to}"))], "moved").into_response()

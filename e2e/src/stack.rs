@@ -100,6 +100,18 @@ impl Stack {
         self.ingest = Some(Service::spawn(cancel, running.wait()));
     }
 
+    /// Stops the router (events wait in `herald.events`).
+    pub async fn stop_router(&mut self) {
+        if let Some(r) = self.router.take() {
+            r.stop().await;
+        }
+    }
+
+    /// The name of the stack's own vhost (for a policy set on it).
+    pub fn vhost_name(&self) -> &str {
+        &self.vhost.name
+    }
+
     /// Starts the router (again, after a test stopped it).
     pub async fn start_router(&mut self) {
         self.router = Some(self.router_service().await);
@@ -127,7 +139,15 @@ impl Stack {
 
     /// Starts the deliverer (again, after a test stopped it).
     pub async fn start_deliverer(&mut self) {
-        let settings = DelivererSettings::from_source(&self.source).expect("settings");
+        self.start_deliverer_with(&[]).await;
+    }
+
+    /// Starts the deliverer with some settings of its own (a Redis reached through a relay).
+    pub async fn start_deliverer_with(&mut self, own: &[(&str, &str)]) {
+        let source = own
+            .iter()
+            .fold(self.source.clone(), |s, (name, value)| s.with(name, value));
+        let settings = DelivererSettings::from_source(&source).expect("settings");
         let cancel = CancellationToken::new();
         let running = herald_deliverer::start(settings, cancel.clone())
             .await

@@ -106,7 +106,9 @@ fn expand(c: &mut Criterion) {
     g.bench_function("group and pack 500 events x 1 job, 100 per message", |b| {
         let ids = vec!["con_00".to_string()];
         b.iter(|| {
-            let groups = (0..500).map(|_| group("wrk_1", &hit, &ids)).collect();
+            let groups = (0..500)
+                .map(|_| group("wrk_1", hit.clone(), ids.clone()))
+                .collect();
             pack(black_box(groups), 100)
         })
     });
@@ -117,7 +119,9 @@ fn expand(c: &mut Criterion) {
         ),
         |b| {
             b.iter(|| {
-                let groups = (0..500).map(|_| group("wrk_1", &hit, &matched)).collect();
+                let groups = (0..500)
+                    .map(|_| group("wrk_1", hit.clone(), matched.clone()))
+                    .collect();
                 pack(black_box(groups), 100)
             })
         },

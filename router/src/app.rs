@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use herald_shared::amqp::topology::EVENTS_QUEUE;
-use herald_shared::amqp::{self, Handled, JobsSource, Message, Origin, PublishError, Publisher};
+use herald_shared::amqp::{
+    self, ByteBudget, Handled, JobsSource, Message, Origin, PublishError, Publisher,
+};
 use herald_shared::config::RouterSettings;
 use herald_shared::ops::QueueDepths;
 use herald_shared::service::{start_worker, Running, WorkerSpec};
@@ -62,6 +64,9 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         addr_setting: "HERALD_ROUTER_ADDR",
         queue: EVENTS_QUEUE,
         prefetch: settings.prefetch,
+        // A bulk message of 500 events takes what a few hundred single ones do: the bytes
+        // handled at once are bounded, not only their count.
+        budget: Some(ByteBudget::new(settings.inflight_bytes)),
         queue_depths: QueueDepths::Sample,
         background: None,
     };
@@ -123,15 +128,21 @@ impl Router {
                 workspace_id: Some(ws),
             };
             self.publisher
-                .quarantine(&raw, &reason.into(), origin, None)
+                .quarantine(raw, &reason.into(), origin, None)
                 .await?;
         }
-        if parsed.events.is_empty() {
+        let events = parsed.events;
+        if events.is_empty() {
             return Ok(Handled::Ack);
         }
 
-        let routed: Vec<Routed> = parsed
-            .events
+        let uuids: Vec<&str> = events.iter().map(|e| e.uuid.as_str()).collect();
+        let claims = self
+            .store
+            .claim_for_routing(ws, &uuids, ROUTING_LEASE)
+            .await
+            .map_err(store_error("claiming events"))?;
+        let routed: Vec<Routed> = events
             .iter()
             .map(|event| Routed {
                 workspace_id: ws,
@@ -139,22 +150,20 @@ impl Router {
                 connection_ids: expand::connections_for(&config, event),
             })
             .collect();
-        let uuids: Vec<&str> = routed.iter().map(|r| r.event.uuid.as_str()).collect();
-        let claims = self
-            .store
-            .claim_for_routing(ws, &uuids, ROUTING_LEASE)
-            .await
-            .map_err(store_error("claiming events"))?;
         self.store
             .record_routed(&routed)
             .await
             .map_err(store_error("recording events"))?;
+        let connection_ids: Vec<Vec<String>> =
+            routed.into_iter().map(|r| r.connection_ids).collect();
 
+        // The events move into their jobs (and the contested into their message) from here on:
+        // a bulk message's events exist once while its jobs are published.
         let mut groups = Vec::new();
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
         let mut contested = Vec::new();
-        for (r, claim) in routed.iter().zip(claims) {
+        for ((event, connection_ids), claim) in events.into_iter().zip(connection_ids).zip(claims) {
             match claim {
                 Claim::Done => {
                     metrics::counter!("herald_router_duplicate_events_total").increment(1);
@@ -162,18 +171,18 @@ impl Router {
                 }
                 // Another router is expanding this uuid right now: look again after it finished.
                 Claim::Contested => {
-                    contested.push(r.event);
+                    contested.push(event);
                     continue;
                 }
                 Claim::Taken => {}
             }
-            fresh.push(r.event.uuid.as_str());
-            if r.connection_ids.is_empty() {
+            fresh.push(event.uuid.clone());
+            if connection_ids.is_empty() {
                 no_match += 1;
-                tracing::info!(event_id = %r.event.uuid, event = %r.event.event, "no rule matched");
+                tracing::info!(event_id = %event.uuid, event = %event.event, "no rule matched");
                 continue;
             }
-            groups.push(expand::group(ws, r.event, &r.connection_ids));
+            groups.push(expand::group(ws, event, connection_ids));
         }
         let jobs: usize = groups.iter().map(|g| g.jobs.len()).sum();
         let messages = expand::pack(groups, self.settings.jobs_per_message);
@@ -184,6 +193,7 @@ impl Router {
         )
         .await?;
 
+        let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
         self.store
             .mark_expanded(ws, &fresh)
             .await

@@ -49,25 +49,43 @@ pub fn connections_for(config: &WorkspaceConfig, event: &Event) -> Vec<String> {
 }
 
 /// Packs groups into broker messages of at most `max_jobs` jobs each. A group bigger than that
-/// is split, so one message never carries an unbounded amount of work.
+/// is split, so one message never carries an unbounded amount of work. Each group's event moves
+/// into the message that takes its last jobs; only the earlier parts of a split group carry a
+/// copy of it.
 pub fn pack(groups: Vec<JobGroup>, max_jobs: usize) -> Vec<Vec<JobGroup>> {
     let max_jobs = max_jobs.max(1);
     let mut messages = Vec::new();
     let mut current: Vec<JobGroup> = Vec::new();
     let mut count = 0;
     for group in groups {
-        let mut jobs = group.jobs;
-        while !jobs.is_empty() {
+        let JobGroup {
+            workspace_id,
+            event,
+            mut jobs,
+        } = group;
+        if jobs.is_empty() {
+            continue;
+        }
+        loop {
             if count == max_jobs {
                 messages.push(std::mem::take(&mut current));
                 count = 0;
             }
-            let take = (max_jobs - count).min(jobs.len());
+            let take = max_jobs - count;
+            if jobs.len() <= take {
+                count += jobs.len();
+                current.push(JobGroup {
+                    workspace_id,
+                    event,
+                    jobs,
+                });
+                break;
+            }
             let rest = jobs.split_off(take);
-            count += jobs.len();
+            count += take;
             current.push(JobGroup {
-                workspace_id: group.workspace_id.clone(),
-                event: group.event.clone(),
+                workspace_id: workspace_id.clone(),
+                event: event.clone(),
                 jobs,
             });
             jobs = rest;
@@ -79,12 +97,12 @@ pub fn pack(groups: Vec<JobGroup>, max_jobs: usize) -> Vec<Vec<JobGroup>> {
     messages
 }
 
-/// One group per event with a job per connection.
-pub fn group(workspace_id: &str, event: &Event, connection_ids: &[String]) -> JobGroup {
+/// One group per event with a job per connection; the event moves in, it is not copied.
+pub fn group(workspace_id: &str, event: Event, connection_ids: Vec<String>) -> JobGroup {
     JobGroup {
         workspace_id: workspace_id.to_string(),
-        event: event.clone(),
-        jobs: connection_ids.iter().map(JobItem::new).collect(),
+        event,
+        jobs: connection_ids.into_iter().map(JobItem::new).collect(),
     }
 }
 
@@ -201,13 +219,26 @@ mod tests {
     fn packing_bounds_jobs_per_message_and_keeps_every_job() {
         let e = event("a", "b");
         let ids: Vec<String> = (0..7).map(|i| format!("con_{i}")).collect();
-        let groups = vec![group("ws", &e, &ids), group("ws", &e, &ids[..2])];
+        let groups = vec![
+            group("ws", e.clone(), ids.clone()),
+            group("ws", e.clone(), ids[..2].to_vec()),
+            group("ws", e, Vec::new()),
+        ];
         let messages = pack(groups, 3);
         let sizes: Vec<usize> = messages
             .iter()
             .map(|m| m.iter().map(|g| g.jobs.len()).sum())
             .collect();
         assert_eq!(sizes, vec![3, 3, 3]);
+        let connections: Vec<&str> = messages
+            .iter()
+            .flatten()
+            .flat_map(|g| g.jobs.iter().map(|j| j.connection_id.as_str()))
+            .collect();
+        let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+        expected.extend(["con_0", "con_1"]);
+        assert_eq!(connections, expected, "every job once, in order");
+        assert!(messages.iter().flatten().all(|g| !g.jobs.is_empty()));
         assert_eq!(pack(Vec::new(), 3).len(), 0);
     }
 }

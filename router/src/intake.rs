@@ -6,12 +6,13 @@ use herald_shared::model::{Envelope, Event};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-/// Events read from one message, and the parts of it that were not valid.
-pub struct Parsed {
+/// Events read from one message, and the parts of it that were not valid (borrowed from the
+/// message body, not copied).
+pub struct Parsed<'a> {
     /// The valid events.
     pub events: Vec<Event>,
     /// Invalid parts: the raw JSON and why.
-    pub rejected: Vec<(Vec<u8>, Rejection)>,
+    pub rejected: Vec<(&'a [u8], Rejection)>,
 }
 
 /// Why a message (or one item of a batch) is quarantined.
@@ -51,14 +52,15 @@ impl From<Rejection> for herald_shared::amqp::Rejection {
 
 /// Reads a message body. `message_id` (the AMQP property) makes the ids of events without a
 /// `uuid` stable across redeliveries; without it the body's hash does.
-pub fn parse(
+pub fn parse<'a>(
     workspace_id: &str,
-    body: &[u8],
+    body: &'a [u8],
     message_id: Option<&str>,
     now_ms: i64,
-) -> Result<Parsed, Rejection> {
+) -> Result<Parsed<'a>, Rejection> {
     let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
-    let items: Vec<Box<RawValue>> = match trimmed.map(|i| body[i]) {
+    // The items borrow from the body: a bulk message is read without a second copy of itself.
+    let items: Vec<&'a RawValue> = match trimmed.map(|i| body[i]) {
         Some(b'[') => {
             serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?
         }
@@ -85,7 +87,7 @@ pub fn parse(
             .map_err(Rejection::InvalidEnvelope);
         match parsed {
             Ok(event) => events.push(event),
-            Err(reason) => rejected.push((raw.get().as_bytes().to_vec(), reason)),
+            Err(reason) => rejected.push((raw.get().as_bytes(), reason)),
         }
     }
     Ok(Parsed { events, rejected })

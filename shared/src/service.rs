@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::{consume, Broker, Handled, Message, Publisher};
+use crate::amqp::{consume, Broker, ByteBudget, Handled, Message, Publisher};
 use crate::config::CommonSettings;
 use crate::ops::QueueDepths;
 use crate::store::{ConfigCache, Store};
@@ -98,6 +98,8 @@ pub struct WorkerSpec {
     pub queue: &'static str,
     /// Unacknowledged messages held at once.
     pub prefetch: u16,
+    /// Bytes of message bodies handled at once, when bounded.
+    pub budget: Option<ByteBudget>,
     /// Whether this worker samples every queue's depth into metrics.
     pub queue_depths: QueueDepths,
     /// Work that outlives its message (acknowledged before it finished): on shutdown it is
@@ -150,6 +152,7 @@ where
         publisher,
         spec.queue,
         spec.prefetch,
+        spec.budget,
         cancel.clone(),
         common.drain_timeout,
         handler,

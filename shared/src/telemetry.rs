@@ -59,6 +59,10 @@ fn describe() {
         "Events intake refused, by reason."
     );
     describe_counter!(
+        "herald_config_loads_total",
+        "Workspace configurations read from Redis (after a change, or for a workspace not cached)."
+    );
+    describe_counter!(
         "herald_router_events_total",
         "Events the router expanded (seen for the first time)."
     );

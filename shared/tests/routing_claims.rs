@@ -3,25 +3,14 @@
 
 use std::time::Duration;
 
-use herald_shared::config::{CommonSettings, Source};
-use herald_shared::ids::random_base62;
+mod common;
+
 use herald_shared::model::{Attempt, Delivery, DeliveryStatus, Event};
-use herald_shared::store::dead_letters::DeadLetter;
+use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::history::Routed;
 use herald_shared::store::routing::Claim;
-use herald_shared::store::Store;
-use tokio_util::sync::CancellationToken;
 
-async fn store(prefix: &str) -> Store {
-    let settings = CommonSettings::from_source(&Source::from_pairs([(
-        "HERALD_REDIS_PREFIX",
-        prefix.to_string(),
-    )]))
-    .expect("settings");
-    Store::connect(&settings, &CancellationToken::new())
-        .await
-        .expect("redis")
-}
+use common::TestStore;
 
 fn event(uuid: &str) -> Event {
     Event {
@@ -34,33 +23,11 @@ fn event(uuid: &str) -> Event {
     }
 }
 
-/// Deletes every key under the test's own prefix, even when the test failed.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut c)
-            .unwrap_or_default();
-        for k in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(k).query(&mut c);
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_event_whose_uuid_spells_another_events_lease_cannot_block_it() {
     // Arrange: event "X:routing" is recorded first, as a hostile producer would send it.
-    let prefix = format!("herald-test-{}", random_base62(10));
-    let _cleanup = Cleanup(prefix.clone());
-    let store = store(&prefix).await;
+    let t = TestStore::new().await;
+    let store = &t.store;
     let hostile = event("X:routing");
     store
         .record_routed(&[Routed {
@@ -113,13 +80,21 @@ fn delivery(status: DeliveryStatus, attempts: Vec<Attempt>, dead: Option<&str>) 
     }
 }
 
+fn row(delivery: &Delivery) -> OutcomeRow<'_> {
+    OutcomeRow {
+        workspace_id: "ws_a",
+        uuid: "evt_r",
+        time_created: 1,
+        delivery,
+    }
+}
+
 #[tokio::test]
 async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
     // Arrange: a dead letter, replayed; the deliverer delivers it before the replay's
     // bookkeeping runs (the replay is published first, so this can happen).
-    let prefix = format!("herald-test-{}", random_base62(10));
-    let _cleanup = Cleanup(prefix.clone());
-    let store = store(&prefix).await;
+    let t = TestStore::new().await;
+    let store = &t.store;
     let e = event("evt_r");
     store
         .record_routed(&[Routed {
@@ -141,7 +116,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
     };
     let as_dead = delivery(DeliveryStatus::Dead, failed.clone(), Some("evt_r.con_1"));
     store
-        .record_outcomes(&[("ws_a", "evt_r", &as_dead)], std::slice::from_ref(&dead))
+        .record_outcomes(&[row(&as_dead)], std::slice::from_ref(&dead))
         .await
         .expect("dead");
     let delivered = delivery(
@@ -150,7 +125,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
         None,
     );
     store
-        .record_outcomes(&[("ws_a", "evt_r", &delivered)], &[])
+        .record_outcomes(&[row(&delivered)], &[])
         .await
         .expect("delivered");
 
@@ -179,10 +154,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
         Some("evt_r.con_1"),
     );
     store
-        .record_outcomes(
-            &[("ws_a", "evt_r", &as_dead_again)],
-            std::slice::from_ref(&again),
-        )
+        .record_outcomes(&[row(&as_dead_again)], std::slice::from_ref(&again))
         .await
         .expect("dead again");
     store.mark_replayed(&dead).await.expect("marked");

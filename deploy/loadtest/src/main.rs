@@ -17,12 +17,14 @@
 //! - [`produce`]: bulk and single-event producers, closed and open loop.
 //! - [`hop`]: the raw broker hop.
 //! - [`procstat`]: CPU and memory from `/proc`.
+//! - [`redisstat`]: Redis's `used_memory` and a census of the run's own keys.
 //! - [`report`]: the table and the JSON.
 
 mod hop;
 mod procstat;
 mod produce;
 mod receiver;
+mod redisstat;
 mod report;
 mod scenarios;
 mod setup;
@@ -53,8 +55,17 @@ enum Scenario {
     /// A receiver taking 2 s per request and a burst of --events, so about a thousand
     /// deliveries are in flight: the deliverer's peak RSS.
     Memory,
-    /// A workspace of --events (100,000) delivered events listed page by page: the time of
-    /// page 1, page 50 and the last page.
+    /// A steady --rate (bulk requests of --batch, default 50) for --duration (default 180 s):
+    /// every --sample-every s Redis's used_memory, bytes per event, each service's RSS and
+    /// deliveries/s; at the end a census of the run's Redis keys. --connections and
+    /// --fail-first give the cost of each further connection and attempt.
+    Soak,
+    /// --events dead letters (default 10,000) replayed by one `POST /v1/dead-letters/replay`
+    /// with an event filter: ingest's RSS before, at its peak, and after.
+    Replay,
+    /// --events events (default 100,000) delivered, then their list walked page by page by
+    /// cursor (the workspace's, or with --list-console the console's search): page 1, page 50
+    /// and the last page timed, and each event checked to be listed once.
     Paging,
     /// Only the raw broker hop.
     Hop,
@@ -79,19 +90,20 @@ struct Args {
     /// Concurrent bulk producers (throughput, scaleout, memory).
     #[arg(long, default_value_t = 4)]
     producers: usize,
-    /// Events per bulk request.
-    #[arg(long, default_value_t = 500)]
-    batch: usize,
+    /// Events per bulk request (soak 50, else 500).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Concurrent clients for intake-single; most requests in flight for latency.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Events per second: latency (default 1000); throughput (default: as fast as possible).
+    /// Events per second: latency and soak (default 1000); throughput (default: as fast as
+    /// possible).
     #[arg(long)]
     rate: Option<f64>,
     /// Events per single request in the latency scenario (1: `/v1/events`; more: bulk).
     #[arg(long, default_value_t = 1)]
     latency_batch: usize,
-    /// Events sent (scaleout 20000 per phase, memory 2000, paging 100000).
+    /// Events sent (scaleout 20000 per phase, memory 2000, replay 10000, paging 100000).
     #[arg(long)]
     events: Option<u64>,
     /// Deliverer processes (the first phase of scaleout always uses one).
@@ -103,6 +115,28 @@ struct Args {
     /// Milliseconds the receiver takes per request (scaleout 50, memory 2000, else 0).
     #[arg(long)]
     receiver_delay_ms: Option<u64>,
+    /// Connections (each with a rule for every event, all to the receiver): each event is
+    /// delivered this many times.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// The receiver answers 500 to the first K attempts of each delivery (the retry schedule
+    /// becomes K+1 times 1 s and the circuit breaker opens only after a million failures,
+    /// unless --set says otherwise).
+    #[arg(long, default_value_t = 0)]
+    fail_first: u32,
+    /// Rows per page in the paging scenario (the API's limit, 1 to 250).
+    #[arg(long, default_value_t = 50)]
+    page_size: usize,
+    /// A filter of the paging scenario's list, e.g. --list-filter status=delivered (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    list_filter: Vec<String>,
+    /// The paging scenario walks the console's search (`GET /v1/admin/events`, which also
+    /// takes connection_id, since and until filters) instead of `GET /v1/events`.
+    #[arg(long)]
+    list_console: bool,
+    /// Seconds between the soak's samples.
+    #[arg(long, default_value_t = 10.0)]
+    sample_every: f64,
     /// Approximate bytes of each event's payload (the delivered body is about 170 more).
     #[arg(long, default_value_t = 240)]
     payload_bytes: usize,
@@ -151,7 +185,8 @@ impl Scenario {
             Scenario::IntakeSingle => (20.0, 0),
             Scenario::Scaleout => (30.0, 50),
             Scenario::Memory => (30.0, 2000),
-            Scenario::Paging => (30.0, 0),
+            Scenario::Soak => (180.0, 0),
+            Scenario::Replay | Scenario::Paging => (0.0, 0),
             Scenario::Latency | Scenario::Hop => (30.0, 0),
         }
     }
@@ -160,6 +195,16 @@ impl Scenario {
 impl Args {
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.duration.unwrap_or(self.scenario.defaults().0))
+    }
+
+    /// Events per bulk request.
+    fn batch(&self) -> usize {
+        let default = if self.scenario == Scenario::Soak {
+            50
+        } else {
+            500
+        };
+        self.batch.unwrap_or(default).max(1)
     }
 
     fn delay(&self) -> Duration {
@@ -232,6 +277,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Scenario::Latency => scenarios::latency::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Scaleout => scenarios::scaleout::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Memory => scenarios::memory::run(&mut ctx, &mut stack, &producer).await?,
+        Scenario::Soak => scenarios::soak::run(&mut ctx, &mut stack, &producer).await?,
+        Scenario::Replay => scenarios::replay::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Paging => scenarios::paging::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Hop => {}
     }

@@ -45,6 +45,12 @@ pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
+/// Resets a process's `VmHWM` to its current RSS (`5` into `/proc/<pid>/clear_refs`, Linux
+/// 4.0 and later), so that the next `VmHWM` is the peak of what follows; false if refused.
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// CPU time used so far (user + system), in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -242,6 +248,24 @@ mod tests {
         assert!(status_mib(me, "VmRSS").is_some_and(|m| m > 0.0));
         assert!(status_mib(me, "VmHWM").is_some_and(|m| m > 0.0));
         assert!(cpu_ticks(me).is_some());
+    }
+
+    #[test]
+    fn a_reset_peak_forgets_memory_given_back() {
+        let me = std::process::id();
+        // 64 MiB touched page by page, then returned to the system (large blocks are unmapped).
+        let mut block = vec![0u8; 64 << 20];
+        for i in (0..block.len()).step_by(4096) {
+            block[i] = 1;
+        }
+        std::hint::black_box(&block);
+        drop(block);
+        let before = status_mib(me, "VmHWM").expect("VmHWM");
+
+        assert!(reset_peak(me));
+
+        let after = status_mib(me, "VmHWM").expect("VmHWM");
+        assert!(after < before - 32.0, "VmHWM {before} MiB -> {after} MiB");
         assert!(machine_ticks().is_some_and(|(busy, total)| busy <= total));
     }
 }

@@ -2,15 +2,20 @@
 //! Webhooks signature with the reference library (one HMAC-SHA256 of a few hundred bytes, a few
 //! microseconds), records when each `webhook-id` first arrived, counts duplicates and failures,
 //! and optionally takes a fixed time per request like a slow destination.
+//!
+//! Connection `i` of a run posts to `/hook/{i}` (the first to `/hook`), so one event delivered
+//! to several connections counts once per connection. The receiver can answer `500` to the
+//! first K attempts of each delivery (`--fail-first`), or to every request while
+//! [`Receiver::set_failing`] holds, to make retries and dead letters.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
@@ -19,15 +24,22 @@ use axum::Router;
 pub struct Receiver {
     clock: Instant,
     delay: Duration,
+    fail_first: u32,
+    failing: AtomicBool,
     webhook: std::sync::OnceLock<standardwebhooks::Webhook>,
-    /// First arrival of each webhook-id, microseconds on the run's clock.
+    /// First successful arrival of each delivery (webhook-id, prefixed with the connection's
+    /// number after the first), microseconds on the run's clock.
     first: Mutex<HashMap<String, u64>>,
+    /// Attempts answered 500 so far, per delivery, while --fail-first is on.
+    refused_attempts: Mutex<HashMap<String, u32>>,
     /// Requests answered.
     pub requests: AtomicU64,
     /// Requests whose webhook-id had arrived before.
     pub duplicates: AtomicU64,
     /// Requests that did not verify (answered 401).
     pub failures: AtomicU64,
+    /// Requests answered 500 on purpose (--fail-first, or while failing).
+    pub refused: AtomicU64,
     in_flight: AtomicU64,
     /// Most requests in flight at once.
     pub max_in_flight: AtomicU64,
@@ -44,24 +56,34 @@ impl Drop for InFlight<'_> {
 }
 
 impl Receiver {
-    /// Starts the server on a free loopback port. `clock` is the run's time origin.
-    pub async fn start(clock: Instant, delay: Duration) -> anyhow::Result<Arc<Self>> {
+    /// Starts the server on a free loopback port. `clock` is the run's time origin; each
+    /// delivery's first `fail_first` attempts are answered 500.
+    pub async fn start(
+        clock: Instant,
+        delay: Duration,
+        fail_first: u32,
+    ) -> anyhow::Result<Arc<Self>> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
         let receiver = Arc::new(Self {
             clock,
             delay,
+            fail_first,
+            failing: AtomicBool::new(false),
             webhook: std::sync::OnceLock::new(),
             first: Mutex::new(HashMap::with_capacity(1 << 20)),
+            refused_attempts: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             url: format!("http://{addr}/hook"),
         });
         let app = Router::new()
-            .route("/hook", post(receive))
+            .route("/hook", post(receive_first))
+            .route("/hook/{connection}", post(receive))
             .with_state(receiver.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -79,7 +101,21 @@ impl Receiver {
         Ok(())
     }
 
-    /// Distinct webhook-ids received.
+    /// The URL connection `i` (from 0) of the run posts to.
+    pub fn url_of(&self, i: usize) -> String {
+        if i == 0 {
+            self.url.clone()
+        } else {
+            format!("{}/{i}", self.url)
+        }
+    }
+
+    /// Answers 500 to every request while `on` (dead letters for the replay scenario).
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, Ordering::Relaxed);
+    }
+
+    /// Distinct deliveries received with a 2xx answer.
     pub fn unique(&self) -> usize {
         self.lock().len()
     }
@@ -96,9 +132,30 @@ impl Receiver {
             &self.requests,
             &self.duplicates,
             &self.failures,
+            &self.refused,
             &self.max_in_flight,
         ] {
             c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this attempt of delivery `key` is one of its first --fail-first (and notes it).
+    fn refuse_attempt(&self, key: &str) -> bool {
+        if self.fail_first == 0 {
+            return false;
+        }
+        let mut refused = self
+            .refused_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = refused.entry(key.to_string()).or_insert(0);
+        if *n < self.fail_first {
+            *n += 1;
+            true
+        } else {
+            // Its attempts are over: the delivery is let through and forgotten here.
+            refused.remove(key);
+            false
         }
     }
 
@@ -107,7 +164,20 @@ impl Receiver {
     }
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive_first(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    receive(State(r), Path(0), headers, body).await
+}
+
+async fn receive(
+    State(r): State<Arc<Receiver>>,
+    Path(connection): Path<usize>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let at = r.clock.elapsed().as_micros() as u64;
     let now = r.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = InFlight(&r);
@@ -125,12 +195,19 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let seen_before = {
-        let mut first = r.lock();
-        if first.contains_key(id) {
-            true
-        } else {
-            first.insert(id.to_string(), at);
+    let key = if connection == 0 {
+        id.to_string()
+    } else {
+        format!("{connection}/{id}")
+    };
+    if r.failing.load(Ordering::Relaxed) || r.refuse_attempt(&key) {
+        r.refused.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let seen_before = match r.lock().entry(key) {
+        std::collections::hash_map::Entry::Occupied(_) => true,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(at);
             false
         }
     };

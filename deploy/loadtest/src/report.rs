@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::hop::HopReport;
 use crate::procstat::WindowReport;
+use crate::redisstat::KeyCensus;
 
 /// One measured number.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +36,23 @@ pub struct Phase {
     pub deliveries_per_second: Vec<u64>,
 }
 
+/// One sample of a soak: Redis, the services' memory and the delivery rate at a moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tick {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    /// Events delivered so far (deliveries / connections).
+    pub delivered_events: u64,
+    /// Deliveries per second since the previous sample.
+    pub deliveries_per_s: f64,
+    /// Redis's `used_memory` (the whole server), bytes.
+    pub used_memory: u64,
+    /// `used_memory` minus its value when the load started, per delivered event.
+    pub bytes_per_event: Option<f64>,
+    /// `VmRSS` of each service process, MiB.
+    pub rss_mib: Vec<(String, f64)>,
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -54,6 +72,10 @@ pub struct Report {
     pub broker_hop_usage: Option<WindowReport>,
     /// The scenario's phases.
     pub phases: Vec<Phase>,
+    /// Samples over time (soak).
+    pub timeline: Vec<Tick>,
+    /// The run's Redis keys by shape, once delivery finished (soak).
+    pub redis_keys: Option<KeyCensus>,
     /// Ratios between phases (e.g. scale-out factor).
     pub ratios: Vec<(String, f64)>,
     /// Anything that went wrong but did not stop the run.
@@ -122,6 +144,10 @@ impl Report {
             println!("  counts: {}", counts.join(", "));
             print_usage(&phase.usage);
         }
+        print_timeline(&self.timeline);
+        if let Some(keys) = &self.redis_keys {
+            print_keys(keys);
+        }
         if !self.ratios.is_empty() {
             println!();
             for (name, r) in &self.ratios {
@@ -158,6 +184,60 @@ fn print_usage(u: &WindowReport) {
                 .map(|m| format!("{m:.1} MiB"))
                 .unwrap_or_else(|| "-".into()),
             p.rss_end_mib
+        );
+    }
+}
+
+fn print_timeline(ticks: &[Tick]) {
+    let Some(first) = ticks.first() else {
+        return;
+    };
+    println!();
+    let names: Vec<&str> = first.rss_mib.iter().map(|(n, _)| n.as_str()).collect();
+    println!(
+        "  {:>7} {:>10} {:>11} {:>13} {:>11}   RSS MiB: {}",
+        "t s",
+        "events",
+        "deliv/s",
+        "used_memory",
+        "B/event",
+        names.join(", ")
+    );
+    for t in ticks {
+        let rss: Vec<String> = t.rss_mib.iter().map(|(_, m)| format!("{m:.1}")).collect();
+        println!(
+            "  {:>7.0} {:>10} {:>11.0} {:>9.1} MiB {:>11}   {}",
+            t.t_s,
+            t.delivered_events,
+            t.deliveries_per_s,
+            t.used_memory as f64 / (1024.0 * 1024.0),
+            t.bytes_per_event
+                .map(|b| format!("{b:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            rss.join(", ")
+        );
+    }
+}
+
+fn print_keys(census: &KeyCensus) {
+    println!();
+    println!(
+        "  the run's Redis keys: {} keys, {:.1} MiB (MEMORY USAGE)",
+        census.keys,
+        census.bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "  {:<44} {:<6} {:>10} {:>12} {:>9}",
+        "key shape", "type", "keys", "bytes", "B/key"
+    );
+    for k in &census.kinds {
+        println!(
+            "  {:<44} {:<6} {:>10} {:>12} {:>9.0}",
+            k.pattern,
+            k.kind,
+            k.keys,
+            k.bytes,
+            k.bytes as f64 / k.keys.max(1) as f64
         );
     }
 }

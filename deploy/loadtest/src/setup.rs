@@ -82,7 +82,8 @@ impl<'a> Setup<'a> {
             env,
             report,
         } = self;
-        let receiver = Receiver::start(clock, args.delay()).await?;
+        let receiver = Receiver::start(clock, args.delay(), args.fail_first).await?;
+        let redis_prefix = redis.prefix.clone();
         let bin_dir = args.bin_dir();
         let launch = Launch {
             log_dir: args
@@ -106,15 +107,20 @@ impl<'a> Setup<'a> {
         let only_ingest = args.only_ingest();
         let stack = stack::start(launch, vhost, redis, first_deliverers, only_ingest).await?;
         let timeout_ms = (args.delay().as_millis() as u64 + 10_000).min(120_000);
-        let (pk, secret) = stack::configure(&stack, &receiver.url, timeout_ms).await?;
-        receiver.set_secret(&secret)?;
+        let urls: Vec<String> = (0..args.connections.max(1))
+            .map(|i| receiver.url_of(i))
+            .collect();
+        let workspace = stack::configure(&stack, &urls, timeout_ms).await?;
+        receiver.set_secret(&workspace.signing_secret)?;
         // Services see configuration changes within HERALD_CONFIG_REFRESH (250 ms by default).
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let producer = Producer::new(&stack.url, &pk, clock)?;
+        let producer = Producer::new(&stack.url, &workspace.publishable_key, clock)?;
         let ctx = Ctx {
             args,
             receiver,
             report,
+            workspace,
+            redis_prefix,
         };
         Ok((ctx, stack, producer))
     }
@@ -147,6 +153,18 @@ fn service_env(args: &Args, amqp_url: &str, name: &str) -> anyhow::Result<Vec<(S
         ] {
             env.push((k.into(), v.into()));
         }
+    }
+    if args.fail_first > 0 {
+        // Enough 1 s retries for the refused attempts and one more; a breaker that would
+        // defer the refused deliveries would measure the ladder, not the attempts.
+        let schedule = vec!["1s"; args.fail_first as usize + 1].join(",");
+        env.push(("HERALD_RETRY_SCHEDULE".into(), schedule));
+        env.push(("HERALD_BREAKER_FAILURES".into(), "1000000".into()));
+    }
+    if args.scenario == Scenario::Replay {
+        // The first refused attempt makes a dead letter at once, however many there are.
+        env.push(("HERALD_RETRY_SCHEDULE".into(), "none".into()));
+        env.push(("HERALD_BREAKER_FAILURES".into(), "1000000".into()));
     }
     for s in &args.settings {
         let (k, v) = s
@@ -182,6 +200,8 @@ fn header(args: &Args, env: &[(String, String)]) -> Report {
         broker_hop: None,
         broker_hop_usage: None,
         phases: Vec::new(),
+        timeline: Vec::new(),
+        redis_keys: None,
         ratios: Vec::new(),
         warnings: Vec::new(),
     }

@@ -79,13 +79,23 @@ async fn call(stack: &Stack, path: &str, token: &str, body: Value) -> anyhow::Re
     Ok(serde_json::from_str(&text)?)
 }
 
-/// Creates a workspace, a connection to `url` and a rule for `load.*`; returns the
-/// publishable key and the connection's signing secret.
+/// The run's workspace as configured.
+pub struct Configured {
+    /// The key events are sent with.
+    pub publishable_key: String,
+    /// The key that reads history and dead letters and replays them.
+    pub secret_key: String,
+    /// The signing secret every connection shares (so one receiver verifies them all).
+    pub signing_secret: String,
+}
+
+/// Creates a workspace, one connection per URL in `urls` (all with the first one's signing
+/// secret) and for each a rule for `load.*`.
 pub async fn configure(
     stack: &Stack,
-    url: &str,
+    urls: &[String],
     timeout_ms: u64,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<Configured> {
     let ws = call(
         stack,
         "/v1/workspaces",
@@ -95,23 +105,31 @@ pub async fn configure(
     .await?;
     let sk = str_field(&ws, "secret_key")?;
     let pk = str_field(&ws, "publishable_key")?;
-    let con = call(
-        stack,
-        "/v1/connections",
-        &sk,
-        json!({"name": "load receiver", "url": url, "timeout_ms": timeout_ms}),
-    )
-    .await?;
-    let secret = str_field(&con, "secret")?;
-    let con_id = str_field(&con, "id")?;
-    call(
-        stack,
-        "/v1/rules",
-        &sk,
-        json!({"event": "load.*", "resource": "order", "connection_id": con_id, "action": "send_webhook"}),
-    )
-    .await?;
-    Ok((pk, secret))
+    let mut signing_secret: Option<String> = None;
+    for (i, url) in urls.iter().enumerate() {
+        let mut body =
+            json!({"name": format!("load receiver {i}"), "url": url, "timeout_ms": timeout_ms});
+        if let Some(secret) = &signing_secret {
+            body["secret"] = json!(secret);
+        }
+        let con = call(stack, "/v1/connections", &sk, body).await?;
+        if signing_secret.is_none() {
+            signing_secret = Some(str_field(&con, "secret")?);
+        }
+        let con_id = str_field(&con, "id")?;
+        call(
+            stack,
+            "/v1/rules",
+            &sk,
+            json!({"event": "load.*", "resource": "order", "connection_id": con_id, "action": "send_webhook"}),
+        )
+        .await?;
+    }
+    Ok(Configured {
+        publishable_key: pk,
+        secret_key: sk,
+        signing_secret: signing_secret.context("no connection to configure")?,
+    })
 }
 
 fn str_field(v: &Value, name: &str) -> anyhow::Result<String> {

@@ -9,6 +9,7 @@ mod kills;
 mod observe;
 mod outages;
 mod poison;
+mod redis_failover;
 mod shutdown;
 mod stream;
 

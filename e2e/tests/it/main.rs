@@ -1,6 +1,7 @@
 //! End-to-end tests: the three services in-process against the real RabbitMQ and Redis, each
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
+mod cluster;
 mod consumer;
 mod contract;
 mod idempotency;
@@ -9,6 +10,7 @@ mod metrics;
 mod paging;
 mod pipeline;
 mod portal;
+mod retention;
 mod retries;
 mod security;
 mod sessions;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use herald_e2e::{eventually, Receiver, Stack, ADMIN};
 use herald_shared::config::CommonSettings;
 use herald_shared::model::{Attempt, Delivery, DeliveryStatus, Event};
-use herald_shared::store::dead_letters::DeadLetter;
+use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::history::Routed;
 use herald_shared::store::replays::Replay;
 use herald_shared::store::Store;
@@ -24,6 +24,13 @@ async fn store_of(stack: &Stack) -> Store {
     Store::connect(&settings, &CancellationToken::new())
         .await
         .expect("redis")
+}
+
+/// A time 50 s ago, the tests' times count from: inside the retention (older dead letters and
+/// log entries are trimmed by every write) and after the log's floor (an event older than a
+/// minute is indexed a minute ago).
+fn recent() -> i64 {
+    herald_shared::now_ms() - 50_000
 }
 
 fn event(uuid: &str, kind: &str, time_created: i64) -> Event {
@@ -101,10 +108,15 @@ async fn seed_dead(store: &Store, ws: &str, connection: &str, events: &[Event], 
                 dead_at: dead_at[(n * 500 + i) % dead_at.len()],
             });
         }
-        let rows: Vec<(&str, &str, &Delivery)> = chunk
+        let rows: Vec<OutcomeRow> = chunk
             .iter()
             .zip(&deliveries)
-            .map(|(e, d)| (ws, e.uuid.as_str(), d))
+            .map(|(e, d)| OutcomeRow {
+                workspace_id: ws,
+                uuid: e.uuid.as_str(),
+                time_created: e.time_created,
+                delivery: d,
+            })
             .collect();
         store.record_outcomes(&rows, &dead).await.expect("recorded");
     }
@@ -154,25 +166,22 @@ fn once_each(pages: &[Vec<Value>], id: impl Fn(&Value) -> String) -> Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_page_through_many_at_one_millisecond_with_none_twice_and_none_skipped() {
-    // Arrange: 750 events at three milliseconds (250 each), so every page boundary of 40
-    // falls among events that share a score.
+    // Arrange: 750 events created at three milliseconds (250 each); the log indexes them in
+    // the order they were recorded, never before their creation, many at one millisecond, so
+    // every page boundary of 40 falls among entries that share one.
     let stack = Stack::start().await;
     let store = store_of(&stack).await;
     let (ws, sk, _) = stack.workspace().await;
-    let events = seed_events(&store, &ws, 750, &[1_000, 2_000, 3_000], &[]).await;
+    let t0 = recent();
+    let events = seed_events(&store, &ws, 750, &[t0 + 1_000, t0 + 2_000, t0 + 3_000], &[]).await;
 
     // Act
     let pages = walk(&stack, "/v1/events?status=no_match", &sk, 40, |_| None).await;
 
-    // Assert: each once, newest first (ties by uuid, as the index orders them), all there.
+    // Assert: each once, newest first (the last recorded first, as the log orders them), all
+    // there.
     let listed = once_each(&pages, |e| e["uuid"].as_str().expect("uuid").into());
-    let mut expected: Vec<(i64, String)> = events
-        .iter()
-        .map(|e| (e.time_created, e.uuid.clone()))
-        .collect();
-    expected.sort();
-    expected.reverse();
-    let expected: Vec<String> = expected.into_iter().map(|(_, u)| u).collect();
+    let expected: Vec<String> = events.iter().rev().map(|e| e.uuid.clone()).collect();
     assert_eq!(listed, expected);
     assert_eq!(pages.len(), 19, "750 events in pages of 40");
     stack.stop().await;
@@ -184,8 +193,9 @@ async fn dead_letters_page_on_when_the_cursors_own_dead_letter_left_the_list() {
     let stack = Stack::start().await;
     let store = store_of(&stack).await;
     let (ws, sk, _) = stack.workspace().await;
-    let events = seed_events(&store, &ws, 300, &[5_000], &["con_a"]).await;
-    seed_dead(&store, &ws, "con_a", &events, &[7_000, 8_000]).await;
+    let t0 = recent();
+    let events = seed_events(&store, &ws, 300, &[t0 + 5_000], &["con_a"]).await;
+    seed_dead(&store, &ws, "con_a", &events, &[t0 + 7_000, t0 + 8_000]).await;
 
     // Act: after each page, its last dead letter (the one the cursor names) is discarded, as
     // a replay or a discard would take it out while someone pages.
@@ -238,8 +248,9 @@ async fn the_console_searches_by_cursor_and_finds_an_event_by_uuid_in_one_read()
     let store = store_of(&stack).await;
     let (a, _, _) = stack.workspace().await;
     let (b, _, _) = stack.workspace().await;
-    let to_a = seed_events(&store, &a, 200, &[10_000, 20_000], &["con_a"]).await;
-    let to_b = seed_events(&store, &a, 200, &[10_000, 20_000], &["con_b"]).await;
+    let (t1, t2) = (recent() + 10_000, recent() + 20_000);
+    let to_a = seed_events(&store, &a, 200, &[t1, t2], &["con_a"]).await;
+    let to_b = seed_events(&store, &a, 200, &[t1, t2], &["con_b"]).await;
     let shared = to_a[0].clone();
     let routed = [Routed {
         workspace_id: &b,
@@ -260,7 +271,7 @@ async fn the_console_searches_by_cursor_and_finds_an_event_by_uuid_in_one_read()
     .await;
     let window = walk(
         &stack,
-        &format!("/v1/admin/events?workspace_id={a}&since=20000&until=20000"),
+        &format!("/v1/admin/events?workspace_id={a}&since={t2}&until={t2}"),
         ADMIN,
         30,
         |_| None,
@@ -278,12 +289,8 @@ async fn the_console_searches_by_cursor_and_finds_an_event_by_uuid_in_one_read()
         .flatten()
         .all(|e| e["workspace_id"] == a.as_str()));
     let in_window = once_each(&window, |e| e["uuid"].as_str().expect("uuid").into());
-    assert_eq!(
-        in_window.len(),
-        200,
-        "100 of con_a and 100 of con_b at 20000"
-    );
-    assert!(window.iter().flatten().all(|e| e["time_created"] == 20_000));
+    assert_eq!(in_window.len(), 200, "100 of con_a and 100 of con_b at t2");
+    assert!(window.iter().flatten().all(|e| e["time_created"] == t2));
 
     // Assert: the lookup by uuid finds the workspace from the event's locator alone, and the
     // uuid both workspaces hold names both.
@@ -341,10 +348,11 @@ async fn a_replay_by_filter_runs_in_the_background_with_its_progress_and_refuses
     let w = stack.wired(&receiver, &["a", "b"]).await;
     let (con_a, con_b) = (w.connections[0].0.clone(), w.connections[1].0.clone());
     let store = store_of(&stack).await;
-    let dead_at: Vec<i64> = (0..10).map(|i| 1_000_000 + i).collect();
-    let for_a = seed_events(&store, &w.workspace, 1_000, &[500_000], &[&con_a]).await;
+    let t0 = recent();
+    let dead_at: Vec<i64> = (0..10).map(|i| t0 + 10_000 + i).collect();
+    let for_a = seed_events(&store, &w.workspace, 1_000, &[t0 + 5_000], &[&con_a]).await;
     seed_dead(&store, &w.workspace, &con_a, &for_a, &dead_at).await;
-    let for_b = seed_events(&store, &w.workspace, 1_000, &[500_000], &[&con_b]).await;
+    let for_b = seed_events(&store, &w.workspace, 1_000, &[t0 + 5_000], &[&con_b]).await;
     seed_dead(&store, &w.workspace, &con_b, &for_b, &dead_at).await;
 
     // Act: replay connection A's; ask for a second replay at once.
@@ -435,8 +443,16 @@ async fn a_replay_its_ingest_let_go_of_is_resumed_where_it_stopped() {
     let w = stack.wired(&receiver, &["a"]).await;
     let con = w.connections[0].0.clone();
     let store = store_of(&stack).await;
-    let events = seed_events(&store, &w.workspace, 300, &[500_000], &[&con]).await;
-    seed_dead(&store, &w.workspace, &con, &events, &[900_000, 900_001]).await;
+    let t0 = recent();
+    let events = seed_events(&store, &w.workspace, 300, &[t0 + 5_000], &[&con]).await;
+    seed_dead(
+        &store,
+        &w.workspace,
+        &con,
+        &events,
+        &[t0 + 9_000, t0 + 9_001],
+    )
+    .await;
     let now = herald_shared::now_ms();
     let mut left = Replay {
         id: herald_shared::ids::new_id("rpl"),

@@ -230,3 +230,100 @@ async fn configuration_changes_reach_the_pipeline_and_keys_are_scoped() {
     assert_eq!(body["error"]["field"], "url");
     stack.stop().await;
 }
+
+/// A policy on a vhost's `herald.events` queue that takes one message and refuses the next;
+/// cleared when dropped.
+struct OneMessageOnly<'a>(&'a str);
+
+impl<'a> OneMessageOnly<'a> {
+    fn set(vhost: &'a str) -> Self {
+        let limit = r#"{"max-length": 1, "overflow": "reject-publish"}"#;
+        rabbitmqctl(&[
+            "set_policy",
+            "-p",
+            vhost,
+            "--apply-to",
+            "queues",
+            "one-message",
+            r"^herald\.events$",
+            limit,
+        ]);
+        Self(vhost)
+    }
+}
+
+impl Drop for OneMessageOnly<'_> {
+    fn drop(&mut self) {
+        rabbitmqctl(&["clear_policy", "-p", self.0, "one-message"]);
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_request_the_broker_confirms_in_part_answers_each_event_for_itself() {
+    // Arrange: the router stopped, and the events queue of the stack's vhost takes one broker
+    // message and refuses (nacks) the next: of a bulk request's two messages of 500 events, one
+    // is confirmed and the other is not.
+    let mut stack = Stack::start().await;
+    let receiver = Receiver::start().await;
+    let w = stack.wired(&receiver, &["a"]).await;
+    stack.stop_router().await;
+    let policy = OneMessageOnly::set(stack.vhost_name());
+    let events: Vec<Value> = (0..1000)
+        .map(|i| json!({"event": "order.created", "resource": "order", "resource_id": format!("o{i}"), "payload": {"i": i}}))
+        .collect();
+
+    // Act
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/v1/events/bulk",
+            &w.pk,
+            Some(json!({ "events": events })),
+        )
+        .await;
+
+    // Assert: 202; one whole message's events have their uuid, every other event is answered
+    // `unavailable` with its own field, so a client sends again exactly those.
+    assert_eq!(status, 202, "{body}");
+    let results = body["results"].as_array().expect("results");
+    let accepted: Vec<(usize, String)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r["uuid"].as_str().map(|u| (i, u.to_string())))
+        .collect();
+    assert_eq!(accepted.len(), 500, "{body}");
+    let first = accepted[0].0;
+    assert!(first == 0 || first == 500, "a whole message is accepted");
+    assert!(accepted
+        .iter()
+        .all(|(i, _)| (first..first + 500).contains(i)));
+    for (i, r) in results.iter().enumerate() {
+        if !(first..first + 500).contains(&i) {
+            assert_eq!(r["error"]["code"], "unavailable", "{r}");
+            assert_eq!(r["error"]["field"], format!("events[{i}]"), "{r}");
+        }
+    }
+    // ... and exactly the accepted events are delivered once the router runs again.
+    drop(policy);
+    stack.start_router().await;
+    receiver.wait_for("a", 500).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut delivered: Vec<String> = receiver
+        .received("a")
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().expect("id").to_string())
+        .collect();
+    delivered.sort();
+    let mut expected: Vec<String> = accepted.into_iter().map(|(_, u)| u).collect();
+    expected.sort();
+    assert_eq!(delivered, expected);
+    stack.stop().await;
+}

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use herald_e2e::{verify, Behaviour, Receiver, Stack};
+use herald_e2e::{verify, Behaviour, CutRelay, Receiver, Stack};
+use herald_shared::amqp::topology::RETRY_EXCHANGE;
+use herald_shared::amqp::Broker;
+use herald_shared::config::CommonSettings;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -294,5 +297,123 @@ async fn gone_stops_retries_and_a_filter_replays_every_matching_dead_letter() {
     }
     let (_, listed) = stack.call("GET", "/v1/dead-letters", &sk, None).await;
     assert_eq!(listed["data"], json!([]));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outcomes_are_written_once_redis_is_back_for_the_deliverer() {
+    // Arrange: the deliverer reaches Redis through a relay the test cuts; one event goes to a
+    // slow healthy endpoint and to a slow failing one (one retry, then the dead-letter queue).
+    let mut stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s")]).await;
+    let relay = CutRelay::start("127.0.0.1:6379".parse().expect("address")).await;
+    stack.stop_deliverer().await;
+    stack
+        .start_deliverer_with(&[("HERALD_REDIS_URL", &format!("redis://{}", relay.addr))])
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set("slow-ok", Behaviour::Slow(Duration::from_millis(800)));
+    receiver.set(
+        "slow-fail",
+        Behaviour::SlowFail(Duration::from_millis(800), 500),
+    );
+    let w = stack.wired(&receiver, &["slow-ok", "slow-fail"]).await;
+    let uuid = stack
+        .send(&w.pk, "order.completed", "order", json!({"n": 1}))
+        .await;
+
+    // Act: Redis goes away for the deliverer alone while both requests are out, so writing
+    // their outcomes fails for 2.5 s.
+    receiver.wait_for("slow-ok", 1).await;
+    receiver.wait_for("slow-fail", 1).await;
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    relay.mend();
+
+    // Assert: nothing of the message was dropped: the delivery is recorded, and the failed one
+    // was retried and dead-lettered with both attempts.
+    let history = stack
+        .event_when(&w.sk, &uuid, "every outcome written", |b| {
+            b["status"] == "dead"
+                && b["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().all(|d| d["status"] != "pending"))
+        })
+        .await;
+    let by_status = |status: &str| {
+        history["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .filter(|d| d["status"] == status)
+            .map(|d| d["attempts"].as_array().map_or(0, Vec::len))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_status("delivered"), vec![1], "{history}");
+    assert_eq!(by_status("dead"), vec![2], "{history}");
+    assert_eq!(receiver.received("slow-ok").len(), 1);
+    assert_eq!(receiver.received("slow-fail").len(), 2);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_whose_settling_fails_again_and_again_keeps_every_outcome() {
+    // Arrange: one event to a slow healthy endpoint and a slow failing one (one retry, then the
+    // dead-letter queue), so one jobs message carries both.
+    let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s")]).await;
+    let receiver = Receiver::start().await;
+    receiver.set("slow-ok", Behaviour::Slow(Duration::from_millis(1500)));
+    receiver.set(
+        "slow-fail",
+        Behaviour::SlowFail(Duration::from_millis(1500), 500),
+    );
+    let w = stack.wired(&receiver, &["slow-ok", "slow-fail"]).await;
+    let common = CommonSettings::from_source(stack.source()).expect("settings");
+    let uuid = stack
+        .send(&w.pk, "order.completed", "order", json!({"n": 1}))
+        .await;
+
+    // Act: while both requests are out, the retry ladder's entry exchange disappears from the
+    // stack's vhost, so publishing the retry fails (and settling the message with it) every
+    // 500 ms until the topology is declared again 3 s later.
+    receiver.wait_for("slow-ok", 1).await;
+    receiver.wait_for("slow-fail", 1).await;
+    let broker = Broker::new(&common, "test-topology");
+    let channel = broker
+        .connection()
+        .await
+        .expect("broker")
+        .create_channel()
+        .await
+        .expect("channel");
+    channel
+        .exchange_delete(RETRY_EXCHANGE, Default::default())
+        .await
+        .expect("delete the ladder's entry");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Broker::new(&common, "test-topology-again")
+        .connection()
+        .await
+        .expect("topology declared again");
+
+    // Assert: nothing of the message was dropped: the delivery is recorded, and the failed one
+    // was retried and dead-lettered with both attempts.
+    let history = stack
+        .event_when(&w.sk, &uuid, "every outcome written", |b| {
+            b["status"] == "dead"
+        })
+        .await;
+    let attempts_by_status = |status: &str| {
+        history["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .filter(|d| d["status"] == status)
+            .map(|d| d["attempts"].as_array().map_or(0, Vec::len))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(attempts_by_status("delivered"), vec![1], "{history}");
+    assert_eq!(attempts_by_status("dead"), vec![2], "{history}");
+    assert_eq!(receiver.received("slow-ok").len(), 1);
+    assert_eq!(receiver.received("slow-fail").len(), 2);
     stack.stop().await;
 }

@@ -122,9 +122,7 @@ impl Broker {
         .await
         .map_err(|_| BrokerError::Unavailable("connection attempt timed out".into()))??;
         Self::bounded("declaring the topology", async {
-            let setup = connection.create_channel().await?;
-            super::topology::declare(&setup, self.queue_type, self.dead_retention).await?;
-            let _ = setup.close(200, "topology declared").await;
+            super::topology::declare(&connection, self.queue_type, self.dead_retention).await?;
             Ok(())
         })
         .await?;

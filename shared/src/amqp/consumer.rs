@@ -19,7 +19,7 @@ use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Origin, PublishError, Publisher, Rejection};
+use super::{ByteBudget, Origin, PublishError, Publisher, Rejection};
 
 /// A consumed message as a handler sees it: what it says, not how to acknowledge it.
 #[derive(Debug)]
@@ -55,13 +55,16 @@ pub enum Handled {
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Consumes `queue` until `cancel` fires, running `handler` for each message on its own task.
-/// The prefetch bounds how many run at once. What the handler returns is carried out here: ack,
-/// nack back to the queue, or quarantine then ack. A handler that panics gets its message once
-/// more, then the message goes to quarantine with its reason.
+/// The prefetch bounds how many messages are held at once and `budget`, when given, how many
+/// bytes of bodies are being handled (a message waits for room before its handler starts and
+/// gives its bytes back once settled). What the handler returns is carried out here: ack, nack
+/// back to the queue, or quarantine then ack. A handler that panics gets its message once more,
+/// then the message goes to quarantine with its reason.
 pub async fn consume<H, F>(
     publisher: Publisher,
     queue: &'static str,
     prefetch: u16,
+    budget: Option<ByteBudget>,
     cancel: CancellationToken,
     drain_timeout: Duration,
     handler: H,
@@ -109,7 +112,12 @@ pub async fn consume<H, F>(
             }
         };
         backoff.reset();
-        tracing::info!(queue, prefetch, "consuming");
+        tracing::info!(
+            queue,
+            prefetch,
+            budget_bytes = budget.as_ref().map(ByteBudget::capacity),
+            "consuming"
+        );
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => {
@@ -122,6 +130,18 @@ pub async fn consume<H, F>(
             };
             match next {
                 Some(Ok(delivery)) => {
+                    let held = match &budget {
+                        None => None,
+                        Some(budget) => tokio::select! {
+                            held = budget.take(delivery.data.len()) => Some(held),
+                            _ = cancel.cancelled() => {
+                                // Not started: closing the channel hands it back with the rest.
+                                let _ = channel.basic_cancel(&tag, BasicCancelOptions::default()).await;
+                                draining = Some(channel);
+                                break 'outer;
+                            }
+                        },
+                    };
                     let handler = handler.clone();
                     let publisher = publisher.clone();
                     let acker = delivery.acker;
@@ -136,6 +156,8 @@ pub async fn consume<H, F>(
                             .catch_unwind()
                             .await;
                         settle(&publisher, &acker, &message, handled).await;
+                        // The body's bytes go back to the budget once the message is settled.
+                        drop(held);
                     });
                 }
                 Some(Err(e)) => {

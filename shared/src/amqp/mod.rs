@@ -5,12 +5,15 @@
 //! - [`publisher`]: every message Herald publishes, one typed method per kind.
 //! - [`consumer`]: a consume loop that survives broker restarts, drains on shutdown, and owns
 //!   ack, requeue and quarantine.
+//! - [`budget`]: the bytes of message bodies a consumer handles at once.
 
+pub mod budget;
 pub mod connection;
 pub mod consumer;
 pub mod publisher;
 pub mod topology;
 
+pub use budget::ByteBudget;
 pub use connection::{Broker, BrokerError};
 pub use consumer::{consume, Handled, Message};
 pub use publisher::{JobsSource, Origin, PublishError, Publisher};

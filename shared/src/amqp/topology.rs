@@ -7,8 +7,10 @@
 //! herald.ladder (topic) --bits of the delay--> [herald.ladder.<2^k>s] --TTL--> herald.ladder.after.<k>
 //!     ... down the ladder, lowest set bit last ...  --> [herald.jobs]
 //! [herald.events.wait] --TTL 1 s--> herald.events   events another router is expanding
-//! herald.dead   (fanout) --> [herald.dead]        jobs whose schedule ran out (archive)
+//! herald.dead   (fanout) --> [herald.dead]        jobs whose schedule ran out (archive;
+//!                                                  retention, 1M messages, 4 GiB)
 //! herald.quarantine (fanout) --> [herald.quarantine]  messages that are not valid input
+//!                                                  (100k messages, 1 GiB)
 //! ```
 //!
 //! Queue type: classic version 2 on one node (`HERALD_QUEUE_TYPE=classic`, the default: the
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Connection, ExchangeKind};
 
 use crate::config::QueueType;
 use crate::retry::LADDER_BITS;
@@ -170,12 +172,107 @@ fn delay_args(ttl: Duration, exchange: &str) -> FieldTable {
     args
 }
 
+/// Most messages and bytes a queue that only collects (and is read by people) may hold: past
+/// them the oldest are dropped, so a flood of bad input or failing deliveries cannot fill the
+/// broker's disk. (The dead-letter index in Redis, which the API reads, is not affected.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// `x-max-length`.
+    pub messages: i64,
+    /// `x-max-length-bytes`.
+    pub bytes: i64,
+}
+
+/// The dead-letter archive's limits (each message also expires after `HERALD_RETENTION`).
+pub const DEAD_LIMITS: QueueLimits = QueueLimits {
+    messages: 1_000_000,
+    bytes: 4 << 30,
+};
+
+/// The quarantine's limits.
+pub const QUARANTINE_LIMITS: QueueLimits = QueueLimits {
+    messages: 100_000,
+    bytes: 1 << 30,
+};
+
+fn with_limits(mut args: FieldTable, limits: QueueLimits) -> FieldTable {
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(limits.messages),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(limits.bytes),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    args
+}
+
+/// Declares a queue with its limits. A queue declared by an earlier version without them
+/// cannot take them in place (RabbitMQ refuses other arguments for a live queue, closing the
+/// channel): it is then declared as it was, with a warning that names the policy that applies
+/// the same limits to it.
+async fn declare_bounded(
+    connection: &Connection,
+    name: &str,
+    args: FieldTable,
+    limits: QueueLimits,
+) -> Result<(), TopologyError> {
+    let err = |source| TopologyError {
+        what: name.to_string(),
+        source,
+    };
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let channel = connection.create_channel().await.map_err(err)?;
+    let bounded = channel
+        .queue_declare(name, queue, with_limits(args.clone(), limits))
+        .await;
+    match bounded {
+        Ok(_) => {
+            let _ = channel.close(200, "declared").await;
+            Ok(())
+        }
+        Err(e) if e.to_string().contains("inequivalent arg") => {
+            tracing::warn!(
+                queue = name,
+                "the queue exists without its length limit (declared by an earlier version); \
+                 apply it with: rabbitmqctl set_policy herald-limits '^herald\\.(dead|quarantine)$' \
+                 '{{\"max-length\":{},\"max-length-bytes\":{},\"overflow\":\"drop-head\"}}' \
+                 --apply-to queues",
+                limits.messages,
+                limits.bytes
+            );
+            let channel = connection.create_channel().await.map_err(err)?;
+            channel
+                .queue_declare(name, queue, args)
+                .await
+                .map_err(err)?;
+            let _ = channel.close(200, "declared").await;
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Declares every exchange, queue and binding. Safe to call again at any time.
 pub async fn declare(
-    channel: &Channel,
+    connection: &Connection,
     queue_type: QueueType,
     dead_retention: Duration,
 ) -> Result<(), TopologyError> {
+    let channel = &connection
+        .create_channel()
+        .await
+        .map_err(|source| TopologyError {
+            what: "a channel".into(),
+            source,
+        })?;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -207,7 +304,7 @@ pub async fn declare(
         durable: true,
         ..Default::default()
     };
-    for name in [EVENTS_QUEUE, JOBS_QUEUE, QUARANTINE_QUEUE] {
+    for name in [EVENTS_QUEUE, JOBS_QUEUE] {
         channel
             .queue_declare(name, queue, queue_args(queue_type))
             .await
@@ -218,10 +315,14 @@ pub async fn declare(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(dead_retention.as_millis().min(i64::MAX as u128) as i64),
     );
-    channel
-        .queue_declare(DEAD_QUEUE, queue, dead_args)
-        .await
-        .map_err(err(DEAD_QUEUE))?;
+    declare_bounded(connection, DEAD_QUEUE, dead_args, DEAD_LIMITS).await?;
+    declare_bounded(
+        connection,
+        QUARANTINE_QUEUE,
+        queue_args(queue_type),
+        QUARANTINE_LIMITS,
+    )
+    .await?;
     for bit in 0..LADDER_BITS {
         let name = delay_queue(bit);
         let ttl = Duration::from_secs(1 << bit);
@@ -261,6 +362,7 @@ pub async fn declare(
     for (exchange, queue, pattern) in ladder_bindings() {
         bind(queue, exchange, pattern).await?;
     }
+    let _ = channel.close(200, "topology declared").await;
     Ok(())
 }
 

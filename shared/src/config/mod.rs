@@ -33,13 +33,28 @@ pub enum QueueType {
     Quorum,
 }
 
+/// How Herald reaches Redis (`HERALD_REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One Redis server (optionally with replicas behind a failover address).
+    Standalone,
+    /// A Redis Cluster: `HERALD_REDIS_URL` lists seed nodes, comma-separated.
+    Cluster,
+}
+
+/// The shortest `HERALD_RETENTION` and `HERALD_DEDUP_WINDOW`: short enough for a test to watch
+/// state expire, long enough that an event outlives its own routing.
+pub const MIN_WINDOW: Duration = Duration::from_secs(10);
+
 /// What every service needs: the broker, Redis, logging, retry and retention policy.
 #[derive(Debug, Clone)]
 pub struct CommonSettings {
     /// `HERALD_AMQP_URL`; its vhost isolates one installation.
     pub amqp_url: SecretString,
-    /// `HERALD_REDIS_URL`.
+    /// `HERALD_REDIS_URL`: one URL, or in cluster mode a comma-separated list of seed nodes.
     pub redis_url: SecretString,
+    /// `HERALD_REDIS_MODE`: `standalone` (default) or `cluster`.
+    pub redis_mode: RedisMode,
     /// `HERALD_REDIS_PREFIX`: prefix of every Redis key.
     pub redis_prefix: String,
     /// `HERALD_LOG_FORMAT`.
@@ -48,8 +63,11 @@ pub struct CommonSettings {
     pub queue_type: QueueType,
     /// `HERALD_RETRY_SCHEDULE`: the delays between attempts.
     pub retry_schedule: RetrySchedule,
-    /// `HERALD_RETENTION`: how long history, dead letters and idempotency keys are kept.
+    /// `HERALD_RETENTION`: how long history and dead letters are kept (at least 10 s).
     pub retention: Duration,
+    /// `HERALD_DEDUP_WINDOW`: how long a producer's uuid is remembered for duplicate detection
+    /// (at least 10 s), independently of the retention.
+    pub dedup_window: Duration,
     /// `HERALD_CONFIG_REFRESH`: how often cached configuration is checked for changes.
     pub config_refresh: Duration,
     /// `HERALD_DRAIN_TIMEOUT`: how long shutdown waits for in-flight work.
@@ -91,22 +109,56 @@ impl CommonSettings {
                 &amqp_url,
             ));
         }
+        let redis_mode = match src.string("HERALD_REDIS_MODE", "standalone").as_str() {
+            "standalone" => RedisMode::Standalone,
+            "cluster" => RedisMode::Cluster,
+            other => return Err(invalid("HERALD_REDIS_MODE", "standalone or cluster", other)),
+        };
         let redis_url = src.string("HERALD_REDIS_URL", "redis://127.0.0.1:6379");
-        if redis::parse_redis_url(&redis_url).is_none() {
-            return Err(invalid("HERALD_REDIS_URL", "a redis:// URL", &redis_url));
+        let urls_ok = match redis_mode {
+            RedisMode::Standalone => redis::parse_redis_url(&redis_url).is_some(),
+            RedisMode::Cluster => redis_url
+                .split(',')
+                .all(|u| redis::parse_redis_url(u.trim()).is_some()),
+        };
+        if !urls_ok {
+            let expected = match redis_mode {
+                RedisMode::Standalone if redis_url.contains(',') => {
+                    "a redis:// URL (a list of seed nodes needs HERALD_REDIS_MODE=cluster)"
+                }
+                RedisMode::Standalone => "a redis:// URL",
+                RedisMode::Cluster => "comma-separated redis:// URLs of seed nodes",
+            };
+            return Err(invalid("HERALD_REDIS_URL", expected, &redis_url));
         }
         let redis_prefix = src.string("HERALD_REDIS_PREFIX", "herald");
-        if redis_prefix.contains(char::is_whitespace) {
-            return Err(invalid("HERALD_REDIS_PREFIX", "no spaces", &redis_prefix));
+        // Braces would make the prefix a Redis Cluster hash tag of its own, in place of the
+        // workspace id that spreads workspaces over the cluster's slots.
+        if redis_prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+            return Err(invalid(
+                "HERALD_REDIS_PREFIX",
+                "no spaces or braces",
+                &redis_prefix,
+            ));
         }
         Ok(Self {
             amqp_url: amqp_url.into(),
             redis_url: redis_url.into(),
+            redis_mode,
             redis_prefix,
             log_format,
             queue_type,
             retry_schedule,
-            retention: src.duration("HERALD_RETENTION", Duration::from_secs(30 * 86_400))?,
+            retention: src.duration_at_least(
+                "HERALD_RETENTION",
+                Duration::from_secs(30 * 86_400),
+                MIN_WINDOW,
+            )?,
+            dedup_window: src.duration_at_least(
+                "HERALD_DEDUP_WINDOW",
+                Duration::from_secs(86_400),
+                MIN_WINDOW,
+            )?,
             config_refresh: src.duration("HERALD_CONFIG_REFRESH", Duration::from_millis(250))?,
             drain_timeout: src.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             metrics_addr: match src.get("HERALD_METRICS_ADDR") {
@@ -187,6 +239,8 @@ pub struct RouterSettings {
     pub prefetch: u16,
     /// `HERALD_ROUTER_JOBS_PER_MESSAGE`: most delivery jobs put in one broker message.
     pub jobs_per_message: usize,
+    /// `HERALD_ROUTER_INFLIGHT_BYTES`: most bytes of event messages handled at once.
+    pub inflight_bytes: usize,
 }
 
 impl RouterSettings {
@@ -202,6 +256,7 @@ impl RouterSettings {
             addr: src.addr("HERALD_ROUTER_ADDR", "127.0.0.1:8081")?,
             prefetch: src.prefetch("HERALD_ROUTER_PREFETCH", 64)?,
             jobs_per_message: src.positive("HERALD_ROUTER_JOBS_PER_MESSAGE", 100)?,
+            inflight_bytes: src.positive("HERALD_ROUTER_INFLIGHT_BYTES", 2 * 1_048_576)?,
         })
     }
 }
@@ -292,6 +347,44 @@ mod tests {
     }
 
     #[test]
+    fn retention_and_dedup_window_accept_ten_seconds_and_no_less() {
+        let s = RouterSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.common.dedup_window, Duration::from_secs(86_400));
+        assert_eq!(s.common.retention, Duration::from_secs(30 * 86_400));
+        let src = Source::from_pairs([("HERALD_RETENTION", "10s"), ("HERALD_DEDUP_WINDOW", "10s")]);
+        let s = RouterSettings::from_source(&src).expect("10 s is allowed");
+        assert_eq!(s.common.retention, Duration::from_secs(10));
+        assert_eq!(s.common.dedup_window, Duration::from_secs(10));
+        for name in ["HERALD_RETENTION", "HERALD_DEDUP_WINDOW"] {
+            let src = Source::from_pairs([(name, "9s")]);
+            let err = RouterSettings::from_source(&src).expect_err("under 10 s");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn redis_mode_is_standalone_by_default_and_cluster_takes_seed_nodes() {
+        let s = RouterSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.common.redis_mode, RedisMode::Standalone);
+        let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        let src = Source::from_pairs([
+            ("HERALD_REDIS_MODE", "cluster"),
+            ("HERALD_REDIS_URL", seeds),
+        ]);
+        let s = RouterSettings::from_source(&src).expect("seed nodes");
+        assert_eq!(s.common.redis_mode, RedisMode::Cluster);
+        let src = Source::from_pairs([("HERALD_REDIS_URL", seeds)]);
+        let err = RouterSettings::from_source(&src).expect_err("a list needs cluster mode");
+        assert!(
+            err.to_string().contains("HERALD_REDIS_MODE=cluster"),
+            "{err}"
+        );
+        let src = Source::from_pairs([("HERALD_REDIS_MODE", "sentinel")]);
+        let err = RouterSettings::from_source(&src).expect_err("unknown mode");
+        assert!(err.to_string().contains("HERALD_REDIS_MODE"), "{err}");
+    }
+
+    #[test]
     fn a_bad_value_names_its_setting() {
         let src = Source::from_pairs([("HERALD_ALLOW_HTTP", "maybe")]);
         let err = IngestSettings::from_source(&src).expect_err("must fail");
@@ -299,6 +392,18 @@ mod tests {
         let src = Source::from_pairs([("HERALD_RETRY_SCHEDULE", "5s,soon")]);
         let err = RouterSettings::from_source(&src).expect_err("must fail");
         assert!(err.to_string().contains("HERALD_RETRY_SCHEDULE"), "{err}");
+    }
+
+    #[test]
+    fn the_router_bounds_its_bytes_in_flight_and_refuses_no_bound() {
+        let s = RouterSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.inflight_bytes, 2 * 1_048_576);
+        let src = Source::from_pairs([("HERALD_ROUTER_INFLIGHT_BYTES", "0")]);
+        let err = RouterSettings::from_source(&src).expect_err("0 is no bound");
+        assert!(
+            err.to_string().contains("HERALD_ROUTER_INFLIGHT_BYTES"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -63,6 +63,13 @@ impl Source {
         }
     }
 
+    /// This source with `name` set to `value` (one service of a stack set apart).
+    pub fn with(&self, name: &str, value: &str) -> Self {
+        let mut values = self.values.clone();
+        values.insert(name.to_string(), value.to_string());
+        Self { values }
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values
             .get(name)
@@ -107,6 +114,21 @@ impl Source {
             Some(v) => crate::duration::parse_duration(v)
                 .ok_or_else(|| invalid(name, "a duration such as 500ms, 30s, 5m, 2h or 7d", v)),
         }
+    }
+
+    /// A duration of at least `min`: shorter values are refused rather than silently raised.
+    pub(crate) fn duration_at_least(
+        &self,
+        name: &'static str,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(name, default)?;
+        if d < min {
+            let expected = format!("a duration of at least {}s", min.as_secs());
+            return Err(invalid(name, &expected, self.get(name).unwrap_or_default()));
+        }
+        Ok(d)
     }
 
     pub(crate) fn addr(

@@ -1,7 +1,8 @@
 //! The configuration cache the router and deliverer read workspaces through.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,14 @@ pub struct WorkspaceConfig {
     pub rules: Vec<Rule>,
 }
 
+/// Whose turn it is to load a workspace, and how the last load went.
+#[derive(Default)]
+struct Loader {
+    turn: tokio::sync::Mutex<()>,
+    finished: AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
+}
+
 struct Cached {
     config: Arc<WorkspaceConfig>,
     stale: bool,
@@ -27,12 +36,17 @@ struct Cached {
 
 /// Configuration as the router and deliverer read it: from memory, reloaded after any change
 /// (a version key polled every `HERALD_CONFIG_REFRESH`), and still served from memory while
-/// Redis is down.
+/// Redis is down. A workspace is loaded by one caller at a time: the thousands of jobs that
+/// find it stale at once wait for that load instead of each reading (and opening the sealed
+/// secrets of) every connection again.
 pub struct ConfigCache {
     store: Store,
     entries: RwLock<HashMap<String, Cached>>,
+    /// One a workspace: its load is made by one caller at a time.
+    loaders: Mutex<HashMap<String, Arc<Loader>>>,
     /// Bumped by every invalidation: a load that started before one is stored as stale.
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
+    loads: AtomicU64,
 }
 
 impl ConfigCache {
@@ -41,28 +55,61 @@ impl ConfigCache {
         Arc::new(Self {
             store,
             entries: RwLock::new(HashMap::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            loaders: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
         })
+    }
+
+    /// How many times a workspace was read from Redis.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, ws: &str) -> Option<(Arc<WorkspaceConfig>, bool)> {
+        self.entries
+            .read()
+            .ok()
+            .and_then(|e| e.get(ws).map(|c| (c.config.clone(), c.stale)))
     }
 
     /// A workspace's configuration: cached, or loaded. When Redis fails and a stale copy is
     /// at hand, the stale copy is used.
     pub async fn workspace(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
-        let cached = self
-            .entries
-            .read()
-            .ok()
-            .and_then(|e| e.get(ws).map(|c| (c.config.clone(), c.stale)));
-        match cached {
-            Some((config, false)) => Ok(config),
-            Some((stale, true)) => match self.load(ws).await {
-                Ok(fresh) => Ok(fresh),
-                Err(e) => {
-                    tracing::warn!(error = %e, workspace_id = ws, "using cached configuration");
-                    Ok(stale)
-                }
-            },
-            None => self.load(ws).await,
+        if let Some((config, false)) = self.cached(ws) {
+            return Ok(config);
+        }
+        let loader = self
+            .loaders
+            .lock()
+            .map(|mut l| l.entry(ws.to_string()).or_default().clone())
+            .unwrap_or_default();
+        let seen = loader.finished.load(Ordering::SeqCst);
+        let _turn = loader.turn.lock().await;
+        // Whoever held the turn before may have loaded it meanwhile, or failed to: a caller
+        // does not wait out another Redis timeout right after one.
+        let cached = self.cached(ws);
+        let just_failed =
+            loader.finished.load(Ordering::SeqCst) != seen && loader.failed.load(Ordering::SeqCst);
+        let loaded = match &cached {
+            Some((config, false)) => return Ok(config.clone()),
+            _ if just_failed => Err(StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "the configuration could not be read just now",
+            )))),
+            _ => self.load(ws).await,
+        };
+        if !just_failed {
+            loader.failed.store(loaded.is_err(), Ordering::SeqCst);
+            loader.finished.fetch_add(1, Ordering::SeqCst);
+        }
+        match (loaded, cached) {
+            (Ok(fresh), _) => Ok(fresh),
+            (Err(e), Some((stale, _))) => {
+                tracing::warn!(error = %e, workspace_id = ws, "using cached configuration");
+                Ok(stale)
+            }
+            (Err(e), None) => Err(e),
         }
     }
 
@@ -76,8 +123,9 @@ impl ConfigCache {
     /// Reads a workspace from Redis and caches it; fresh only if no change was announced while
     /// it was being read (otherwise the next use reads again).
     async fn load(&self, ws: &str) -> Result<Arc<WorkspaceConfig>, StoreError> {
-        use std::sync::atomic::Ordering;
         let generation = self.generation.load(Ordering::SeqCst);
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herald_config_loads_total").increment(1);
         let config = Arc::new(self.store.load_workspace_config(ws).await?);
         if let Ok(mut e) = self.entries.write() {
             e.insert(
@@ -93,8 +141,7 @@ impl ConfigCache {
 
     /// Marks every entry stale (they reload on next use).
     pub fn invalidate(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut e) = self.entries.write() {
             e.values_mut().for_each(|c| c.stale = true);
         }

@@ -46,49 +46,64 @@ impl DeadLetterFilter {
     }
 }
 
-/// The compare-and-set of [`Store::mark_replayed`]. KEYS: the dead letter, the dead-letter
-/// index, the event's hash. ARGV: dead-letter id, its dead_at, the delivery's field, its number
-/// of attempts when it died, the pending delivery JSON.
-const MARK_REPLAYED: &str = r"
-local dead = redis.call('GET', KEYS[1])
-if dead and cjson.decode(dead).dead_at == tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-local current = redis.call('HGET', KEYS[3], ARGV[3])
-if current and #cjson.decode(current).attempts == tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
-end
-return 0
-";
+/// Where one delivery stands, to record: its workspace and event, and the delivery.
+pub struct OutcomeRow<'a> {
+    /// The workspace.
+    pub workspace_id: &'a str,
+    /// The event's uuid.
+    pub uuid: &'a str,
+    /// The event's `time_created` (the record keeps times relative to it).
+    pub time_created: i64,
+    /// The delivery as it now stands.
+    pub delivery: &'a Delivery,
+}
 
 impl Store {
     pub(super) fn dead_key(&self, ws: &str, id: &str) -> String {
         self.ws_key(ws, &format!("dl:{id}"))
     }
 
-    /// Writes deliveries and new dead letters in one round trip (the deliverer's outcome write).
+    /// Writes deliveries and new dead letters in one round trip (the deliverer's outcome
+    /// write). Each dead letter keeps its own expiry (a retention after it died); the
+    /// dead-letter index is trimmed to the retention by score with every write, so neither
+    /// grows while a workspace keeps failing.
     pub async fn record_outcomes(
         &self,
-        deliveries: &[(&str, &str, &Delivery)],
+        rows: &[OutcomeRow<'_>],
         dead: &[DeadLetter],
     ) -> Result<(), StoreError> {
-        if deliveries.is_empty() && dead.is_empty() {
+        if rows.is_empty() && dead.is_empty() {
             return Ok(());
         }
         let ttl = self.retention_secs();
-        let mut pipe = redis::pipe();
-        for (ws, uuid, delivery) in deliveries {
-            let key = self.event_key(ws, uuid);
-            pipe.hset(
-                &key,
-                format!("d:{}", delivery.connection_id),
-                to_json(delivery),
-            )
-            .ignore();
-            pipe.expire(&key, ttl).ignore();
+        // One pipeline per workspace (a slot of its own in a cluster).
+        let mut batch = self.batch();
+        let floor = crate::now_ms() - super::history::INDEX_FLOOR_MS;
+        let mut written: std::collections::HashMap<&str, usize> = Default::default();
+        for row in rows {
+            let d = row.delivery;
+            batch
+                .ws(row.workspace_id)
+                .invoke_script(
+                    super::script(super::ScriptName::Outcome)
+                        .key(self.history_key(row.workspace_id))
+                        .key(self.log_key(row.workspace_id))
+                        .arg(row.uuid)
+                        .arg(row.time_created)
+                        .arg(&d.connection_id)
+                        .arg(d.attempts.len())
+                        .arg(super::record::delivery_body(row.uuid, row.time_created, d))
+                        .arg(floor),
+                )
+                .ignore();
+            *written.entry(row.workspace_id).or_default() += 1;
         }
+        for (ws, n) in written {
+            self.trim_history(batch.ws(ws), ws, n);
+        }
+        let cutoff = crate::now_ms() - self.retention.as_millis() as i64;
         for d in dead {
+            let pipe = batch.ws(&d.workspace_id);
             pipe.set_ex(
                 self.dead_key(&d.workspace_id, &d.id),
                 to_json(d),
@@ -97,10 +112,14 @@ impl Store {
             .ignore();
             let index = self.ws_key(&d.workspace_id, "dead");
             pipe.zadd(&index, &d.id, d.dead_at).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(format!("({cutoff}"))
+                .ignore();
             pipe.expire(&index, ttl).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
+        self.run_batch(batch).await
     }
 
     /// One dead letter.
@@ -180,17 +199,21 @@ impl Store {
             dead_letter_id: None,
             updated_at: crate::now_ms(),
         };
-        redis::Script::new(MARK_REPLAYED)
-            .key(self.dead_key(&d.workspace_id, &d.id))
-            .key(self.ws_key(&d.workspace_id, "dead"))
-            .key(self.event_key(&d.workspace_id, &d.event.uuid))
-            .arg(&d.id)
-            .arg(d.dead_at)
-            .arg(format!("d:{}", d.connection_id))
-            .arg(d.attempts.len())
-            .arg(to_json(&pending))
-            .invoke_async::<()>(&mut self.conn())
-            .await?;
-        Ok(())
+        let body = super::record::delivery_body(&d.event.uuid, d.event.time_created, &pending);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(
+            super::script(super::ScriptName::MarkReplayed)
+                .key(self.dead_key(&d.workspace_id, &d.id))
+                .key(self.ws_key(&d.workspace_id, "dead"))
+                .key(self.history_key(&d.workspace_id))
+                .arg(&d.id)
+                .arg(d.dead_at)
+                .arg(&d.event.uuid)
+                .arg(&d.connection_id)
+                .arg(d.attempts.len())
+                .arg(body),
+        )
+        .ignore();
+        self.run(&pipe).await
     }
 }

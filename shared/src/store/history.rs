@@ -1,12 +1,14 @@
 //! The delivery history: each event, where each of its deliveries stands, and every attempt.
-//! Writes are pipelined so a batch of events or outcomes costs one Redis round trip.
+//! A workspace keeps one record per event in its `history` hash (the compact text of
+//! `record`) and one entry per event in its `log` stream, ordered by time; both are trimmed to
+//! the retention by every write (`scripts::TRIM`). Writes are pipelined so a batch of events or
+//! outcomes costs one Redis round trip.
 
 use std::collections::HashMap;
 
-use redis::AsyncCommands;
 use serde::Serialize;
 
-use super::{parse, to_json, Cursor, Store, StoreError};
+use super::{parse, record, Cursor, Store, StoreError};
 use crate::model::{Delivery, DeliveryStatus, Event};
 
 /// An event as routed: its workspace and the connections it goes to.
@@ -46,7 +48,8 @@ pub struct EventFilter {
 
 impl EventFilter {
     fn matches(&self, r: &EventRecord) -> bool {
-        self.status.as_deref().is_none_or(|s| s == r.status)
+        self.since.is_none_or(|t| r.event.time_created >= t)
+            && self.status.as_deref().is_none_or(|s| s == r.status)
             && self.event.as_deref().is_none_or(|e| e == r.event.event)
             && self
                 .connection_id
@@ -76,9 +79,45 @@ pub fn event_status(routed: Option<usize>, deliveries: &[Delivery]) -> &'static 
     }
 }
 
+/// How far before now an event is indexed at the earliest (see `scripts`).
+pub(super) const INDEX_FLOOR_MS: i64 = 60_000;
+
+/// Most log entries one write trims beyond twice what it adds: a workspace that was idle past
+/// its retention catches up over a few writes.
+const TRIM_EXTRA: usize = 500;
+
 impl Store {
-    pub(super) fn event_key(&self, ws: &str, uuid: &str) -> String {
+    /// `{p}:ws:{<ws>}:history`: HASH uuid -> record.
+    pub(super) fn history_key(&self, ws: &str) -> String {
+        self.ws_key(ws, "history")
+    }
+
+    /// `{p}:ws:{<ws>}:log`: STREAM of `u` -> uuid, by time.
+    pub(super) fn log_key(&self, ws: &str) -> String {
+        self.ws_key(ws, "log")
+    }
+
+    /// The hash an event had before records were compact (read only; it expires by itself).
+    pub(super) fn legacy_event_key(&self, ws: &str, uuid: &str) -> String {
         self.ws_key(ws, &format!("evt:{uuid}"))
+    }
+
+    /// Adds to `pipe` what bounds a workspace's history while it keeps writing: the log and
+    /// the records older than the retention go (at most `2 * written + 500` per call), and the
+    /// two keys expire a retention after the last write (they hold nothing older by then).
+    pub(super) fn trim_history(&self, pipe: &mut redis::Pipeline, ws: &str, written: usize) {
+        let cutoff = crate::now_ms() - self.retention.as_millis() as i64;
+        pipe.invoke_script(
+            super::script(super::ScriptName::Trim)
+                .key(self.history_key(ws))
+                .key(self.log_key(ws))
+                .arg(cutoff)
+                .arg(2 * written + TRIM_EXTRA),
+        )
+        .ignore();
+        let ttl = self.retention_secs();
+        pipe.expire(self.history_key(ws), ttl).ignore();
+        pipe.expire(self.log_key(ws), ttl).ignore();
     }
 
     /// Records routed events and their pending deliveries. Never overwrites what is already
@@ -87,14 +126,21 @@ impl Store {
         if items.is_empty() {
             return Ok(());
         }
-        let ttl = self.retention_secs();
         let now = crate::now_ms();
-        let mut pipe = redis::pipe();
+        // One pipeline per workspace: a batch of events from many workspaces spans many slots
+        // of a cluster.
+        let mut batch = self.batch();
+        let mut written: HashMap<&str, usize> = HashMap::new();
         for item in items {
-            let key = self.event_key(item.workspace_id, &item.event.uuid);
-            pipe.hset_nx(&key, "event", to_json(item.event)).ignore();
-            pipe.hset_nx(&key, "routed", item.connection_ids.len())
-                .ignore();
+            let e = item.event;
+            let mut call = super::script(super::ScriptName::Route);
+            call.key(self.history_key(item.workspace_id))
+                .key(self.log_key(item.workspace_id))
+                .arg(&e.uuid)
+                .arg(e.time_created)
+                .arg(item.connection_ids.len())
+                .arg(record::event_part(e))
+                .arg(now - INDEX_FLOOR_MS);
             for cid in &item.connection_ids {
                 let pending = Delivery {
                     connection_id: cid.clone(),
@@ -104,27 +150,23 @@ impl Store {
                     dead_letter_id: None,
                     updated_at: now,
                 };
-                pipe.hset_nx(&key, format!("d:{cid}"), to_json(&pending))
-                    .ignore();
+                call.arg(cid)
+                    .arg(record::delivery_body(&e.uuid, e.time_created, &pending));
             }
-            pipe.expire(&key, ttl).ignore();
-            let index = self.ws_key(item.workspace_id, "events");
-            pipe.cmd("ZADD")
-                .arg(&index)
-                .arg("NX")
-                .arg(item.event.time_created)
-                .arg(&item.event.uuid)
-                .ignore();
-            pipe.expire(&index, ttl).ignore();
-            self.locate(&mut pipe, item.workspace_id, &item.event.uuid, ttl);
+            batch.ws(item.workspace_id).invoke_script(&call).ignore();
+            *written.entry(item.workspace_id).or_default() += 1;
         }
-        // The only answers not ignored: what each event's locator held before.
-        let before: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
-        let written: Vec<(&str, &str)> = items
+        for (ws, n) in written {
+            self.trim_history(batch.ws(ws), ws, n);
+        }
+        // Each event's locator is a key of its own (its own slot in a cluster), written apart
+        // from the workspaces' pipelines.
+        let located: Vec<(&str, &str)> = items
             .iter()
             .map(|i| (i.workspace_id, i.event.uuid.as_str()))
             .collect();
-        self.locate_shared(&written, before, ttl).await
+        futures::try_join!(self.run_batch(batch), self.locate(&located))?;
+        Ok(())
     }
 
     /// How many attempts the history holds for one delivery (None: not recorded).
@@ -134,21 +176,79 @@ impl Store {
         uuid: &str,
         connection_id: &str,
     ) -> Result<Option<usize>, StoreError> {
-        let key = self.event_key(ws, uuid);
-        let raw: Option<String> = self.conn().hget(&key, format!("d:{connection_id}")).await?;
-        raw.map(|json| parse::<Delivery>(&key, &json).map(|d| d.attempts.len()))
-            .transpose()
+        let record = self.load_records(ws, &[uuid.to_string()]).await?;
+        Ok(record.into_iter().flatten().next().and_then(|r| {
+            r.deliveries
+                .iter()
+                .find(|d| d.connection_id == connection_id)
+                .map(|d| d.attempts.len())
+        }))
     }
 
     /// An event with its deliveries.
     pub async fn get_event(&self, ws: &str, uuid: &str) -> Result<Option<EventRecord>, StoreError> {
-        let key = self.event_key(ws, uuid);
-        let fields: HashMap<String, String> = self.conn().hgetall(&key).await?;
-        record_from_fields(&key, fields)
+        let records = self.load_records(ws, &[uuid.to_string()]).await?;
+        Ok(records
+            .into_iter()
+            .next()
+            .flatten()
+            .and_then(Partial::into_record))
     }
 
-    /// Events of a workspace, newest first, filtered; from after `cursor`, looking at
-    /// [`MAX_SCAN`] events at most.
+    /// The records of `uuids` (None for those not kept), in one round trip, plus one more
+    /// for any still kept only in the form earlier versions wrote.
+    async fn load_records(
+        &self,
+        ws: &str,
+        uuids: &[String],
+    ) -> Result<Vec<Option<Partial>>, StoreError> {
+        if uuids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.history_key(ws);
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(uuids)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut out = Vec::with_capacity(uuids.len());
+        let mut legacy = Vec::new();
+        for (i, (uuid, text)) in uuids.iter().zip(raw).enumerate() {
+            let decoded = text
+                .map(|t| record::decode(uuid, &t))
+                .transpose()
+                .map_err(|e| StoreError::Record {
+                    key: format!("{key} {uuid}"),
+                    message: e.to_string(),
+                })?;
+            if decoded.as_ref().is_none_or(|d| d.event.is_none()) {
+                legacy.push(i);
+            }
+            out.push(decoded.map(Partial::from));
+        }
+        if !legacy.is_empty() {
+            let mut pipe = redis::pipe();
+            for i in &legacy {
+                pipe.hgetall(self.legacy_event_key(ws, &uuids[*i]));
+            }
+            let old: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+            for (i, fields) in legacy.into_iter().zip(old) {
+                if fields.is_empty() {
+                    continue;
+                }
+                let key = self.legacy_event_key(ws, &uuids[i]);
+                let old = Partial::from_legacy(&key, fields)?;
+                out[i] = Some(match out[i].take() {
+                    Some(newer) => old.overlaid_by(newer),
+                    None => old,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events of a workspace, newest first, filtered: a page of the log from after `cursor`
+    /// (`score` is the entry's ms, `member` its sequence number).
     pub async fn list_events(
         &self,
         ws: &str,
@@ -156,61 +256,128 @@ impl Store {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<(Vec<EventRecord>, Option<Cursor>), StoreError> {
-        let index = self.ws_key(ws, "events");
-        let this = self.clone();
-        let ws = ws.to_string();
-        let filter = filter.clone();
-        let since = filter.since;
-        super::paging::scan_newest(
-            &mut self.conn(),
-            &index,
-            cursor,
-            since,
-            limit,
-            MAX_SCAN,
-            |uuids| {
-                let this = this.clone();
-                let ws = ws.clone();
-                let filter = filter.clone();
-                async move {
-                    let mut pipe = redis::pipe();
-                    for uuid in &uuids {
-                        pipe.hgetall(this.event_key(&ws, uuid));
-                    }
-                    let all: Vec<HashMap<String, String>> =
-                        pipe.query_async(&mut this.conn()).await?;
-                    all.into_iter()
-                        .zip(uuids)
-                        .map(|(fields, uuid)| {
-                            let record = record_from_fields(&this.event_key(&ws, &uuid), fields)?;
-                            Ok(record.filter(|r| filter.matches(r)))
-                        })
-                        .collect()
+        const BATCH: usize = 100;
+        let log = self.log_key(ws);
+        // A cursor this function made names an entry (`ms-seq`); one made from a time alone
+        // (or an event's time and uuid) starts before that millisecond.
+        let mut end = match &cursor {
+            None => "+".to_string(),
+            Some(c) => match c.member.parse::<u64>() {
+                Ok(seq) if c.score > 0 || (c.score == 0 && seq > 0) => {
+                    format!("({}-{seq}", c.score)
                 }
+                Err(_) if c.score > 0 => format!("({}-0", c.score),
+                // Nothing is before the stream's first possible id.
+                _ => return Ok((Vec::new(), None)),
             },
-        )
-        .await
+        };
+        // An event is indexed at its creation time or later, never before: the walk stops at
+        // `since`, and the filter drops the few indexed later than they were created.
+        let start = match filter.since {
+            Some(since) if since > 0 => since.to_string(),
+            _ => "-".to_string(),
+        };
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let page: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+                .arg(&log)
+                .arg(&end)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut self.conn())
+                .await?;
+            let Some((last_id, _)) = page.last() else {
+                return Ok((out, None));
+            };
+            end = format!("({last_id}");
+            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+            let uuids: Vec<String> = page
+                .into_iter()
+                .map(|(_, mut f)| f.remove("u").unwrap_or_default())
+                .collect();
+            let records = self.load_records(ws, &uuids).await?;
+            for (id, partial) in ids.into_iter().zip(records) {
+                scanned += 1;
+                if let Some(r) = partial.and_then(Partial::into_record) {
+                    if filter.matches(&r) {
+                        out.push(r);
+                    }
+                }
+                if out.len() >= limit || scanned >= MAX_SCAN {
+                    return Ok((out, log_cursor(&id)));
+                }
+            }
+        }
     }
 }
 
-fn record_from_fields(
-    key: &str,
-    fields: HashMap<String, String>,
-) -> Result<Option<EventRecord>, StoreError> {
-    let Some(event) = fields.get("event") else {
-        return Ok(None);
-    };
-    let event: Event = parse(key, event)?;
-    let routed = fields.get("routed").and_then(|v| v.parse().ok());
-    let mut deliveries = fields
-        .iter()
-        .filter(|(k, _)| k.starts_with("d:"))
-        .map(|(_, v)| parse::<Delivery>(key, v))
-        .collect::<Result<Vec<_>, _>>()?;
-    deliveries.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
-    Ok(Some(EventRecord {
-        status: event_status(routed, &deliveries),
-        event,
-        deliveries,
-    }))
+/// The cursor after log entry `id` (`ms-seq`).
+fn log_cursor(id: &str) -> Option<Cursor> {
+    let (ms, seq) = id.split_once('-')?;
+    Some(Cursor {
+        score: ms.parse().ok()?,
+        member: seq.to_string(),
+    })
+}
+
+/// What is known of an event: a record may lack its event (an outcome written for an event
+/// recorded by an earlier version).
+struct Partial {
+    event: Option<Event>,
+    routed: Option<usize>,
+    deliveries: Vec<Delivery>,
+}
+
+impl From<record::Decoded> for Partial {
+    fn from(d: record::Decoded) -> Self {
+        Self {
+            event: d.event,
+            routed: d.routed,
+            deliveries: d.deliveries,
+        }
+    }
+}
+
+impl Partial {
+    fn from_legacy(key: &str, fields: HashMap<String, String>) -> Result<Self, StoreError> {
+        let event = fields
+            .get("event")
+            .map(|e| parse::<Event>(key, e))
+            .transpose()?;
+        let deliveries = fields
+            .iter()
+            .filter(|(k, _)| k.starts_with("d:"))
+            .map(|(_, v)| parse::<Delivery>(key, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            event,
+            routed: fields.get("routed").and_then(|v| v.parse().ok()),
+            deliveries,
+        })
+    }
+
+    /// This (older) state with the deliveries of `newer` in place of its own.
+    fn overlaid_by(mut self, newer: Partial) -> Self {
+        for d in newer.deliveries {
+            self.deliveries
+                .retain(|o| o.connection_id != d.connection_id);
+            self.deliveries.push(d);
+        }
+        self.routed = self.routed.or(newer.routed);
+        self.event = self.event.or(newer.event);
+        self
+    }
+
+    fn into_record(mut self) -> Option<EventRecord> {
+        let event = self.event?;
+        self.deliveries
+            .sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        Some(EventRecord {
+            status: event_status(self.routed, &self.deliveries),
+            event,
+            deliveries: self.deliveries,
+        })
+    }
 }

@@ -4,8 +4,11 @@
 //! `{p}:loc:{uuid}` holds the workspace id (a few ids, space-separated, in the rare case that
 //! producers of different workspaces chose the same uuid). It is written with the event's
 //! record and expires with it, after `HERALD_RETENTION`; the TTL is set once and never pushed
-//! forward. It costs about a hundred bytes per event (see `docs/operations.md`).
+//! forward. It costs about a hundred bytes per event (see `docs/operations.md`). It is a key
+//! outside any workspace, so in a cluster it lives in a slot of its own: every command here
+//! touches that one key.
 
+use futures::TryStreamExt;
 use redis::AsyncCommands;
 
 use super::{Store, StoreError};
@@ -13,6 +16,10 @@ use super::{Store, StoreError};
 /// The most workspaces one uuid's locator names; a uuid reused by more is found in the others
 /// by the console's search by workspace.
 const MAX_WORKSPACES: usize = 8;
+
+/// How many locators are written at once (each its own command, on the one multiplexed
+/// connection).
+const CONCURRENT: usize = 64;
 
 /// Adds `ws` to a locator that named other workspaces. KEYS: the locator. ARGV: workspace id,
 /// TTL in seconds, the most workspaces to name.
@@ -37,40 +44,42 @@ impl Store {
         self.key(&format!("loc:{uuid}"))
     }
 
-    /// Adds to `pipe` the write of event `uuid`'s locator, answering the workspace it named
-    /// already (nil when new). Bound: expires after the retention, like the event, and is
-    /// never written again for the same workspace.
-    pub(super) fn locate(&self, pipe: &mut redis::Pipeline, ws: &str, uuid: &str, ttl: i64) {
-        pipe.cmd("SET")
-            .arg(self.locator_key(uuid))
+    /// Writes the locator of each `(workspace, uuid)` just recorded. Bound: each expires
+    /// after the retention, like its event, and is never written again for the same workspace.
+    pub(super) async fn locate(&self, events: &[(&str, &str)]) -> Result<(), StoreError> {
+        let ttl = self.retention_secs();
+        futures::stream::iter(events.iter().map(Ok))
+            .try_for_each_concurrent(CONCURRENT, |&(ws, uuid)| self.locate_one(ws, uuid, ttl))
+            .await
+    }
+
+    /// One locator: set when new; else, when it named other workspaces (two workspaces'
+    /// producers chose the same uuid), `ws` is added to them.
+    async fn locate_one(&self, ws: &str, uuid: &str, ttl: i64) -> Result<(), StoreError> {
+        static ADD: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(ADD_WORKSPACE));
+        let key = self.locator_key(uuid);
+        let before: Option<String> = redis::cmd("SET")
+            .arg(&key)
             .arg(ws)
             .arg("NX")
             .arg("GET")
             .arg("EX")
-            .arg(ttl);
-    }
-
-    /// After [`Store::locate`]: the locators that already named a workspace other than the
-    /// one just recorded (two workspaces' producers chose the same uuid) get that one added.
-    pub(super) async fn locate_shared(
-        &self,
-        written: &[(&str, &str)],
-        before: Vec<Option<String>>,
-        ttl: i64,
-    ) -> Result<(), StoreError> {
-        for ((ws, uuid), before) in written.iter().zip(before) {
-            let Some(before) = before else { continue };
-            if before.split(' ').any(|w| w == *ws) {
-                continue;
-            }
-            redis::Script::new(ADD_WORKSPACE)
-                .key(self.locator_key(uuid))
-                .arg(*ws)
-                .arg(ttl)
-                .arg(MAX_WORKSPACES)
-                .invoke_async::<i64>(&mut self.conn())
-                .await?;
+            .arg(ttl)
+            .query_async(&mut self.conn())
+            .await?;
+        let Some(before) = before else {
+            return Ok(());
+        };
+        if before.split(' ').any(|w| w == ws) {
+            return Ok(());
         }
+        ADD.key(&key)
+            .arg(ws)
+            .arg(ttl)
+            .arg(MAX_WORKSPACES)
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
         Ok(())
     }
 

@@ -4,37 +4,57 @@
 //! - [`sealing`]: secrets at rest in stored connections.
 //! - [`cache`]: the configuration cache services read through (refreshed within
 //!   `HERALD_CONFIG_REFRESH` of a change).
-//! - [`history`]: events, their deliveries and every attempt; the event index.
+//! - [`history`]: events, their deliveries and every attempt; the event index, trimmed to the
+//!   retention. [`record`] is the compact form a record is kept in.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //! - `locator`: which workspace an event uuid is in (the console's lookup), one key per event.
 //! - [`replays`]: bulk replays of dead letters, their progress, and resuming them.
-//! - `paging`: every list pages by cursor, `(score, member)`, never by offset.
+//! - `paging`: the sorted-set lists page by cursor, `(score, member)`, never by offset.
+//! - `conn`: one Redis server or a Redis Cluster (`HERALD_REDIS_MODE`), behind one connection.
+//! - `migrate`: the one-time renaming of workspace keys written before they were hash-tagged.
 //!
-//! Key layout (`{p}` is the prefix, `{ws}` a workspace id):
+//! Key layout (`{p}` is the prefix, `<ws>` a workspace id), with the bound of each. The braces
+//! around `<ws>` are literal: a Redis Cluster hash tag, so every key of a workspace is in the
+//! slot of its id, and every script and pipeline the store sends touches one workspace's keys
+//! (one slot) or one key. Keys outside a workspace are only ever used one at a time.
 //! ```text
 //! {p}:config:ver                 INCR on every configuration change (caches poll it)
 //! {p}:workspaces                 ZSET created_at -> ws id
-//! {p}:ws:{ws}                    workspace JSON
+//! {p}:ws:{<ws>}                  workspace JSON
 //! {p}:apikey:{sha256}            API key JSON (workspace, scope)
-//! {p}:ws:{ws}:keys               SET of the workspace's key hashes
-//! {p}:ws:{ws}:conns / :rules     HASH id -> JSON
-//! {p}:ws:{ws}:events             ZSET time_created -> event uuid
-//! {p}:ws:{ws}:evt:{uuid}         HASH event -> JSON, routed -> n, d:{connection} -> delivery JSON
-//! {p}:loc:{uuid}                 the workspace(s) holding event uuid, expiring with it
-//! {p}:ws:{ws}:lease:{uuid}       a router's short lease while it expands the event
-//! {p}:ws:{ws}:breaker:{conn}     LIST of the connection's breaker changes, newest first (50)
-//! {p}:ws:{ws}:idem:{uuid}        producer-given uuid seen (idempotency window)
-//! {p}:ws:{ws}:dead               ZSET dead_at -> dead-letter id
-//! {p}:ws:{ws}:dl:{id}            dead letter JSON
-//! {p}:ws:{ws}:replay...          a bulk replay of dead letters (see `replays`)
-//! {p}:replays                    ZSET of unfinished bulk replays, to resume
-//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`)
-//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries
+//! {p}:ws:{<ws>}:keys             SET of the workspace's key hashes
+//! {p}:ws:{<ws>}:conns / :rules   HASH id -> JSON
+//! {p}:ws:{<ws>}:history          HASH event uuid -> compact record (see `record`): the event,
+//!                                its deliveries and attempts, the time it was expanded (the
+//!                                dedup claim). Trimmed with the log; expires a retention after
+//!                                the workspace's last write
+//! {p}:ws:{<ws>}:log              STREAM `u` -> event uuid, by time: the index lists page
+//!                                through. Every write trims entries older than the retention
+//!                                (`scripts::TRIM`); expires with the history
+//! {p}:ws:{<ws>}:lease:{uuid}     a router's lease while it expands the event (20 s; deleted
+//!                                once expanded)
+//! {p}:ws:{<ws>}:idem:{uuid}      a dedup claim, only when HERALD_DEDUP_WINDOW is longer than
+//!                                the retention (expires with the window)
+//! {p}:ws:{<ws>}:breaker:{conn}   LIST of the connection's breaker changes, newest first (50;
+//!                                expires a retention after the last)
+//! {p}:ws:{<ws>}:dead             ZSET dead_at -> dead-letter id; every write trims by score
+//!                                to the retention
+//! {p}:ws:{<ws>}:dl:{id}          dead letter JSON (expires a retention after it died)
+//! {p}:ws:{<ws>}:replay...        a bulk replay of dead letters (see `replays`)
+//! {p}:ws:{<ws>}:evt:{uuid}       an event's HASH as versions before the compact record wrote
+//!                                it: read, never written; expires by itself
+//! {p}:loc:{uuid}                 the workspace(s) holding event uuid (see `locator`; expires
+//!                                with the event, a retention after it was recorded)
+//! {p}:replays                    ZSET of unfinished bulk replays, to resume (one per workspace)
+//! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`; expires)
+//! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries (expires)
 //! {p}:session:{sha256}           portal session JSON, expiring with the session
-//! {p}:ws:{ws}:portal             portal settings JSON
+//! {p}:ws:{<ws>}:portal           portal settings JSON
+//! {p}:ws:{<ws>}:session-epoch    INCR when every portal session of the workspace is revoked
+//! {p}:keys:tagged                set once the keys of earlier versions were renamed (`migrate`)
 //! ```
 //!
 //! A producer's uuid (which may contain `:`) is only ever the last part of a key, so no uuid can
@@ -43,13 +63,17 @@
 //! Secrets inside connection JSON are sealed (see `secrets`): `enc:v1:<key id>:<base64>`.
 
 pub mod cache;
+mod conn;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
 mod locator;
+mod migrate;
 mod paging;
+pub mod record;
 pub mod replays;
 pub mod routing;
+mod scripts;
 mod sealing;
 pub mod sessions;
 pub mod tenants;
@@ -57,13 +81,13 @@ pub mod tenants;
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonSettings;
 
 pub use cache::{ConfigCache, WorkspaceConfig};
+pub use conn::RedisConn;
 pub use paging::Cursor;
 pub use tenants::NewWorkspace;
 
@@ -81,6 +105,14 @@ pub enum StoreError {
         /// The parse error.
         source: serde_json::Error,
     },
+    /// A history record is not what Herald writes.
+    #[error("stored record is corrupt at {key}: {message}")]
+    Record {
+        /// The key and field read.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The referenced object does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -97,9 +129,10 @@ pub enum StoreError {
 /// The Redis store of one installation.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     retention: Duration,
+    dedup_window: Duration,
     secrets: std::sync::Arc<crate::secrets::SecretsKeys>,
 }
 
@@ -116,17 +149,6 @@ impl Store {
                  Set HERALD_SECRETS_KEY (base64 of 32 random bytes) before real use"
             );
         }
-        let client = redis::Client::open(settings.redis_url.expose_secret())?;
-        // redis-rs hands `factor` to its backoff as the growth per retry (from a 1 s floor), so
-        // its default of 100 would wait a minute and more between reconnects after an outage:
-        // grow by 2, at most 1 s apart, so a request fails within a few seconds while Redis is
-        // away and the connection is back within a second of Redis.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5))
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(2);
         let mut backoff = backoff::ExponentialBackoff {
             initial_interval: Duration::from_millis(200),
             max_interval: Duration::from_secs(5),
@@ -134,18 +156,18 @@ impl Store {
             ..Default::default()
         };
         loop {
-            match client
-                .get_connection_manager_with_config(config.clone())
-                .await
-            {
+            match RedisConn::open(settings.redis_mode, settings.redis_url.expose_secret()).await {
                 Ok(conn) => {
                     metrics::gauge!("herald_redis_connected").set(1.0);
-                    return Ok(Self {
+                    let store = Self {
                         conn,
                         prefix: settings.redis_prefix.clone(),
                         retention: settings.retention,
+                        dedup_window: settings.dedup_window,
                         secrets: std::sync::Arc::new(settings.secrets.clone()),
-                    });
+                    };
+                    store.tag_workspace_keys().await?;
+                    return Ok(store);
                 }
                 Err(e) if cancel.is_cancelled() => return Err(e.into()),
                 Err(e) => {
@@ -163,23 +185,67 @@ impl Store {
     }
 
     /// A multiplexed connection (cheap to clone).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
-    /// `{prefix}:{rest}`.
+    /// `{prefix}:{rest}`: a key outside any workspace. Only ever used alone (one key per
+    /// command, script or transaction), so it may live in any slot of a cluster.
     pub(crate) fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
     }
 
-    /// `{prefix}:ws:{ws}:{rest}`.
+    /// `{prefix}:ws:{<ws>}`: the workspace itself, in the slot of its other keys.
+    pub(crate) fn ws_root_key(&self, ws: &str) -> String {
+        ws_root_key(&self.prefix, ws)
+    }
+
+    /// `{prefix}:ws:{<ws>}:{rest}`: a key of workspace `ws`. The braces are a Redis Cluster
+    /// hash tag: every key of a workspace hashes to the slot of its id, so a script or a
+    /// pipeline over one workspace's keys is served by one node.
     pub(crate) fn ws_key(&self, ws: &str, rest: &str) -> String {
-        format!("{}:ws:{ws}:{rest}", self.prefix)
+        format!("{}:{rest}", ws_root_key(&self.prefix, ws))
+    }
+
+    /// An empty [`Batch`] for this store's Redis.
+    pub(crate) fn batch(&self) -> Batch {
+        Batch {
+            split: self.conn.is_cluster(),
+            pipes: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Runs every pipeline of a batch (all at once; in one pipeline on a single server).
+    pub(crate) async fn run_batch(&self, batch: Batch) -> Result<(), StoreError> {
+        futures::future::try_join_all(batch.pipes.values().map(|p| self.run(p))).await?;
+        Ok(())
     }
 
     /// How long history is kept, in seconds.
     pub fn retention_secs(&self) -> i64 {
         self.retention.as_secs().max(1) as i64
+    }
+
+    /// Runs a pipeline that invokes scripts: they are sent by hash, so after a Redis restart
+    /// (which forgets them) they are loaded and the pipeline is sent once more. Every script
+    /// Herald pipelines is safe to run twice.
+    pub(crate) async fn run(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        self.query::<()>(pipe).await
+    }
+
+    /// [`Store::run`] for a pipeline whose replies are wanted.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        match pipe.query_async::<T>(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                load_scripts(&mut conn).await?;
+                Ok(pipe.query_async::<T>(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// True when Redis answers a PING.
@@ -191,6 +257,87 @@ impl Store {
             .is_ok();
         metrics::gauge!("herald_redis_connected").set(if ok { 1.0 } else { 0.0 });
         ok
+    }
+}
+
+/// The scripts the store pipelines (see `scripts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptName {
+    Route,
+    Outcome,
+    MarkReplayed,
+    Claim,
+    Expanded,
+    Trim,
+}
+
+impl ScriptName {
+    const ALL: [ScriptName; 6] = [
+        ScriptName::Route,
+        ScriptName::Outcome,
+        ScriptName::MarkReplayed,
+        ScriptName::Claim,
+        ScriptName::Expanded,
+        ScriptName::Trim,
+    ];
+}
+
+/// Loads every script (in a cluster, `SCRIPT LOAD` goes to every master).
+async fn load_scripts(conn: &mut RedisConn) -> Result<(), StoreError> {
+    for name in ScriptName::ALL {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script_text(name))
+            .query_async::<redis::Value>(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn script_text(name: ScriptName) -> String {
+    scripts::with_common(match name {
+        ScriptName::Route => scripts::ROUTE,
+        ScriptName::Outcome => scripts::OUTCOME,
+        ScriptName::MarkReplayed => scripts::MARK_REPLAYED,
+        ScriptName::Claim => scripts::CLAIM,
+        ScriptName::Expanded => scripts::EXPANDED,
+        ScriptName::Trim => scripts::TRIM,
+    })
+}
+
+/// An invocation of a script, to fill with keys and arguments.
+pub(crate) fn script(name: ScriptName) -> redis::ScriptInvocation<'static> {
+    static SCRIPTS: std::sync::LazyLock<Vec<redis::Script>> = std::sync::LazyLock::new(|| {
+        ScriptName::ALL
+            .iter()
+            .map(|n| redis::Script::new(&script_text(*n)))
+            .collect()
+    });
+    let index = ScriptName::ALL
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_default();
+    SCRIPTS[index].prepare_invoke()
+}
+
+/// `{prefix}:ws:{<ws>}`, the root every key of workspace `ws` starts with.
+fn ws_root_key(prefix: &str, ws: &str) -> String {
+    format!("{prefix}:ws:{{{ws}}}")
+}
+
+/// Pipelines that together make one write, split by Redis Cluster slot: in a cluster every
+/// pipeline is sent to the node that owns its one slot (a pipeline over keys of several slots
+/// would fail there); on a single server they are one pipeline, one round trip.
+pub(crate) struct Batch {
+    split: bool,
+    pipes: std::collections::BTreeMap<String, redis::Pipeline>,
+}
+
+impl Batch {
+    /// The pipeline for keys of workspace `ws` (all in the slot of its hash tag).
+    pub(crate) fn ws(&mut self, ws: &str) -> &mut redis::Pipeline {
+        let tag = if self.split { ws } else { "" };
+        self.pipes.entry(tag.to_string()).or_default()
     }
 }
 
@@ -207,4 +354,39 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Herald's own types always serialise.
     serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::get_slot;
+
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_workspace_is_in_the_slot_of_its_id() {
+        let ws = "ws_01JABCD3EF";
+        let slot = get_slot(ws.as_bytes());
+        let root = ws_root_key("herald", ws);
+        assert_eq!(root, "herald:ws:{ws_01JABCD3EF}");
+        // A producer's uuid may hold braces of its own: only the first pair is the tag.
+        for rest in [
+            "history",
+            "log",
+            "dead",
+            "dl:x.c",
+            "lease:{u}",
+            "idem:a}{b",
+            "conns",
+        ] {
+            let key = format!("{root}:{rest}");
+            assert_eq!(get_slot(key.as_bytes()), slot, "{key}");
+        }
+        assert_eq!(get_slot(root.as_bytes()), slot);
+        let other = ws_root_key("herald", "ws_01JZZZZ9ZZ");
+        assert_ne!(
+            get_slot(other.as_bytes()),
+            slot,
+            "workspaces spread over slots"
+        );
+    }
 }

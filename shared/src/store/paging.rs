@@ -1,16 +1,15 @@
-//! Paging through the sorted-set indexes (events, dead letters, workspaces), newest first, by
+//! Paging through the sorted-set indexes (dead letters, workspaces), newest first, by
 //! cursor: a page starts from the position of the last item returned, `(score, member)`, found
 //! in O(log N), so any page costs O(log N + page size) however deep it is. Never by offset: a
 //! `LIMIT offset` inside Redis walks every item before the page.
 //!
-//! Members that share a score (a bulk request's events share a millisecond) are ordered by
-//! member, as Redis orders them, so the cursor is exact between ties too: no item twice, none
-//! skipped, also when the cursor's own item left the index meanwhile (replayed, discarded,
-//! trimmed).
+//! Members that share a score (the dead letters of one bulk request share a millisecond) are
+//! ordered by member, as Redis orders them, so the cursor is exact between ties too: no item
+//! twice, none skipped, also when the cursor's own item left the index meanwhile (replayed,
+//! discarded, trimmed). Events page through their workspace's log stream instead (see
+//! `history`), whose ids are unique and ordered.
 
-use redis::aio::ConnectionManager;
-
-use super::StoreError;
+use super::{RedisConn, StoreError};
 
 /// A cursor over a sorted set, newest first: the last score and member returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +120,7 @@ fn older_than(
 /// Up to `count` items of the index older than `cursor` (from the newest when None), newest
 /// first, none scored below `min_score`.
 pub(crate) async fn page_older(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     key: &str,
     cursor: Option<&Cursor>,
     count: usize,
@@ -139,7 +138,7 @@ pub(crate) async fn page_older(
 
 /// How many items of the index are older than `cursor` (what a walk from it has still to see).
 pub(crate) async fn count_older(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     key: &str,
     cursor: Option<&Cursor>,
 ) -> Result<u64, StoreError> {
@@ -157,7 +156,7 @@ const MAX_BATCH: usize = 250;
 /// be more. Each round trip reads one batch from the cursor's position, so a request costs
 /// O(log N) per batch plus the members it looks at, whatever the depth.
 pub(crate) async fn scan_newest<T, F, Fut>(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     key: &str,
     mut cursor: Option<Cursor>,
     min_score: Option<i64>,

@@ -1,12 +1,13 @@
 //! Bulk replays of dead letters: one at a time per workspace, walked page by page, with their
 //! progress in Redis so it can be read, and resumed by any ingest when the one running it died.
 //!
-//! Keys (`{ws}` a workspace, `{id}` a replay):
+//! Keys (`<ws>` a workspace, `{id}` a replay). Every script here touches the keys of one
+//! workspace (one slot of a cluster); `{p}:replays` is only ever used on its own:
 //! ```text
-//! {p}:ws:{ws}:replay             the workspace's unfinished replay id (no second one starts)
-//! {p}:ws:{ws}:replay:lease       the ingest running it: a token, expiring after LEASE unless renewed
-//! {p}:ws:{ws}:replay:{id}        the replay's progress JSON, kept KEEP after its last change
-//! {p}:replays                    ZSET started_at -> "{ws} {id}": unfinished replays, to resume
+//! {p}:ws:{<ws>}:replay           the workspace's unfinished replay id (no second one starts)
+//! {p}:ws:{<ws>}:replay:lease     the ingest running it: a token, expiring after LEASE unless renewed
+//! {p}:ws:{<ws>}:replay:{id}      the replay's progress JSON, kept KEEP after its last change
+//! {p}:replays                    ZSET started_at -> "<ws> <id>": unfinished replays, to resume
 //! ```
 //! Bounds: one unfinished replay per workspace (so `{p}:replays` holds at most one entry per
 //! workspace); a progress record expires `KEEP` after its last write.

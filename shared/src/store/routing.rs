@@ -2,18 +2,14 @@
 //! resending a uuid, or two routers holding copies of one uuid at the same time. An event is
 //! claimed with a short lease while its jobs are published, then marked expanded; a router that
 //! dies holding a lease only delays the event until the lease runs out.
+//!
+//! The claim is the time of expansion written in the event's history record, so it costs no
+//! key of its own and counts for `HERALD_DEDUP_WINDOW`. A window longer than the retention
+//! (which trims the record) keeps a claim key `idem:{uuid}` for the window as well.
 
 use std::time::Duration;
 
 use super::{Store, StoreError};
-
-/// Claims an event for expanding, atomically: `0` already expanded, `1` claimed (a lease set),
-/// `2` another router holds the lease. KEYS: the event's hash, its lease; ARGV: lease ms.
-const CLAIM_SCRIPT: &str = r"
-if redis.call('HEXISTS', KEYS[1], 'expanded') == 1 then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
-return 2
-";
 
 /// Where an event stands for a router that wants to expand it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +29,11 @@ impl Store {
         self.ws_key(ws, &format!("lease:{uuid}"))
     }
 
+    /// The claim of a uuid kept past the retention, when `HERALD_DEDUP_WINDOW` is longer.
+    fn idem_key(&self, ws: &str, uuid: &str) -> String {
+        self.ws_key(ws, &format!("idem:{uuid}"))
+    }
+
     /// Claims each of `uuids` (events of workspace `ws`) for `lease`, in one round trip.
     pub async fn claim_for_routing(
         &self,
@@ -40,16 +41,22 @@ impl Store {
         uuids: &[&str],
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
+        let now = crate::now_ms();
         let mut pipe = redis::pipe();
         for uuid in uuids {
-            pipe.cmd("EVAL")
-                .arg(CLAIM_SCRIPT)
-                .arg(2)
-                .arg(self.event_key(ws, uuid))
-                .arg(self.lease_key(ws, uuid))
-                .arg(lease.as_millis() as u64);
+            pipe.invoke_script(
+                super::script(super::ScriptName::Claim)
+                    .key(self.history_key(ws))
+                    .key(self.lease_key(ws, uuid))
+                    .key(self.idem_key(ws, uuid))
+                    .key(self.legacy_event_key(ws, uuid))
+                    .arg(uuid)
+                    .arg(lease.as_millis() as u64)
+                    .arg(now)
+                    .arg(self.dedup_window.as_millis() as u64),
+            );
         }
-        let codes: Vec<i64> = pipe.query_async(&mut self.conn()).await?;
+        let codes: Vec<i64> = self.query(&pipe).await?;
         Ok(codes
             .into_iter()
             .map(|code| match code {
@@ -65,12 +72,31 @@ impl Store {
         if uuids.is_empty() {
             return Ok(());
         }
+        let now = crate::now_ms();
+        // Past the retention the record is trimmed, and the claim with it: a longer window
+        // keeps a key of its own, which expires with the window.
+        let keep_claim = self.dedup_window > self.retention;
         let mut pipe = redis::pipe();
         for uuid in uuids {
-            pipe.hset(self.event_key(ws, uuid), "expanded", 1).ignore();
-            pipe.del(self.lease_key(ws, uuid)).ignore();
+            pipe.invoke_script(
+                super::script(super::ScriptName::Expanded)
+                    .key(self.history_key(ws))
+                    .key(self.lease_key(ws, uuid))
+                    .key(self.log_key(ws))
+                    .arg(uuid)
+                    .arg(now)
+                    .arg(now - super::history::INDEX_FLOOR_MS),
+            )
+            .ignore();
+            if keep_claim {
+                pipe.pset_ex(
+                    self.idem_key(ws, uuid),
+                    1,
+                    self.dedup_window.as_millis() as u64,
+                )
+                .ignore();
+            }
         }
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
+        self.run(&pipe).await
     }
 }

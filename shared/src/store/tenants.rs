@@ -22,8 +22,12 @@ pub struct NewWorkspace {
 }
 
 impl Store {
-    async fn bump_version(&self, pipe: &mut redis::Pipeline) {
-        pipe.incr(self.key("config:ver"), 1).ignore();
+    /// Tells the caches that configuration changed. Always after the change is written (a
+    /// cache that reloads on the new version must find it), and as a command of its own: the
+    /// version key and a workspace's keys are in different slots of a cluster.
+    async fn bump_version(&self) -> Result<(), StoreError> {
+        let _: i64 = self.conn().incr(self.key("config:ver"), 1).await?;
+        Ok(())
     }
 
     /// The configuration version (changes on every write).
@@ -42,32 +46,40 @@ impl Store {
         };
         let secret_key = generate_key(KeyScope::Secret);
         let publishable_key = generate_key(KeyScope::Publishable);
+        // The workspace and the set of its keys first (one slot, one transaction), then each
+        // key (a slot of its own), then the list of workspaces: a failure part way leaves at
+        // worst a workspace nobody holds a key to, never a key to no workspace.
+        let mut hashes = Vec::new();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.set(
-            self.key(&format!("ws:{}", workspace.id)),
-            to_json(&workspace),
-        )
-        .ignore();
-        pipe.zadd(self.key("workspaces"), &workspace.id, now)
+        pipe.set(self.ws_root_key(&workspace.id), to_json(&workspace))
             .ignore();
         for (key, scope) in [
             (&secret_key, KeyScope::Secret),
             (&publishable_key, KeyScope::Publishable),
         ] {
             let hash = hash_key(key);
+            pipe.sadd(self.ws_key(&workspace.id, "keys"), &hash)
+                .ignore();
+            hashes.push((hash, scope));
+        }
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        for (hash, scope) in hashes {
             let record = ApiKey {
                 workspace_id: workspace.id.clone(),
                 scope,
                 created_at: now,
             };
-            pipe.set(self.key(&format!("apikey:{hash}")), to_json(&record))
-                .ignore();
-            pipe.sadd(self.ws_key(&workspace.id, "keys"), &hash)
-                .ignore();
+            let _: () = self
+                .conn()
+                .set(self.key(&format!("apikey:{hash}")), to_json(&record))
+                .await?;
         }
-        self.bump_version(&mut pipe).await;
-        pipe.query_async::<()>(&mut self.conn()).await?;
+        let _: () = self
+            .conn()
+            .zadd(self.key("workspaces"), &workspace.id, now)
+            .await?;
+        self.bump_version().await?;
         Ok(NewWorkspace {
             workspace,
             secret_key,
@@ -85,27 +97,36 @@ impl Store {
         let hashes: Vec<String> = conn.smembers(self.ws_key(workspace_id, "keys")).await?;
         let key = generate_key(scope);
         let hash = hash_key(&key);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut old_keys = Vec::new();
         for old in hashes {
             let record: Option<String> = conn.get(self.key(&format!("apikey:{old}"))).await?;
             let Some(record) = record else { continue };
             let record: ApiKey = parse(&old, &record)?;
             if record.scope == scope {
-                pipe.del(self.key(&format!("apikey:{old}"))).ignore();
-                pipe.srem(self.ws_key(workspace_id, "keys"), &old).ignore();
+                old_keys.push(old);
             }
         }
+        // The new key exists before the old ones go (each key is a slot of its own in a
+        // cluster, apart from the workspace's set of them).
         let record = ApiKey {
             workspace_id: workspace_id.to_string(),
             scope,
             created_at: crate::now_ms(),
         };
-        pipe.set(self.key(&format!("apikey:{hash}")), to_json(&record))
-            .ignore();
+        let _: () = conn
+            .set(self.key(&format!("apikey:{hash}")), to_json(&record))
+            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
         pipe.sadd(self.ws_key(workspace_id, "keys"), &hash).ignore();
-        self.bump_version(&mut pipe).await;
+        for old in &old_keys {
+            pipe.srem(self.ws_key(workspace_id, "keys"), old).ignore();
+        }
         pipe.query_async::<()>(&mut conn).await?;
+        for old in &old_keys {
+            let _: () = conn.del(self.key(&format!("apikey:{old}"))).await?;
+        }
+        self.bump_version().await?;
         Ok(key)
     }
 
@@ -121,8 +142,9 @@ impl Store {
         super::paging::scan_newest(&mut conn, &key, cursor, None, limit, limit, |ids| {
             let this = this.clone();
             async move {
-                let keys: Vec<String> =
-                    ids.iter().map(|id| this.key(&format!("ws:{id}"))).collect();
+                // In a cluster, MGET over workspaces of several slots is split by slot (by
+                // redis-rs) and put back in order.
+                let keys: Vec<String> = ids.iter().map(|id| this.ws_root_key(id)).collect();
                 let values: Vec<Option<String>> = this.conn().mget(&keys).await?;
                 values
                     .into_iter()
@@ -136,7 +158,7 @@ impl Store {
 
     /// One workspace.
     pub async fn get_workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
-        let key = self.key(&format!("ws:{id}"));
+        let key = self.ws_root_key(id);
         let v: Option<String> = self.conn().get(&key).await?;
         v.map(|v| parse(&key, &v)).transpose()
     }
@@ -150,17 +172,15 @@ impl Store {
 
     /// Creates or replaces a connection.
     pub async fn put_connection(&self, c: &Connection) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.hset(
-            self.ws_key(&c.workspace_id, "conns"),
-            &c.id,
-            self.seal_connection(c),
-        )
-        .ignore();
-        self.bump_version(&mut pipe).await;
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
+        let _: () = self
+            .conn()
+            .hset(
+                self.ws_key(&c.workspace_id, "conns"),
+                &c.id,
+                self.seal_connection(c),
+            )
+            .await?;
+        self.bump_version().await
     }
 
     /// One connection of a workspace.
@@ -196,20 +216,18 @@ impl Store {
         for r in rules.iter().filter(|r| r.connection_id == id) {
             pipe.hdel(self.ws_key(ws, "rules"), &r.id).ignore();
         }
-        self.bump_version(&mut pipe).await;
         let (removed,): (i64,) = pipe.query_async(&mut self.conn()).await?;
+        self.bump_version().await?;
         Ok(removed > 0)
     }
 
     /// Creates or replaces a rule.
     pub async fn put_rule(&self, r: &Rule) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.hset(self.ws_key(&r.workspace_id, "rules"), &r.id, to_json(r))
-            .ignore();
-        self.bump_version(&mut pipe).await;
-        pipe.query_async::<()>(&mut self.conn()).await?;
-        Ok(())
+        let _: () = self
+            .conn()
+            .hset(self.ws_key(&r.workspace_id, "rules"), &r.id, to_json(r))
+            .await?;
+        self.bump_version().await
     }
 
     /// One rule of a workspace.
@@ -236,8 +254,8 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hdel(self.ws_key(ws, "rules"), id);
-        self.bump_version(&mut pipe).await;
         let (removed,): (i64,) = pipe.query_async(&mut self.conn()).await?;
+        self.bump_version().await?;
         Ok(removed > 0)
     }
 
@@ -247,7 +265,7 @@ impl Store {
         let rules_key = self.ws_key(ws, "rules");
         let (exists, conns, rules): (bool, HashMap<String, String>, HashMap<String, String>) =
             redis::pipe()
-                .exists(self.key(&format!("ws:{ws}")))
+                .exists(self.ws_root_key(ws))
                 .hgetall(&conns_key)
                 .hgetall(&rules_key)
                 .query_async(&mut self.conn())

@@ -190,7 +190,7 @@ pub async fn burst_phase(
     events: u64,
 ) -> anyhow::Result<Delivered> {
     let args = ctx.args;
-    let batch = args.batch.max(1) as u64;
+    let batch = args.batch() as u64;
     ctx.receiver.reset();
     let usage = window(stack);
     let sent = produce::closed_loop(

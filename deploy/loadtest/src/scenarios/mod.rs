@@ -5,7 +5,9 @@
 //! - [`latency`]: a steady rate of events, timed from intake's 202 to the receiver.
 //! - [`scaleout`]: a slow receiver with one deliverer, then several.
 //! - [`memory`]: a very slow receiver holding about a thousand deliveries in flight.
-//! - [`paging`]: a 100,000-event history listed page by page: page 1, page 50, the last page.
+//! - [`soak`]: a steady rate for minutes, sampling Redis's memory and the services' RSS.
+//! - [`replay`]: thousands of dead letters replayed by one filtered request.
+//! - [`paging`]: a long event list walked by cursor, its first, 50th and last pages timed.
 //! - [`measure`]: the CPU window, waiting for deliveries, the intake and delivery figures, and
 //!   the burst phase scaleout and memory share.
 
@@ -14,13 +16,16 @@ pub mod latency;
 pub mod measure;
 pub mod memory;
 pub mod paging;
+pub mod replay;
 pub mod scaleout;
+pub mod soak;
 pub mod throughput;
 
 use std::sync::Arc;
 
 use crate::receiver::Receiver;
 use crate::report::Report;
+use crate::stack::Configured;
 use crate::Args;
 
 /// What every scenario shares.
@@ -31,4 +36,8 @@ pub struct Ctx<'a> {
     pub receiver: Arc<Receiver>,
     /// The report the scenario adds its phases, ratios and warnings to.
     pub report: Report,
+    /// The run's workspace: its keys and the connections' signing secret.
+    pub workspace: Configured,
+    /// The run's Redis key prefix.
+    pub redis_prefix: String,
 }

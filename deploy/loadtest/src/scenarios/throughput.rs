@@ -13,11 +13,11 @@ use crate::stack::Stack;
 pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> anyhow::Result<()> {
     let args = ctx.args;
     let intake_only = args.only_ingest();
-    let body = produce::body(args.batch, args.payload_bytes);
+    let body = produce::body(args.batch(), args.payload_bytes);
     eprintln!(
         "herald-load: throughput: {} producers, {} events per request, {:.0} s",
         args.producers,
-        args.batch,
+        args.batch(),
         args.duration().as_secs_f64()
     );
     let usage = window(stack);
@@ -25,7 +25,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     let until = started + args.duration();
     let sent = match args.rate {
         Some(rate) => {
-            let period = Duration::from_secs_f64(args.batch as f64 / rate);
+            let period = Duration::from_secs_f64(args.batch() as f64 / rate);
             produce::open_loop(producer, period, args.producers * 4, true, body, until).await
         }
         None => produce::closed_loop(producer, args.producers, true, body, until, None).await,

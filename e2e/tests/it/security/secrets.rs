@@ -123,7 +123,7 @@ async fn secrets_are_sealed_in_redis_and_masked_in_the_history() {
         .await
         .expect("redis");
     let stored: String = redis::cmd("HGET")
-        .arg(format!("{}:ws:{ws}:conns", stack.prefix))
+        .arg(format!("{}:ws:{{{ws}}}:conns", stack.prefix))
         .arg(&con)
         .query_async(&mut c)
         .await

@@ -1,0 +1,154 @@
+//! The Redis scripts that read and splice history records (see `record` for the format) and
+//! keep a workspace's history trimmed to the retention. Every script touches the keys of one
+//! workspace only.
+
+/// Parsing and building a record, and adding an event to the workspace's log: a stream whose
+/// entry ids are the event's `time_created`, raised to the newest entry's when older (a stream
+/// only grows) and to `floor` (a minute before now) so that an event a producer dated long ago
+/// is still kept a retention from when it was recorded. An entry costs ~50 bytes where a sorted
+/// set's costs ~150.
+const COMMON: &str = r"
+local function parse(rec)
+  local created, exp, routed, p = string.match(rec, '^H (%S+) (%S+) (%S+)\n()')
+  local ds = {}
+  while string.sub(rec, p, p) == 'D' do
+    local cid, n, len, q = string.match(rec, '^D (%S+) (%d+) (%d+)\n()', p)
+    len = tonumber(len)
+    ds[#ds + 1] = {cid, n, string.sub(rec, q, q + len - 1)}
+    p = q + len
+  end
+  local ev = nil
+  if p <= #rec then ev = string.sub(rec, p) end
+  return {created, exp, routed}, ds, ev
+end
+local function build(h, ds, ev)
+  local parts = {'H ', h[1], ' ', h[2], ' ', h[3], '\n'}
+  for _, d in ipairs(ds) do
+    parts[#parts + 1] = 'D ' .. d[1] .. ' ' .. d[2] .. ' ' .. #d[3] .. '\n' .. d[3]
+  end
+  if ev then parts[#parts + 1] = ev end
+  return table.concat(parts)
+end
+local function index(log, ms, floor, uuid)
+  ms = math.max(tonumber(ms), tonumber(floor))
+  local last = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  if last[1] then
+    local newest = tonumber(string.match(last[1][1], '^(%d+)'))
+    if newest > ms then ms = newest end
+  end
+  if ms < 0 then ms = 0 end
+  redis.call('XADD', log, string.format('%d-*', ms), 'u', uuid)
+end
+";
+
+/// Records a routed event. KEYS: history, log. ARGV: uuid, time_created, routed count, event
+/// part, floor, then (connection, pending delivery) pairs. Never overwrites what is there: the first
+/// copy of the event and its count stay, a delivery already recorded keeps its outcome.
+pub const ROUTE: &str = r"
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+local h, ds, ev = {ARGV[2], '-', '-'}, {}, nil
+if rec then h, ds, ev = parse(rec) end
+local changed = not rec
+if not ev then ev = ARGV[4]; changed = true end
+if h[3] == '-' then h[3] = ARGV[3]; changed = true end
+local have = {}
+for _, d in ipairs(ds) do have[d[1]] = true end
+for i = 6, #ARGV, 2 do
+  if not have[ARGV[i]] then ds[#ds + 1] = {ARGV[i], '0', ARGV[i + 1]}; changed = true end
+end
+if changed then redis.call('HSET', KEYS[1], ARGV[1], build(h, ds, ev)) end
+if not rec then index(KEYS[2], ARGV[2], ARGV[5], ARGV[1]) end
+return 0
+";
+
+/// Records where one delivery stands. KEYS: history, log. ARGV: uuid, time_created,
+/// connection, attempts, delivery, floor. Returns 1 when the record did not exist (it is created, so
+/// an outcome is never lost, and indexed so that it is trimmed too).
+pub const OUTCOME: &str = r"
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+local h, ds, ev = {ARGV[2], '-', '-'}, {}, nil
+if rec then h, ds, ev = parse(rec) end
+local found = false
+for _, d in ipairs(ds) do
+  if d[1] == ARGV[3] then d[2] = ARGV[4]; d[3] = ARGV[5]; found = true end
+end
+if not found then ds[#ds + 1] = {ARGV[3], ARGV[4], ARGV[5]} end
+redis.call('HSET', KEYS[1], ARGV[1], build(h, ds, ev))
+if not rec then index(KEYS[2], ARGV[2], ARGV[6], ARGV[1]); return 1 end
+return 0
+";
+
+/// A replayed dead letter: the dead letter leaves the index, and the delivery is pending again
+/// if it still has the attempts it died with. KEYS: the dead letter, the dead-letter index,
+/// history. ARGV: dead-letter id, its dead_at, uuid, connection, attempts when it died, the
+/// pending delivery.
+pub const MARK_REPLAYED: &str = r"
+local dead = redis.call('GET', KEYS[1])
+if dead and cjson.decode(dead).dead_at == tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local rec = redis.call('HGET', KEYS[3], ARGV[3])
+if not rec then return 0 end
+local h, ds, ev = parse(rec)
+for _, d in ipairs(ds) do
+  if d[1] == ARGV[4] and d[2] == ARGV[5] then
+    d[3] = ARGV[6]
+    redis.call('HSET', KEYS[3], ARGV[3], build(h, ds, ev))
+  end
+end
+return 0
+";
+
+/// Claims an event for expanding: `0` expanded within the dedup window, `1` claimed (a lease
+/// set), `2` another router holds the lease. KEYS: history, lease, the claim kept past the
+/// retention (see `routing`), the event's hash as earlier versions wrote it. ARGV: uuid, lease
+/// ms, now ms, dedup window ms.
+pub const CLAIM: &str = r"
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if rec then
+  local created, exp = string.match(rec, '^H (%S+) (%S+)')
+  if exp ~= '-' and tonumber(created) + tonumber(exp) + tonumber(ARGV[4]) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[4], 'expanded') == 1 then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
+return 2
+";
+
+/// Marks an event expanded at `now` and drops its lease. KEYS: history, lease, log. ARGV:
+/// uuid, now ms, floor. A record trimmed meanwhile is written again (head only, indexed), so
+/// the claim holds.
+pub const EXPANDED: &str = r"
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if rec then
+  local created, rest = string.match(rec, '^H (%S+) %S+ (.*)$')
+  local exp = string.format('%d', tonumber(ARGV[2]) - tonumber(created))
+  redis.call('HSET', KEYS[1], ARGV[1], 'H ' .. created .. ' ' .. exp .. ' ' .. rest)
+else
+  redis.call('HSET', KEYS[1], ARGV[1], 'H ' .. ARGV[2] .. ' 0 -\n')
+  index(KEYS[3], ARGV[2], ARGV[3], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+return 0
+";
+
+/// Trims a workspace's history to the retention: the oldest entries of the log up to the
+/// cutoff, and their records, at most ARGV[2] per call (each write trims, so a busy workspace
+/// keeps up). KEYS: history, log. ARGV: cutoff ms, most entries. Returns how many went.
+pub const TRIM: &str = r"
+local old = redis.call('XRANGE', KEYS[2], '-', ARGV[1], 'COUNT', ARGV[2])
+if #old == 0 then return 0 end
+local ids, uuids = {}, {}
+for i, e in ipairs(old) do ids[i] = e[1]; uuids[i] = e[2][2] end
+redis.call('HDEL', KEYS[1], unpack(uuids))
+redis.call('XDEL', KEYS[2], unpack(ids))
+return #old
+";
+
+/// `script` with the shared functions in front.
+pub fn with_common(script: &str) -> String {
+    format!("{COMMON}{script}")
+}

@@ -55,7 +55,10 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         store,
         publisher: Publisher::new(broker.clone()),
         background: background.clone(),
+        replays: crate::replay::Replays::new(cancel.clone()),
     };
+    // Bulk replays an ingest left unfinished (it died, or stopped) go on here.
+    background.spawn(crate::replay::resume_waiting(state.clone()));
     // The broker connection outlives the HTTP server so background replays can finish.
     let broker_cancel = CancellationToken::new();
     let supervise = tokio::spawn(broker.supervise(broker_cancel.clone()));

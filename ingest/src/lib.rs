@@ -15,6 +15,7 @@
 //! - [`openapi`]: the OpenAPI document's frame, the error shape and the shared 4XX answer.
 //! - [`schemas`]: the document's named schemas: the string constraints the server enforces, and
 //!   the view of the types `herald-shared` stores.
+//! - [`replay`]: bulk replays of dead letters, page by page, and resuming those an ingest left.
 //! - [`batcher`]: group commit of single-event intake.
 //! - [`keys`]: the API key cache.
 
@@ -26,6 +27,7 @@ pub mod extract;
 pub mod keys;
 pub mod openapi;
 pub mod paging;
+pub mod replay;
 pub mod routes;
 pub mod schemas;
 pub mod state;

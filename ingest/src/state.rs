@@ -18,6 +18,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Background work (bulk replays) that shutdown waits for.
     pub background: tokio_util::task::TaskTracker,
+    /// Who runs bulk replays here, and when they stop.
+    pub replays: crate::replay::Replays,
     /// API keys seen recently.
     pub keys: Arc<crate::keys::KeyCache>,
     /// Single-event intake, grouped into broker messages.

@@ -64,7 +64,8 @@ enum Scenario {
     /// with an event filter: ingest's RSS before, at its peak, and after.
     Replay,
     /// --events events (default 100,000) delivered, then their list walked page by page by
-    /// cursor: page 1, page 50 and the last page timed.
+    /// cursor (the workspace's, or with --list-console the console's search): page 1, page 50
+    /// and the last page timed, and each event checked to be listed once.
     Paging,
     /// Only the raw broker hop.
     Hop,
@@ -129,6 +130,10 @@ struct Args {
     /// A filter of the paging scenario's list, e.g. --list-filter status=delivered (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     list_filter: Vec<String>,
+    /// The paging scenario walks the console's search (`GET /v1/admin/events`, which also
+    /// takes connection_id, since and until filters) instead of `GET /v1/events`.
+    #[arg(long)]
+    list_console: bool,
     /// Seconds between the soak's samples.
     #[arg(long, default_value_t = 10.0)]
     sample_every: f64,

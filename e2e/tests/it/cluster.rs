@@ -1,6 +1,7 @@
 //! The whole pipeline on a real Redis Cluster (`HERALD_REDIS_MODE=cluster`, three masters from
 //! `deploy/services.sh cluster`): workspaces in different slots, events of several workspaces
-//! in the same router and deliverer batches, dead letters and a replay.
+//! in the same router and deliverer batches, dead letters, replays, and the console's lookup
+//! by uuid.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -147,6 +148,43 @@ async fn the_pipeline_runs_on_a_redis_cluster() {
         )
         .await;
     assert_eq!(left["data"].as_array().expect("data").len(), 4, "{left}");
+
+    // The console finds every event by uuid alone (its locator is a key of its own, in a slot
+    // of its own), and a replay by filter walks the rest and leaves its progress to read.
+    for (i, uuid) in &sent {
+        let (status, found) = stack
+            .call("GET", &format!("/v1/admin/events/{uuid}"), ADMIN, None)
+            .await;
+        assert_eq!(status, 200, "{found}");
+        assert_eq!(
+            found["workspace_id"],
+            wired[*i].workspace.as_str(),
+            "{found}"
+        );
+    }
+    let (status, replayed) = stack
+        .call(
+            "POST",
+            "/v1/dead-letters/replay",
+            &w.sk,
+            Some(json!({"connection_id": con})),
+        )
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["count"], 4, "{replayed}");
+    let replay_id = replayed["replay_id"].as_str().expect("replay_id");
+    let (status, progress) = stack
+        .call(
+            "GET",
+            &format!("/v1/dead-letters/replays/{replay_id}"),
+            &w.sk,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{progress}");
+    assert_eq!(progress["status"], "finished", "{progress}");
+    assert_eq!(progress["replayed"], 4, "{progress}");
+    receiver.wait_for("down2", 15).await;
 
     // Each workspace's keys are on the one master that serves its slot.
     let masters = cluster::masters_of("redis://127.0.0.1:7000").expect("masters");

@@ -7,6 +7,7 @@ mod contract;
 mod idempotency;
 mod isolation;
 mod metrics;
+mod paging;
 mod pipeline;
 mod portal;
 mod redis_stall;

@@ -213,7 +213,9 @@ function deadPage() {
     try {
       const { ws: w, body } = filter();
       const r = await call("POST", `${base(w)}/replay`, body);
-      notice(list, `${r.count} dead letter(s) sent again.`, "ok");
+      notice(list, r.status === "accepted"
+        ? `Replay ${r.replay_id} started in the background: ${r.count} dead letter(s) to look at.`
+        : `${r.count} dead letter(s) sent again.`, "ok");
       setTimeout(() => render().catch(() => {}), 1000);
     } catch (err) { showError(form, err); }
   });

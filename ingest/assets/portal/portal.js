@@ -454,7 +454,9 @@ async function showDead() {
       h("button", { type: "button", onclick: async () => {
         const body = pick.value ? { connection_id: pick.value } : {};
         const r = await call("POST", "/v1/dead-letters/replay", body);
-        notice(slot, `${r.count} dead letter(s) sent again.`, "ok");
+        notice(slot, r.status === "accepted"
+          ? `Replay ${r.replay_id} started in the background: ${r.count} dead letter(s) to look at.`
+          : `${r.count} dead letter(s) sent again.`, "ok");
         setTimeout(() => showDead(), 800);
       } }, "Replay all")));
   }

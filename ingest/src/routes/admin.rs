@@ -78,9 +78,6 @@ pub struct EventSearch {
     cursor: Option<String>,
 }
 
-/// How many events one search request looks at before answering with a cursor to go on.
-const SEARCH_SCAN: usize = 5_000;
-
 /// Events of a workspace, newest first, by connection, status, type and time.
 #[utoipa::path(get, path = "/v1/admin/events", tag = "console", params(EventSearch),
     responses((status = 200, description = "A page of events, each with its `workspace_id`", body = ListOf<ConsoleEventSchema>), Refused))]
@@ -100,53 +97,30 @@ pub async fn search_events(
             ));
         }
     }
-    let connection = filter_token("connection_id", q.connection_id)?;
     let filter = EventFilter {
         status: q.status.filter(|s| !s.is_empty()),
         event: filter_token("event", q.event)?,
+        connection_id: filter_token("connection_id", q.connection_id)?,
+        since: q.since,
     };
     if let (None, Some(until)) = (&cursor, q.until) {
         // Everything created at or before `until`: start just after it.
-        cursor = Some(Cursor {
-            score: until.saturating_add(1),
-            member: String::new(),
-        });
+        cursor = Some(Cursor::at_or_below(until));
     }
-    let since = q.since.unwrap_or(i64::MIN);
-    let mut out = Vec::new();
-    let mut scanned = 0;
-    loop {
-        let (records, next) = state
-            .store
-            .list_events(&q.workspace_id, &filter, cursor.clone(), 100)
-            .await?;
-        scanned += 100;
-        for r in records {
-            if r.event.time_created < since {
-                return Ok(list(out, None));
-            }
-            let here = Cursor {
-                score: r.event.time_created,
-                member: r.event.uuid.clone(),
-            };
-            let wanted = connection
-                .as_deref()
-                .is_none_or(|c| r.deliveries.iter().any(|d| d.connection_id == c));
-            if wanted {
-                let mut v = serde_json::to_value(&r).map_err(anyhow::Error::from)?;
-                v["workspace_id"] = json!(q.workspace_id);
-                out.push(v);
-                if out.len() >= limit {
-                    return Ok(list(out, Some(here)));
-                }
-            }
-        }
-        match next {
-            None => return Ok(list(out, None)),
-            Some(n) if scanned >= SEARCH_SCAN => return Ok(list(out, Some(n))),
-            Some(n) => cursor = Some(n),
-        }
+    // One walk from the cursor's position, as the workspace's own list: a page costs
+    // O(log N) plus the events it looks at (`history::MAX_SCAN` at most, then a cursor to go
+    // on from), however deep it is and however rarely the filter matches.
+    let (records, next) = state
+        .store
+        .list_events(&q.workspace_id, &filter, cursor, limit)
+        .await?;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let mut v = serde_json::to_value(&r).map_err(anyhow::Error::from)?;
+        v["workspace_id"] = json!(q.workspace_id);
+        out.push(v);
     }
+    Ok(list(out, next))
 }
 
 /// A workspace's connections (secrets never shown).
@@ -204,13 +178,25 @@ pub async fn replay_dead_letter(
     params(("ws" = String, Path, description = "Workspace id")),
     request_body = Option<dead_letters::ReplayFilter>,
     responses((status = 200, description = "Done: `status` is `replayed`", body = dead_letters::ReplayedMany),
-        (status = 202, description = "More than 100, in the background: `status` is `replaying`", body = dead_letters::ReplayedMany), Refused))]
+        (status = 202, description = "More than 100 to look at, in the background: `status` is `accepted`; progress at `.../dead-letters/replays/{replay_id}`", body = dead_letters::ReplayedMany), Refused))]
 pub async fn replay_dead_letters(
     State(state): State<AppState>,
     AdminOf(ws): AdminOf,
     OptionalJson(filter): OptionalJson<dead_letters::ReplayFilter>,
 ) -> Result<(StatusCode, Json<dead_letters::ReplayedMany>), ApiError> {
     dead_letters::replay_many_of(&state, &ws, filter).await
+}
+
+/// Where a bulk replay of a workspace's dead letters stands.
+#[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/dead-letters/replays/{id}", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "The `replay_id` a bulk replay answered")),
+    responses((status = 200, description = "Its progress", body = dead_letters::ReplayProgress), Refused))]
+pub async fn replay_progress(
+    State(state): State<AppState>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
+) -> Result<Json<dead_letters::ReplayProgress>, ApiError> {
+    dead_letters::replay_progress_of(&state, &ws, &id).await
 }
 
 /// Discards a dead letter of a workspace.

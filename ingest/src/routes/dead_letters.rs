@@ -3,13 +3,18 @@
 //! A replay publishes the job again with its history and a fresh round of the retry schedule;
 //! the deliverer reads the connection's current URL and secret, so a fixed destination gets it.
 //! The dead letter leaves the index once the broker confirmed the replay.
+//!
+//! A replay by filter looks at every dead letter dead-lettered up to the request, page by page
+//! (`crate::replay`): up to [`SYNC_REPLAY_LIMIT`] before answering, more in the background.
+//! One runs at a time per workspace; its progress is at `GET /v1/dead-letters/replays/{id}`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_shared::amqp::JobsSource;
-use herald_shared::model::{check_token, JobGroup, JobItem};
+use herald_shared::model::check_token;
 use herald_shared::store::dead_letters::{DeadLetter, DeadLetterFilter};
+use herald_shared::store::replays::{Replay, ReplayState};
+use herald_shared::store::Cursor as StoreCursor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -18,11 +23,13 @@ use crate::error::ApiError;
 use crate::extract::{ApiQuery, OptionalJson};
 use crate::openapi::{ListOf, Refused};
 use crate::paging::{filter_token, list as list_body, page};
+use crate::replay;
 use crate::schemas::{Cursor, DeadLetterSchema, Token, TokenFilter};
 use crate::state::AppState;
 
-/// Replays up to this many are done before answering (200); more run in the background (202).
-const SYNC_REPLAY_LIMIT: usize = 100;
+/// Replays that look at up to this many dead letters are done before answering (200); larger
+/// ones run in the background (202).
+pub const SYNC_REPLAY_LIMIT: u64 = 100;
 
 /// `GET /v1/dead-letters` query.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -54,13 +61,52 @@ pub struct Replayed {
     status: &'static str,
 }
 
-/// How many dead letters a bulk replay took.
+/// A bulk replay: done (200), or started in the background (202).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ReplayedMany {
-    /// How many matched.
-    count: usize,
-    /// `replayed` (done, 200) or `replaying` (in the background, 202).
+    /// 200: how many were replayed. 202: how many dead letters it looks at (every one
+    /// dead-lettered up to the request; with a filter, those replayed are among them).
+    count: u64,
+    /// `replayed` (done, 200) or `accepted` (in the background, 202).
     status: &'static str,
+    /// Its progress: `GET /v1/dead-letters/replays/{replay_id}`.
+    replay_id: String,
+}
+
+/// Where a bulk replay stands.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayProgress {
+    /// `rpl_...`.
+    id: String,
+    /// `running`; `waiting` (the ingest that ran it stopped or died: another ingest resumes it
+    /// from where it stopped within about 40 s); `finished`.
+    #[schema(value_type = String, example = "running")]
+    status: &'static str,
+    /// Its filter: only dead letters of this connection.
+    #[schema(value_type = Option<Token>)]
+    connection_id: Option<String>,
+    /// Its filter: only dead letters of this event type.
+    #[schema(value_type = Option<Token>)]
+    event: Option<String>,
+    /// It looks at dead letters dead-lettered at or before this time (Unix ms).
+    until: i64,
+    /// How many dead letters it looks at, counted when it started.
+    count: u64,
+    /// How many it looked at so far.
+    done: u64,
+    /// How many of those matched and were replayed.
+    replayed: u64,
+    /// How many it has still to look at (0 once finished).
+    remaining: u64,
+    /// Unix ms.
+    started_at: i64,
+    /// Unix ms of its last page.
+    updated_at: i64,
+    /// Unix ms; null while it runs.
+    finished_at: Option<i64>,
+    /// The last error a page met (it is tried again; null once a page succeeds). On a replay
+    /// done before answering, the error that ended it.
+    last_error: Option<String>,
 }
 
 /// Dead letters of the workspace, newest first.
@@ -121,30 +167,6 @@ pub async fn discard_of(state: &AppState, ws: &str, id: &str) -> Result<StatusCo
     }
 }
 
-async fn replay(state: &AppState, d: &DeadLetter) -> Result<(), ApiError> {
-    let job = JobItem {
-        connection_id: d.connection_id.clone(),
-        attempts: d.attempts.clone(),
-        round_start: d.attempts.len(),
-        deferrals: 0,
-        replay: true,
-        stand_in: false,
-    };
-    let group = JobGroup {
-        workspace_id: d.workspace_id.clone(),
-        event: d.event.clone(),
-        jobs: vec![job],
-    };
-    // Publish first: once the broker confirmed the replay, nothing can lose it. The
-    // bookkeeping after it is a compare-and-set, so an outcome the deliverer already recorded
-    // for the replay (delivered, or dead again) is kept. A crash in between leaves the dead
-    // letter listed while its replay runs: a second replay may send it twice, never zero times.
-    state.publisher.jobs(&[group], JobsSource::Replay).await?;
-    state.store.mark_replayed(d).await?;
-    metrics::counter!("herald_dead_letters_replayed_total").increment(1);
-    Ok(())
-}
-
 /// Replays one dead letter.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters", params(("id" = String, Path, description = "Dead-letter id")), responses((status = 202, description = "Queued again", body = Replayed), Refused))]
 pub async fn replay_one(
@@ -166,7 +188,7 @@ pub async fn replay_one_of(
         .get_dead_letter(ws, id)
         .await?
         .ok_or(ApiError::NotFound("dead letter"))?;
-    replay(state, &d).await?;
+    replay::replay(state, &[&d]).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Replayed {
@@ -189,9 +211,10 @@ pub struct ReplayFilter {
     event: Option<String>,
 }
 
-/// Replays every dead letter that matches: up to 100 before answering 200, more in the
-/// background with 202. Both answer `{"count"}`.
-#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters", request_body = Option<ReplayFilter>, responses((status = 200, description = "Done: `status` is `replayed`", body = ReplayedMany), (status = 202, description = "More than 100, in the background: `status` is `replaying`", body = ReplayedMany), Refused))]
+/// Replays every dead letter that matches, page by page: 200 when it looked at up to 100
+/// (done before answering), else 202 and it runs in the background; both with `replay_id`.
+/// 409 while another bulk replay of the workspace is unfinished.
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters", request_body = Option<ReplayFilter>, responses((status = 200, description = "Done: `status` is `replayed`, `count` how many", body = ReplayedMany), (status = 202, description = "More than 100 to look at, in the background: `status` is `accepted`, `count` how many it looks at; progress at `/v1/dead-letters/replays/{replay_id}`", body = ReplayedMany), Refused))]
 pub async fn replay_many(
     State(state): State<AppState>,
     Editor(ws): Editor,
@@ -211,43 +234,99 @@ pub async fn replay_many_of(
         v.map(|v| check_token(field, &v, 128).map(|()| v))
             .transpose()
     };
-    let filter = DeadLetterFilter {
-        connection_id: strict("connection_id", f.connection_id)?,
-        event: strict("event", f.event)?,
-    };
-    let (all, _) = state
+    let connection_id = strict("connection_id", f.connection_id)?;
+    let event = strict("event", f.event)?;
+    let now = herald_shared::now_ms();
+    // Counted from the index in O(log N); what matches a filter is learnt on the way.
+    let count = state
         .store
-        .list_dead_letters(ws, &filter, None, usize::MAX, usize::MAX)
+        .dead_letters_older(ws, &StoreCursor::at_or_below(now))
         .await?;
-    let count = all.len();
+    let r = Replay {
+        id: herald_shared::ids::new_id("rpl"),
+        workspace_id: ws.to_string(),
+        connection_id,
+        event,
+        until: now,
+        count,
+        examined: 0,
+        replayed: 0,
+        cursor: None,
+        started_at: now,
+        updated_at: now,
+        finished_at: None,
+        last_error: None,
+    };
+    if let Some(running) = state.store.start_replay(&r, &state.replays.owner).await? {
+        return Err(ApiError::Conflict(format!(
+            "bulk replay {running} of this workspace is not finished; one runs at a time \
+             (its progress: GET /v1/dead-letters/replays/{running})"
+        )));
+    }
     if count <= SYNC_REPLAY_LIMIT {
-        for d in &all {
-            replay(state, d).await?;
-        }
+        let done = replay::run_now(state, r).await?;
         return Ok((
             StatusCode::OK,
             Json(ReplayedMany {
-                count,
+                count: done.replayed,
                 status: "replayed",
+                replay_id: done.id,
             }),
         ));
     }
-    let background = state.clone();
-    state.background.spawn(async move {
-        let mut done = 0;
-        for d in &all {
-            match replay(&background, d).await {
-                Ok(()) => done += 1,
-                Err(e) => tracing::error!(error = %e, dead_letter_id = %d.id, "replay failed; the dead letter stays"),
-            }
-        }
-        tracing::info!(done, count, "bulk replay finished");
-    });
+    let replay_id = r.id.clone();
+    state.background.spawn(replay::run(state.clone(), r));
     Ok((
         StatusCode::ACCEPTED,
         Json(ReplayedMany {
             count,
-            status: "replaying",
+            status: "accepted",
+            replay_id,
         }),
     ))
+}
+
+/// Where a bulk replay stands: how many dead letters it looked at and replayed, how many remain.
+#[utoipa::path(get, path = "/v1/dead-letters/replays/{id}", tag = "dead letters", params(("id" = String, Path, description = "The `replay_id` a bulk replay answered")), responses((status = 200, description = "Its progress", body = ReplayProgress), Refused))]
+pub async fn replay_progress(
+    State(state): State<AppState>,
+    Reader(ws): Reader,
+    Path(id): Path<String>,
+) -> Result<Json<ReplayProgress>, ApiError> {
+    replay_progress_of(&state, &ws, &id).await
+}
+
+/// Where a bulk replay of a workspace stands.
+pub async fn replay_progress_of(
+    state: &AppState,
+    ws: &str,
+    id: &str,
+) -> Result<Json<ReplayProgress>, ApiError> {
+    check_token("id", id, 128)?;
+    let ReplayState { replay: r, leased } = state
+        .store
+        .get_replay(ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("replay"))?;
+    let (status, remaining) = if r.finished_at.is_some() {
+        ("finished", 0)
+    } else {
+        let remaining = state.store.dead_letters_older(ws, &r.position()).await?;
+        (if leased { "running" } else { "waiting" }, remaining)
+    };
+    Ok(Json(ReplayProgress {
+        id: r.id,
+        status,
+        connection_id: r.connection_id,
+        event: r.event,
+        until: r.until,
+        count: r.count,
+        done: r.examined,
+        replayed: r.replayed,
+        remaining,
+        started_at: r.started_at,
+        updated_at: r.updated_at,
+        finished_at: r.finished_at,
+        last_error: r.last_error,
+    }))
 }

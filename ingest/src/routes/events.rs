@@ -289,6 +289,7 @@ pub async fn list(
     let filter = EventFilter {
         status: q.status.filter(|s| !s.is_empty()),
         event: filter_token("event", q.event)?,
+        ..EventFilter::default()
     };
     let (data, next) = state.store.list_events(&ws, &filter, cursor, limit).await?;
     Ok(list_body(data, next))

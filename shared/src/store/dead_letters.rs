@@ -37,7 +37,8 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    fn matches(&self, d: &DeadLetter) -> bool {
+    /// True when `d` is one this filter selects.
+    pub fn matches(&self, d: &DeadLetter) -> bool {
         self.connection_id
             .as_deref()
             .is_none_or(|c| c == d.connection_id)
@@ -58,7 +59,7 @@ pub struct OutcomeRow<'a> {
 }
 
 impl Store {
-    fn dead_key(&self, ws: &str, id: &str) -> String {
+    pub(super) fn dead_key(&self, ws: &str, id: &str) -> String {
         self.ws_key(ws, &format!("dl:{id}"))
     }
 
@@ -145,23 +146,31 @@ impl Store {
         let this = self.clone();
         let ws = ws.to_string();
         let filter = filter.clone();
-        super::scan_newest(&mut self.conn(), &index, cursor, limit, max_scan, |ids| {
-            let this = this.clone();
-            let ws = ws.clone();
-            let filter = filter.clone();
-            async move {
-                let keys: Vec<String> = ids.iter().map(|id| this.dead_key(&ws, id)).collect();
-                let values: Vec<Option<String>> = this.conn().mget(&keys).await?;
-                values
-                    .into_iter()
-                    .zip(keys)
-                    .map(|(v, k)| {
-                        let d = v.map(|v| parse::<DeadLetter>(&k, &v)).transpose()?;
-                        Ok(d.filter(|d| filter.matches(d)))
-                    })
-                    .collect()
-            }
-        })
+        super::paging::scan_newest(
+            &mut self.conn(),
+            &index,
+            cursor,
+            None,
+            limit,
+            max_scan,
+            |ids| {
+                let this = this.clone();
+                let ws = ws.clone();
+                let filter = filter.clone();
+                async move {
+                    let keys: Vec<String> = ids.iter().map(|id| this.dead_key(&ws, id)).collect();
+                    let values: Vec<Option<String>> = this.conn().mget(&keys).await?;
+                    values
+                        .into_iter()
+                        .zip(keys)
+                        .map(|(v, k)| {
+                            let d = v.map(|v| parse::<DeadLetter>(&k, &v)).transpose()?;
+                            Ok(d.filter(|d| filter.matches(d)))
+                        })
+                        .collect()
+                }
+            },
+        )
         .await
     }
 

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use redis::AsyncCommands;
 use serde::Serialize;
 
 use super::{parse, record, Cursor, Store, StoreError};
@@ -41,7 +40,27 @@ pub struct EventFilter {
     pub status: Option<String>,
     /// Only events of this type.
     pub event: Option<String>,
+    /// Only events with a delivery to this connection.
+    pub connection_id: Option<String>,
+    /// Only events created at or after this time (Unix ms): the walk stops there.
+    pub since: Option<i64>,
 }
+
+impl EventFilter {
+    fn matches(&self, r: &EventRecord) -> bool {
+        self.since.is_none_or(|t| r.event.time_created >= t)
+            && self.status.as_deref().is_none_or(|s| s == r.status)
+            && self.event.as_deref().is_none_or(|e| e == r.event.event)
+            && self
+                .connection_id
+                .as_deref()
+                .is_none_or(|c| r.deliveries.iter().any(|d| d.connection_id == c))
+    }
+}
+
+/// How many events one list request looks at, at most, before it answers with what it found
+/// and a cursor to go on from (a filter that matches rarely gives short pages, not long reads).
+pub const MAX_SCAN: usize = 5_000;
 
 /// The statuses an event can have.
 pub const EVENT_STATUSES: &[&str] = &["pending", "delivered", "retrying", "dead", "no_match"];
@@ -140,41 +159,14 @@ impl Store {
         for (ws, n) in written {
             self.trim_history(batch.ws(ws), ws, n);
         }
-        self.run_batch(batch).await
-    }
-
-    /// The workspaces whose history holds event `uuid` (the console's lookup across
-    /// workspaces): a HEXISTS per workspace, in a pipeline per workspace (each in its own slot
-    /// of a cluster), many at a time.
-    pub async fn workspaces_with_event(&self, uuid: &str) -> Result<Vec<String>, StoreError> {
-        use futures::{StreamExt, TryStreamExt};
-        let mut conn = self.conn();
-        let workspaces: Vec<String> = conn.zrange(self.key("workspaces"), 0, -1).await?;
-        let pipes: Vec<redis::Pipeline> = workspaces
+        // Each event's locator is a key of its own (its own slot in a cluster), written apart
+        // from the workspaces' pipelines.
+        let located: Vec<(&str, &str)> = items
             .iter()
-            .map(|ws| {
-                let mut pipe = redis::pipe();
-                pipe.hexists(self.history_key(ws), uuid)
-                    .exists(self.legacy_event_key(ws, uuid));
-                pipe
-            })
+            .map(|i| (i.workspace_id, i.event.uuid.as_str()))
             .collect();
-        let found: Vec<bool> = futures::stream::iter(pipes)
-            .map(|pipe| {
-                let mut conn = self.conn();
-                async move {
-                    let (kept, legacy): (bool, bool) = pipe.query_async(&mut conn).await?;
-                    Ok::<_, StoreError>(kept || legacy)
-                }
-            })
-            .buffered(64)
-            .try_collect()
-            .await?;
-        Ok(workspaces
-            .into_iter()
-            .zip(found)
-            .filter_map(|(ws, f)| f.then_some(ws))
-            .collect())
+        futures::try_join!(self.run_batch(batch), self.locate(&located))?;
+        Ok(())
     }
 
     /// How many attempts the history holds for one delivery (None: not recorded).
@@ -265,7 +257,6 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<EventRecord>, Option<Cursor>), StoreError> {
         const BATCH: usize = 100;
-        const MAX_SCAN: usize = 5_000;
         let log = self.log_key(ws);
         // A cursor this function made names an entry (`ms-seq`); one made from a time alone
         // (or an event's time and uuid) starts before that millisecond.
@@ -280,13 +271,19 @@ impl Store {
                 _ => return Ok((Vec::new(), None)),
             },
         };
+        // An event is indexed at its creation time or later, never before: the walk stops at
+        // `since`, and the filter drops the few indexed later than they were created.
+        let start = match filter.since {
+            Some(since) if since > 0 => since.to_string(),
+            _ => "-".to_string(),
+        };
         let mut out = Vec::new();
         let mut scanned = 0;
         loop {
             let page: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
                 .arg(&log)
                 .arg(&end)
-                .arg("-")
+                .arg(&start)
                 .arg("COUNT")
                 .arg(BATCH)
                 .query_async(&mut self.conn())
@@ -304,9 +301,7 @@ impl Store {
             for (id, partial) in ids.into_iter().zip(records) {
                 scanned += 1;
                 if let Some(r) = partial.and_then(Partial::into_record) {
-                    if filter.status.as_deref().is_none_or(|s| s == r.status)
-                        && filter.event.as_deref().is_none_or(|e| e == r.event.event)
-                    {
+                    if filter.matches(&r) {
                         out.push(r);
                     }
                 }

@@ -10,6 +10,9 @@
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
+//! - `locator`: which workspace an event uuid is in (the console's lookup), one key per event.
+//! - [`replays`]: bulk replays of dead letters, their progress, and resuming them.
+//! - `paging`: the sorted-set lists page by cursor, `(score, member)`, never by offset.
 //! - `conn`: one Redis server or a Redis Cluster (`HERALD_REDIS_MODE`), behind one connection.
 //! - `migrate`: the one-time renaming of workspace keys written before they were hash-tagged.
 //!
@@ -40,8 +43,12 @@
 //! {p}:ws:{<ws>}:dead             ZSET dead_at -> dead-letter id; every write trims by score
 //!                                to the retention
 //! {p}:ws:{<ws>}:dl:{id}          dead letter JSON (expires a retention after it died)
+//! {p}:ws:{<ws>}:replay...        a bulk replay of dead letters (see `replays`)
 //! {p}:ws:{<ws>}:evt:{uuid}       an event's HASH as versions before the compact record wrote
 //!                                it: read, never written; expires by itself
+//! {p}:loc:{uuid}                 the workspace(s) holding event uuid (see `locator`; expires
+//!                                with the event, a retention after it was recorded)
+//! {p}:replays                    ZSET of unfinished bulk replays, to resume (one per workspace)
 //! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`; expires)
 //! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries (expires)
 //! {p}:session:{sha256}           portal session JSON, expiring with the session
@@ -60,8 +67,11 @@ mod conn;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
+mod locator;
 mod migrate;
+mod paging;
 pub mod record;
+pub mod replays;
 pub mod routing;
 mod scripts;
 mod sealing;
@@ -78,6 +88,7 @@ use crate::config::CommonSettings;
 
 pub use cache::{ConfigCache, WorkspaceConfig};
 pub use conn::RedisConn;
+pub use paging::Cursor;
 pub use tenants::NewWorkspace;
 
 /// A Redis operation failed, or stored data did not parse.
@@ -343,93 +354,6 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Herald's own types always serialise.
     serde_json::to_string(value).unwrap_or_default()
-}
-
-/// A cursor over a sorted set, newest first: the last score and member returned.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cursor {
-    /// Score of the last item returned.
-    pub score: i64,
-    /// Member of the last item returned.
-    pub member: String,
-}
-
-impl Cursor {
-    /// `score~member`, as put in `next_cursor`.
-    pub fn encode(&self) -> String {
-        format!("{}~{}", self.score, self.member)
-    }
-
-    /// Parses a `next_cursor` value.
-    pub fn decode(text: &str) -> Option<Self> {
-        let (score, member) = text.split_once('~')?;
-        Some(Self {
-            score: score.parse().ok()?,
-            member: member.to_string(),
-        })
-    }
-}
-
-/// Pages through a sorted set newest first, from after `cursor`. `load` turns a batch of
-/// members into items (None for those a filter drops). Stops at `limit` items or after
-/// `max_scan` members; returns the items and the cursor of the next page, if there may be more.
-pub(crate) async fn scan_newest<T, F, Fut>(
-    conn: &mut RedisConn,
-    key: &str,
-    cursor: Option<Cursor>,
-    limit: usize,
-    max_scan: usize,
-    mut load: F,
-) -> Result<(Vec<T>, Option<Cursor>), StoreError>
-where
-    F: FnMut(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Option<T>>, StoreError>>,
-{
-    const BATCH: isize = 100;
-    let max = cursor
-        .as_ref()
-        .map(|c| c.score.to_string())
-        .unwrap_or_else(|| "+inf".into());
-    let mut offset: isize = 0;
-    let mut out = Vec::new();
-    let mut scanned = 0;
-    loop {
-        let page: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
-            .arg(key)
-            .arg(&max)
-            .arg("-inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(offset)
-            .arg(BATCH)
-            .query_async(conn)
-            .await?;
-        if page.is_empty() {
-            return Ok((out, None));
-        }
-        offset += page.len() as isize;
-        let page: Vec<(String, i64)> = page
-            .into_iter()
-            .map(|(m, s)| (m, s as i64))
-            .filter(|(m, s)| match &cursor {
-                Some(c) => *s < c.score || (*s == c.score && *m < c.member),
-                None => true,
-            })
-            .collect();
-        if page.is_empty() {
-            continue;
-        }
-        let items = load(page.iter().map(|(m, _)| m.clone()).collect()).await?;
-        for ((member, score), item) in page.into_iter().zip(items) {
-            scanned += 1;
-            if let Some(item) = item {
-                out.push(item);
-            }
-            if out.len() >= limit || scanned >= max_scan {
-                return Ok((out, Some(Cursor { score, member })));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

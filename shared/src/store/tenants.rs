@@ -139,7 +139,7 @@ impl Store {
         let mut conn = self.conn();
         let key = self.key("workspaces");
         let this = self.clone();
-        super::scan_newest(&mut conn, &key, cursor, limit, limit, |ids| {
+        super::paging::scan_newest(&mut conn, &key, cursor, None, limit, limit, |ids| {
             let this = this.clone();
             async move {
                 // In a cluster, MGET over workspaces of several slots is split by slot (by

@@ -310,48 +310,16 @@ async fn outcomes_are_written_once_redis_is_back_for_the_deliverer() {
     stack
         .start_deliverer_with(&[("HERALD_REDIS_URL", &format!("redis://{}", relay.addr))])
         .await;
-    let receiver = Receiver::start().await;
-    receiver.set("slow-ok", Behaviour::Slow(Duration::from_millis(800)));
-    receiver.set(
-        "slow-fail",
-        Behaviour::SlowFail(Duration::from_millis(800), 500),
-    );
-    let w = stack.wired(&receiver, &["slow-ok", "slow-fail"]).await;
-    let uuid = stack
-        .send(&w.pk, "order.completed", "order", json!({"n": 1}))
-        .await;
+    let (receiver, sk, uuid) = slow_pair(&stack, Duration::from_millis(800)).await;
 
     // Act: Redis goes away for the deliverer alone while both requests are out, so writing
     // their outcomes fails for 2.5 s.
-    receiver.wait_for("slow-ok", 1).await;
-    receiver.wait_for("slow-fail", 1).await;
     relay.cut();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     relay.mend();
 
-    // Assert: nothing of the message was dropped: the delivery is recorded, and the failed one
-    // was retried and dead-lettered with both attempts.
-    let history = stack
-        .event_when(&w.sk, &uuid, "every outcome written", |b| {
-            b["status"] == "dead"
-                && b["deliveries"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().all(|d| d["status"] != "pending"))
-        })
-        .await;
-    let by_status = |status: &str| {
-        history["deliveries"]
-            .as_array()
-            .expect("deliveries")
-            .iter()
-            .filter(|d| d["status"] == status)
-            .map(|d| d["attempts"].as_array().map_or(0, Vec::len))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(by_status("delivered"), vec![1], "{history}");
-    assert_eq!(by_status("dead"), vec![2], "{history}");
-    assert_eq!(receiver.received("slow-ok").len(), 1);
-    assert_eq!(receiver.received("slow-fail").len(), 2);
+    // Assert
+    both_outcomes_kept(&stack, &receiver, &sk, &uuid).await;
     stack.stop().await;
 }
 
@@ -360,23 +328,12 @@ async fn a_message_whose_settling_fails_again_and_again_keeps_every_outcome() {
     // Arrange: one event to a slow healthy endpoint and a slow failing one (one retry, then the
     // dead-letter queue), so one jobs message carries both.
     let stack = Stack::start_with(&[("HERALD_RETRY_SCHEDULE", "1s")]).await;
-    let receiver = Receiver::start().await;
-    receiver.set("slow-ok", Behaviour::Slow(Duration::from_millis(1500)));
-    receiver.set(
-        "slow-fail",
-        Behaviour::SlowFail(Duration::from_millis(1500), 500),
-    );
-    let w = stack.wired(&receiver, &["slow-ok", "slow-fail"]).await;
     let common = CommonSettings::from_source(stack.source()).expect("settings");
-    let uuid = stack
-        .send(&w.pk, "order.completed", "order", json!({"n": 1}))
-        .await;
+    let (receiver, sk, uuid) = slow_pair(&stack, Duration::from_millis(1500)).await;
 
     // Act: while both requests are out, the retry ladder's entry exchange disappears from the
     // stack's vhost, so publishing the retry fails (and settling the message with it) every
     // 500 ms until the topology is declared again 3 s later.
-    receiver.wait_for("slow-ok", 1).await;
-    receiver.wait_for("slow-fail", 1).await;
     let broker = Broker::new(&common, "test-topology");
     let channel = broker
         .connection()
@@ -395,11 +352,35 @@ async fn a_message_whose_settling_fails_again_and_again_keeps_every_outcome() {
         .await
         .expect("topology declared again");
 
-    // Assert: nothing of the message was dropped: the delivery is recorded, and the failed one
-    // was retried and dead-lettered with both attempts.
+    // Assert
+    both_outcomes_kept(&stack, &receiver, &sk, &uuid).await;
+    stack.stop().await;
+}
+
+/// One event to a healthy and a failing endpoint that both answer after `pause` (one jobs
+/// message carries both), sent once both are wired; returns when both requests are out.
+async fn slow_pair(stack: &Stack, pause: Duration) -> (Receiver, String, String) {
+    let receiver = Receiver::start().await;
+    receiver.set("slow-ok", Behaviour::Slow(pause));
+    receiver.set("slow-fail", Behaviour::SlowFail(pause, 500));
+    let w = stack.wired(&receiver, &["slow-ok", "slow-fail"]).await;
+    let uuid = stack
+        .send(&w.pk, "order.completed", "order", json!({"n": 1}))
+        .await;
+    receiver.wait_for("slow-ok", 1).await;
+    receiver.wait_for("slow-fail", 1).await;
+    (receiver, w.sk, uuid)
+}
+
+/// Nothing of the message was dropped: the healthy delivery is recorded with its one attempt,
+/// and the failed one was retried once and dead-lettered with both attempts.
+async fn both_outcomes_kept(stack: &Stack, receiver: &Receiver, sk: &str, uuid: &str) {
     let history = stack
-        .event_when(&w.sk, &uuid, "every outcome written", |b| {
+        .event_when(sk, uuid, "every outcome written", |b| {
             b["status"] == "dead"
+                && b["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().all(|d| d["status"] != "pending"))
         })
         .await;
     let attempts_by_status = |status: &str| {
@@ -415,5 +396,4 @@ async fn a_message_whose_settling_fails_again_and_again_keeps_every_outcome() {
     assert_eq!(attempts_by_status("dead"), vec![2], "{history}");
     assert_eq!(receiver.received("slow-ok").len(), 1);
     assert_eq!(receiver.received("slow-fail").len(), 2);
-    stack.stop().await;
 }

@@ -152,15 +152,20 @@ impl Link {
     }
 }
 
+impl RedisConn {
+    /// Waits for `answer` at most [`CALL_LIMIT`].
+    async fn bounded<T>(&self, answer: RedisFuture<'_, T>) -> RedisResult<T> {
+        match tokio::time::timeout(CALL_LIMIT, answer).await {
+            Ok(answer) => answer,
+            Err(_) => Err(self.wedged()),
+        }
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let mut link = self.link();
-        Box::pin(async move {
-            match tokio::time::timeout(CALL_LIMIT, link.req_packed_command(cmd)).await {
-                Ok(answer) => answer,
-                Err(_) => Err(self.wedged()),
-            }
-        })
+        Box::pin(async move { self.bounded(link.req_packed_command(cmd)).await })
     }
 
     fn req_packed_commands<'a>(
@@ -171,11 +176,8 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         let mut link = self.link();
         Box::pin(async move {
-            let answers = link.req_packed_commands(cmd, offset, count);
-            match tokio::time::timeout(CALL_LIMIT, answers).await {
-                Ok(answers) => answers,
-                Err(_) => Err(self.wedged()),
-            }
+            self.bounded(link.req_packed_commands(cmd, offset, count))
+                .await
         })
     }
 

@@ -153,6 +153,20 @@ fn fail(sent: &mut Sent, error: String) {
     }
 }
 
+/// `events` events in bulk requests of `--batch`, sent back to back by `--producers`.
+pub async fn exactly(args: &crate::Args, producer: &Producer, events: u64) -> Sent {
+    let batch = args.batch() as u64;
+    closed_loop(
+        producer,
+        args.producers,
+        true,
+        body(batch as usize, args.payload_bytes),
+        Instant::now() + Duration::from_secs(3600),
+        Some(events.div_ceil(batch)),
+    )
+    .await
+}
+
 /// `workers` producers, each sending back to back until `until` (or until `max_requests`
 /// requests were sent in all); a failed request is followed by a short pause.
 pub async fn closed_loop(

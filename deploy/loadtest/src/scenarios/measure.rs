@@ -190,18 +190,9 @@ pub async fn burst_phase(
     events: u64,
 ) -> anyhow::Result<Delivered> {
     let args = ctx.args;
-    let batch = args.batch() as u64;
     ctx.receiver.reset();
     let usage = window(stack);
-    let sent = produce::closed_loop(
-        producer,
-        args.producers,
-        true,
-        produce::body(batch as usize, args.payload_bytes),
-        Instant::now() + Duration::from_secs(3600),
-        Some(events.div_ceil(batch)),
-    )
-    .await;
+    let sent = produce::exactly(args, producer, events).await;
     eprintln!(
         "herald-load: {name}: {} events accepted; waiting for deliveries",
         sent.accepted.len()

@@ -30,19 +30,10 @@ const TIMED_PAGES: [usize; 2] = [1, 50];
 pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> anyhow::Result<()> {
     let args = ctx.args;
     let events = args.events.unwrap_or(100_000);
-    let batch = args.batch() as u64;
     let limit = args.page_size;
 
     // Arrange: the workspace's history, every event delivered.
-    let sent = produce::closed_loop(
-        producer,
-        args.producers,
-        true,
-        produce::body(batch as usize, args.payload_bytes),
-        Instant::now() + Duration::from_secs(3600),
-        Some(events.div_ceil(batch)),
-    )
-    .await;
+    let sent = produce::exactly(args, producer, events).await;
     eprintln!(
         "herald-load: paging: {} events accepted; waiting for deliveries",
         sent.accepted.len()

@@ -25,19 +25,10 @@ const PAGE: usize = 250;
 pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> anyhow::Result<()> {
     let args = ctx.args;
     let events = args.events.unwrap_or(10_000);
-    let batch = args.batch() as u64;
 
     // Arrange: every event dead-lettered at its first attempt.
     ctx.receiver.set_failing(true);
-    let sent = produce::closed_loop(
-        producer,
-        args.producers,
-        true,
-        produce::body(batch as usize, args.payload_bytes),
-        Instant::now() + Duration::from_secs(3600),
-        Some(events.div_ceil(batch)),
-    )
-    .await;
+    let sent = produce::exactly(args, producer, events).await;
     let accepted = sent.accepted.len();
     eprintln!("herald-load: replay: {accepted} events accepted; waiting for their dead letters");
     let made = Instant::now();

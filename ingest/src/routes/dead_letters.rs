@@ -242,21 +242,7 @@ pub async fn replay_many_of(
         .store
         .dead_letters_older(ws, &StoreCursor::at_or_below(now))
         .await?;
-    let r = Replay {
-        id: herald_shared::ids::new_id("rpl"),
-        workspace_id: ws.to_string(),
-        connection_id,
-        event,
-        until: now,
-        count,
-        examined: 0,
-        replayed: 0,
-        cursor: None,
-        started_at: now,
-        updated_at: now,
-        finished_at: None,
-        last_error: None,
-    };
+    let r = Replay::new(ws, connection_id, event, now, count);
     if let Some(running) = state.store.start_replay(&r, &state.replays.owner).await? {
         return Err(ApiError::Conflict(format!(
             "bulk replay {running} of this workspace is not finished; one runs at a time \

@@ -61,6 +61,32 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// A replay of `workspace_id`'s dead letters that died by `until` and match the filter,
+    /// `count` of them to look at, not started yet.
+    pub fn new(
+        workspace_id: &str,
+        connection_id: Option<String>,
+        event: Option<String>,
+        until: i64,
+        count: u64,
+    ) -> Self {
+        Self {
+            id: crate::ids::new_id("rpl"),
+            workspace_id: workspace_id.to_string(),
+            connection_id,
+            event,
+            until,
+            count,
+            examined: 0,
+            replayed: 0,
+            cursor: None,
+            started_at: until,
+            updated_at: until,
+            finished_at: None,
+            last_error: None,
+        }
+    }
+
     /// Where the walk goes on from.
     pub fn position(&self) -> Cursor {
         self.cursor

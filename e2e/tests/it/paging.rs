@@ -436,8 +436,26 @@ async fn a_replay_by_filter_runs_in_the_background_with_its_progress_and_refuses
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_its_ingest_let_go_of_is_resumed_where_it_stopped() {
+    replay_resumed_after_its_ingest_stopped(Stop::LetGo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_whose_ingest_was_killed_is_resumed_once_its_lease_runs_out() {
+    replay_resumed_after_its_ingest_stopped(Stop::Killed).await;
+}
+
+/// How the ingest running a replay stopped after its first page.
+#[derive(PartialEq)]
+enum Stop {
+    /// Shut down: it saved its progress and let go of the lease.
+    LetGo,
+    /// SIGKILLed: its progress is saved, its lease runs until it expires.
+    Killed,
+}
+
+async fn replay_resumed_after_its_ingest_stopped(how: Stop) {
     // Arrange: 300 dead letters; a replay of them started by an ingest that then stopped
-    // after its first page (it let go of the lease, as at SIGTERM), its progress in Redis.
+    // after its first page, its progress in Redis.
     let stack = Stack::start().await;
     let receiver = Receiver::start().await;
     let w = stack.wired(&receiver, &["a"]).await;
@@ -454,21 +472,7 @@ async fn a_replay_its_ingest_let_go_of_is_resumed_where_it_stopped() {
     )
     .await;
     let now = herald_shared::now_ms();
-    let mut left = Replay {
-        id: herald_shared::ids::new_id("rpl"),
-        workspace_id: w.workspace.clone(),
-        connection_id: None,
-        event: None,
-        until: now,
-        count: 300,
-        examined: 0,
-        replayed: 0,
-        cursor: None,
-        started_at: now,
-        updated_at: now,
-        finished_at: None,
-        last_error: None,
-    };
+    let mut left = Replay::new(&w.workspace, None, None, now, 300);
     assert_eq!(
         store
             .start_replay(&left, "ing_gone")
@@ -483,10 +487,13 @@ async fn a_replay_its_ingest_let_go_of_is_resumed_where_it_stopped() {
     // The page it got through: looked at, not replayed (so the resumed walk must not redo it).
     left.examined = 100;
     left.cursor = Some(first.last().expect("a page").0.encode());
-    store
-        .let_go_of_replay(&left, "ing_gone")
-        .await
-        .expect("let go");
+    match how {
+        Stop::LetGo => store
+            .let_go_of_replay(&left, "ing_gone")
+            .await
+            .expect("let go"),
+        Stop::Killed => assert!(store.save_replay(&left, "ing_gone").await.expect("saved")),
+    }
 
     // Act: nobody runs it now; a second replay is refused while it waits.
     let (status, waiting) = stack
@@ -502,9 +509,15 @@ async fn a_replay_its_ingest_let_go_of_is_resumed_where_it_stopped() {
         .call("POST", "/v1/dead-letters/replay", &w.sk, Some(json!({})))
         .await;
 
-    // Assert: it waited with 200 to go, then this stack's ingest took it over and finished
-    // the 200 the first one had not reached.
-    assert_eq!(waiting["status"], "waiting", "{waiting}");
+    // Assert: it waited with 200 to go, then this stack's ingest took it over (at once after a
+    // let-go, once the lease ran out after a kill) and finished the 200 the first had not
+    // reached.
+    let shown = if how == Stop::LetGo {
+        "waiting"
+    } else {
+        "running"
+    };
+    assert_eq!(waiting["status"], shown, "{waiting}");
     assert_eq!(waiting["remaining"], 200, "{waiting}");
     assert_eq!(waiting["done"], 100, "{waiting}");
     assert_eq!(refused, 409);

@@ -4,7 +4,7 @@
 //! `{p}:loc:{uuid}` holds the workspace id (a few ids, space-separated, in the rare case that
 //! producers of different workspaces chose the same uuid). It is written with the event's
 //! record and expires with it, after `HERALD_RETENTION`; the TTL is set once and never pushed
-//! forward. It costs about a hundred bytes per event (see `docs/operations.md`). It is a key
+//! forward. It costs about 205 bytes of Redis per event (see `docs/operations.md`). It is a key
 //! outside any workspace, so in a cluster it lives in a slot of its own: every command here
 //! touches that one key.
 
@@ -17,8 +17,8 @@ use super::{Store, StoreError};
 /// by the console's search by workspace.
 const MAX_WORKSPACES: usize = 8;
 
-/// How many locators are written at once (each its own command, on the one multiplexed
-/// connection).
+/// How many locators are written at once in a cluster (each its own command, since each is in
+/// a slot of its own); on one server they go in one pipeline.
 const CONCURRENT: usize = 64;
 
 /// Adds `ws` to a locator that named other workspaces. KEYS: the locator. ARGV: workspace id,
@@ -48,33 +48,69 @@ impl Store {
     /// after the retention, like its event, and is never written again for the same workspace.
     pub(super) async fn locate(&self, events: &[(&str, &str)]) -> Result<(), StoreError> {
         let ttl = self.retention_secs();
-        futures::stream::iter(events.iter().map(Ok))
-            .try_for_each_concurrent(CONCURRENT, |&(ws, uuid)| self.locate_one(ws, uuid, ttl))
-            .await
+        if self.conn.is_cluster() {
+            // Each key in a slot of its own: one command a key, a few at a time.
+            return futures::stream::iter(events.iter().map(Ok))
+                .try_for_each_concurrent(CONCURRENT, |&(ws, uuid)| async move {
+                    let before = self.first_holder(ws, uuid, ttl).await?;
+                    self.add_holder(ws, uuid, before, ttl).await
+                })
+                .await;
+        }
+        // One server: every first write in one pipeline.
+        let mut pipe = redis::pipe();
+        for (ws, uuid) in events {
+            pipe.add_command(self.set_first_holder(ws, uuid, ttl));
+        }
+        let befores: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        for ((ws, uuid), before) in events.iter().zip(befores) {
+            self.add_holder(ws, uuid, before, ttl).await?;
+        }
+        Ok(())
     }
 
-    /// One locator: set when new; else, when it named other workspaces (two workspaces'
-    /// producers chose the same uuid), `ws` is added to them.
-    async fn locate_one(&self, ws: &str, uuid: &str, ttl: i64) -> Result<(), StoreError> {
-        static ADD: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(ADD_WORKSPACE));
-        let key = self.locator_key(uuid);
-        let before: Option<String> = redis::cmd("SET")
-            .arg(&key)
+    /// `SET NX GET`: records `ws` as the uuid's workspace unless one is recorded already, and
+    /// answers what was there.
+    fn set_first_holder(&self, ws: &str, uuid: &str, ttl: i64) -> redis::Cmd {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.locator_key(uuid))
             .arg(ws)
             .arg("NX")
             .arg("GET")
             .arg("EX")
-            .arg(ttl)
+            .arg(ttl);
+        cmd
+    }
+
+    async fn first_holder(
+        &self,
+        ws: &str,
+        uuid: &str,
+        ttl: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .set_first_holder(ws, uuid, ttl)
             .query_async(&mut self.conn())
-            .await?;
+            .await?)
+    }
+
+    /// A uuid another workspace recorded first (rare): `ws` is added beside it.
+    async fn add_holder(
+        &self,
+        ws: &str,
+        uuid: &str,
+        before: Option<String>,
+        ttl: i64,
+    ) -> Result<(), StoreError> {
+        static ADD: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(ADD_WORKSPACE));
         let Some(before) = before else {
             return Ok(());
         };
         if before.split(' ').any(|w| w == ws) {
             return Ok(());
         }
-        ADD.key(&key)
+        ADD.key(self.locator_key(uuid))
             .arg(ws)
             .arg(ttl)
             .arg(MAX_WORKSPACES)

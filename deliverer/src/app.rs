@@ -40,6 +40,7 @@ pub async fn start(
         // Jobs that finish after their message was acknowledged (see `flight`); a process
         // killed instead of drained leaves them to their stand-ins.
         background: Some(detached.clone()),
+        sweeps_history: false,
     };
     let common = settings.common.clone();
     let shutdown = cancel.clone();

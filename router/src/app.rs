@@ -69,6 +69,7 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         budget: Some(ByteBudget::new(settings.inflight_bytes)),
         queue_depths: QueueDepths::Sample,
         background: None,
+        sweeps_history: true,
     };
     let common = settings.common.clone();
     start_worker(&common, spec, cancel, move |worker| {

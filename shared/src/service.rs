@@ -106,6 +106,8 @@ pub struct WorkerSpec {
     /// drained after the consumer and before the broker connection closes, since it may still
     /// publish.
     pub background: Option<TaskTracker>,
+    /// Whether this worker trims the history of workspaces that stopped writing.
+    pub sweeps_history: bool,
 }
 
 /// Starts a worker: connects to Redis and the broker, serves the ops endpoints, and consumes
@@ -142,6 +144,9 @@ where
         spec.queue_depths,
         cancel.clone(),
     ));
+    let sweep = spec
+        .sweeps_history
+        .then(|| tokio::spawn(store.clone().sweep_idle_histories(cancel.clone())));
     let publisher = Publisher::new(broker);
     let handler = make(Worker {
         store,
@@ -176,6 +181,7 @@ where
         ("connection watch", watch),
         ("ops server", ops),
     ];
+    tasks.extend(sweep.map(|task| ("history sweep", task)));
     tasks.extend(metrics_server(common, &cancel).await?);
     Ok(Running::new(addr, cancel, tasks))
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_e2e::{eventually, Receiver, Stack};
+use herald_e2e::{eventually, Receiver, Stack, ADMIN};
 use serde_json::json;
 
 fn redis() -> redis::Connection {
@@ -71,7 +71,83 @@ async fn a_workspace_kept_busy_past_its_retention_holds_only_the_window() {
             .arg(format!("{ws}:{key}"))
             .query(&mut c)
             .expect("ttl");
-        assert!((1..=10).contains(&ttl), "{key} expires in {ttl} s");
+        // A retention and two sweeps (of 5 s each) after the last write.
+        assert!((1..=20).contains(&ttl), "{key} expires in {ttl} s");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workspace_that_stops_writing_loses_its_history_and_locators_on_time() {
+    // Arrange: a 10 s retention; a workspace sends 8 events and stops. The buckets its
+    // locators are in are kept alive, as other workspaces' writes keep them in a busy system.
+    let stack = Stack::start_with(&[("HERALD_RETENTION", "10s")]).await;
+    let receiver = Receiver::start().await;
+    let w = stack.wired(&receiver, &["idle"]).await;
+    let mut sent = Vec::new();
+    for n in 0..8 {
+        sent.push(
+            stack
+                .send(&w.pk, "order.paid", "order", json!({"n": n}))
+                .await,
+        );
+    }
+    receiver.wait_for("idle", 8).await;
+    let mut c = redis();
+    let locator = |uuid: &str| {
+        let bucket = herald_shared::store::locator::bucket(uuid);
+        let key = format!("{}:loc:{bucket}", stack.prefix);
+        (key, herald_shared::store::locator::field(uuid))
+    };
+    for uuid in &sent {
+        let (key, field) = locator(uuid);
+        let held: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(&field)
+            .query(&mut c)
+            .expect("hget");
+        assert_eq!(held.as_deref(), Some(w.workspace.as_str()), "{uuid}");
+        let _: () = redis::cmd("EXPIRE")
+            .arg(&key)
+            .arg(300)
+            .query(&mut c)
+            .expect("expire");
+    }
+
+    // Act: nothing more is written; the router's sweep (every 5 s) trims what is past 10 s.
+    let ws = format!("{}:ws:{{{}}}", stack.prefix, w.workspace);
+    eventually(
+        "the idle workspace's history trimmed",
+        Duration::from_secs(30),
+        || async {
+            let kept: i64 = redis::cmd("HLEN")
+                .arg(format!("{ws}:history"))
+                .query(&mut redis())
+                .expect("hlen");
+            (kept == 0).then_some(())
+        },
+    )
+    .await;
+
+    // Assert: no locator of its events is left, and the console finds none of them.
+    for uuid in &sent {
+        let (key, field) = locator(uuid);
+        let held: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(&field)
+            .query(&mut c)
+            .expect("hget");
+        assert_eq!(held, None, "{uuid}'s locator outlived its history");
+    }
+    let (status, _) = stack
+        .call("GET", &format!("/v1/admin/events/{}", sent[0]), ADMIN, None)
+        .await;
+    assert_eq!(status, 404);
+    for uuid in &sent {
+        let _: () = redis::cmd("DEL")
+            .arg(locator(uuid).0)
+            .query(&mut c)
+            .expect("del");
     }
     stack.stop().await;
 }

@@ -99,7 +99,7 @@ impl Store {
             *written.entry(row.workspace_id).or_default() += 1;
         }
         for (ws, n) in written {
-            self.trim_history(batch.ws(ws), ws, n);
+            self.trim_history(&mut batch, ws, n);
         }
         let cutoff = crate::now_ms() - self.retention.as_millis() as i64;
         for d in dead {

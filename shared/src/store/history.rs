@@ -104,20 +104,109 @@ impl Store {
 
     /// Adds to `pipe` what bounds a workspace's history while it keeps writing: the log and
     /// the records older than the retention go (at most `2 * written + 500` per call), and the
-    /// two keys expire a retention after the last write (they hold nothing older by then).
-    pub(super) fn trim_history(&self, pipe: &mut redis::Pipeline, ws: &str, written: usize) {
-        let cutoff = crate::now_ms() - self.retention.as_millis() as i64;
-        pipe.invoke_script(
-            super::script(super::ScriptName::Trim)
-                .key(self.history_key(ws))
-                .key(self.log_key(ws))
-                .arg(cutoff)
-                .arg(2 * written + TRIM_EXTRA),
-        )
-        .ignore();
-        let ttl = self.retention_secs();
+    /// two keys expire a little more than a retention after the last write.
+    /// The trim's reply is the uuids it removed: [`Store::run_batch`] removes their locators.
+    pub(super) fn trim_history(&self, batch: &mut super::Batch, ws: &str, written: usize) {
+        batch.note_trim(ws);
+        let pipe = batch.ws(ws);
+        pipe.invoke_script(&self.trim_call(ws, 2 * written + TRIM_EXTRA));
+        // Longer than the retention by two sweeps: a workspace that stops writing is trimmed by
+        // the sweep (which removes its locators too) before its keys expire.
+        let ttl = self.retention_secs() + 2 * self.sweep_every().as_secs() as i64;
         pipe.expire(self.history_key(ws), ttl).ignore();
         pipe.expire(self.log_key(ws), ttl).ignore();
+    }
+
+    /// How often the history of every workspace is swept (see `sweep_idle_histories`).
+    fn sweep_every(&self) -> std::time::Duration {
+        (self.retention / 2).clamp(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(60),
+        )
+    }
+
+    fn trim_call(&self, ws: &str, most: usize) -> redis::ScriptInvocation<'static> {
+        let cutoff = crate::now_ms() - self.retention.as_millis() as i64;
+        let mut call = super::script(super::ScriptName::Trim);
+        call.key(self.history_key(ws))
+            .key(self.log_key(ws))
+            .arg(cutoff)
+            .arg(most);
+        call
+    }
+
+    /// Trims the history of a workspace that may have stopped writing (writes trim a busy
+    /// one): every entry older than the retention goes, with its locator, `TRIM_EXTRA` at a
+    /// time. Answers how many went.
+    pub async fn trim_idle(&self, ws: &str) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&self.trim_call(ws, TRIM_EXTRA));
+            let (trimmed,): (Vec<String>,) = self.query(&pipe).await?;
+            self.unlocate(ws, &trimmed).await?;
+            total += trimmed.len();
+            if trimmed.len() < TRIM_EXTRA {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Trims every workspace's history now and then, so that one that stopped writing loses
+    /// its old entries (and their locators) on time too. Several processes may run this: one of
+    /// them sweeps per period.
+    pub async fn sweep_idle_histories(self, cancel: tokio_util::sync::CancellationToken) {
+        let every = self.sweep_every();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.sweep_once(every).await {
+                tracing::warn!(error = %e, "sweeping idle workspaces' history failed; next try in {every:?}");
+            }
+        }
+    }
+
+    /// One sweep, if no other process took this period's: every workspace trimmed.
+    async fn sweep_once(&self, every: std::time::Duration) -> Result<(), StoreError> {
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.key("history-sweep"))
+            .arg(std::process::id())
+            .arg("NX")
+            .arg("PX")
+            .arg(every.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        if claimed.is_none() {
+            return Ok(());
+        }
+        const CHUNK: isize = 500;
+        let mut start = 0;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.key("workspaces"))
+                .arg(start)
+                .arg(start + CHUNK - 1)
+                .query_async(&mut self.conn())
+                .await?;
+            for ws in &ids {
+                self.trim_idle(ws).await?;
+            }
+            if (ids.len() as isize) < CHUNK {
+                return Ok(());
+            }
+            start += CHUNK;
+        }
+    }
+
+    /// True when workspace `ws` holds event `uuid` in its history.
+    pub(super) async fn holds_event(&self, ws: &str, uuid: &str) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.hexists(self.history_key(ws), uuid)
+            .exists(self.legacy_event_key(ws, uuid));
+        let (record, legacy): (bool, bool) = self.query(&pipe).await?;
+        Ok(record || legacy)
     }
 
     /// Records routed events and their pending deliveries. Never overwrites what is already
@@ -157,10 +246,10 @@ impl Store {
             *written.entry(item.workspace_id).or_default() += 1;
         }
         for (ws, n) in written {
-            self.trim_history(batch.ws(ws), ws, n);
+            self.trim_history(&mut batch, ws, n);
         }
-        // Each event's locator is a key of its own (its own slot in a cluster), written apart
-        // from the workspaces' pipelines.
+        // The locators' buckets are keys outside the workspaces (other slots in a cluster),
+        // written apart from the workspaces' pipelines.
         let located: Vec<(&str, &str)> = items
             .iter()
             .map(|i| (i.workspace_id, i.event.uuid.as_str()))

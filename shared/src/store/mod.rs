@@ -10,7 +10,8 @@
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
-//! - `locator`: which workspace an event uuid is in (the console's lookup), one key per event.
+//! - [`locator`]: which workspace an event uuid is in (the console's lookup), in 4,096 small
+//!   hashes.
 //! - [`replays`]: bulk replays of dead letters, their progress, and resuming them.
 //! - `paging`: the sorted-set lists page by cursor, `(score, member)`, never by offset.
 //! - `conn`: one Redis server or a Redis Cluster (`HERALD_REDIS_MODE`), behind one connection.
@@ -29,8 +30,9 @@
 //! {p}:ws:{<ws>}:conns / :rules   HASH id -> JSON
 //! {p}:ws:{<ws>}:history          HASH event uuid -> compact record (see `record`): the event,
 //!                                its deliveries and attempts, the time it was expanded (the
-//!                                dedup claim). Trimmed with the log; expires a retention after
-//!                                the workspace's last write
+//!                                dedup claim). Trimmed with the log, by every write and by the
+//!                                router's sweep of idle workspaces (every retention/2, 5-60 s);
+//!                                expires a retention and two sweeps after the last write
 //! {p}:ws:{<ws>}:log              STREAM `u` -> event uuid, by time: the index lists page
 //!                                through. Every write trims entries older than the retention
 //!                                (`scripts::TRIM`); expires with the history
@@ -46,8 +48,9 @@
 //! {p}:ws:{<ws>}:replay...        a bulk replay of dead letters (see `replays`)
 //! {p}:ws:{<ws>}:evt:{uuid}       an event's HASH as versions before the compact record wrote
 //!                                it: read, never written; expires by itself
-//! {p}:loc:{uuid}                 the workspace(s) holding event uuid (see `locator`; expires
-//!                                with the event, a retention after it was recorded)
+//! {p}:loc:<n>                    HASH uuid -> the workspace(s) holding it, for 4,096 buckets n
+//!                                (see `locator`): each entry goes when the history trims its
+//!                                event; a bucket expires a retention after its last write
 //! {p}:replays                    ZSET of unfinished bulk replays, to resume (one per workspace)
 //! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`; expires)
 //! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries (expires)
@@ -67,7 +70,7 @@ mod conn;
 pub mod dead_letters;
 pub mod health;
 pub mod history;
-mod locator;
+pub mod locator;
 mod migrate;
 mod paging;
 pub mod record;
@@ -212,12 +215,27 @@ impl Store {
         Batch {
             split: self.conn.is_cluster(),
             pipes: std::collections::BTreeMap::new(),
+            trims: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Runs every pipeline of a batch (all at once; in one pipeline on a single server).
+    /// Runs every pipeline of a batch (all at once; in one pipeline on a single server), then
+    /// removes the locators of the events its trims removed.
     pub(crate) async fn run_batch(&self, batch: Batch) -> Result<(), StoreError> {
-        futures::future::try_join_all(batch.pipes.values().map(|p| self.run(p))).await?;
+        let replies = futures::future::try_join_all(
+            batch
+                .pipes
+                .values()
+                .map(|p| self.query::<Vec<Vec<String>>>(p)),
+        )
+        .await?;
+        let empty = Vec::new();
+        for (tag, trimmed) in batch.pipes.keys().zip(replies) {
+            let workspaces = batch.trims.get(tag).unwrap_or(&empty);
+            for (ws, uuids) in workspaces.iter().zip(trimmed) {
+                self.unlocate(ws, &uuids).await?;
+            }
+        }
         Ok(())
     }
 
@@ -328,16 +346,37 @@ fn ws_root_key(prefix: &str, ws: &str) -> String {
 /// Pipelines that together make one write, split by Redis Cluster slot: in a cluster every
 /// pipeline is sent to the node that owns its one slot (a pipeline over keys of several slots
 /// would fail there); on a single server they are one pipeline, one round trip.
+///
+/// Every command in a batch's pipelines is sent with its reply ignored except the history
+/// trims (`Store::trim_history`), whose workspaces `trims` lists in the order of their replies.
 pub(crate) struct Batch {
     split: bool,
     pipes: std::collections::BTreeMap<String, redis::Pipeline>,
+    trims: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Batch {
+    fn tag<'a>(&self, ws: &'a str) -> &'a str {
+        if self.split {
+            ws
+        } else {
+            ""
+        }
+    }
+
     /// The pipeline for keys of workspace `ws` (all in the slot of its hash tag).
     pub(crate) fn ws(&mut self, ws: &str) -> &mut redis::Pipeline {
-        let tag = if self.split { ws } else { "" };
+        let tag = self.tag(ws);
         self.pipes.entry(tag.to_string()).or_default()
+    }
+
+    /// Notes that the next reply-bearing command added for `ws` is its history's trim.
+    pub(crate) fn note_trim(&mut self, ws: &str) {
+        let tag = self.tag(ws);
+        self.trims
+            .entry(tag.to_string())
+            .or_default()
+            .push(ws.to_string());
     }
 }
 

@@ -137,15 +137,16 @@ return 0
 
 /// Trims a workspace's history to the retention: the oldest entries of the log up to the
 /// cutoff, and their records, at most ARGV[2] per call (each write trims, so a busy workspace
-/// keeps up). KEYS: history, log. ARGV: cutoff ms, most entries. Returns how many went.
+/// keeps up). KEYS: history, log. ARGV: cutoff ms, most entries. Returns the uuids that went
+/// (their locators go next, see `locator`).
 pub const TRIM: &str = r"
 local old = redis.call('XRANGE', KEYS[2], '-', ARGV[1], 'COUNT', ARGV[2])
-if #old == 0 then return 0 end
+if #old == 0 then return {} end
 local ids, uuids = {}, {}
 for i, e in ipairs(old) do ids[i] = e[1]; uuids[i] = e[2][2] end
 redis.call('HDEL', KEYS[1], unpack(uuids))
 redis.call('XDEL', KEYS[2], unpack(ids))
-return #old
+return uuids
 ";
 
 /// `script` with the shared functions in front.

@@ -5,6 +5,7 @@
 //! customer would write it.
 //!
 //! - [`vhost`]: a RabbitMQ vhost of its own ([`Vhost`]), deleted on drop.
+//! - [`pg`]: a PostgreSQL database of a test's own ([`pg::TestDb`]), for the archive.
 //! - [`prefix`]: a Redis key prefix of its own ([`RedisPrefix`]), cleared on drop.
 //! - [`settings`]: the settings a test stack gives its services.
 //! - [`stack`]: ingest, router and deliverer in-process on port 0 ([`Stack`]).
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod cluster;
 pub mod cut;
+pub mod pg;
 pub mod prefix;
 pub mod procs;
 pub mod receiver;

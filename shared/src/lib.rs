@@ -18,6 +18,7 @@
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` endpoints the router and deliverer serve.
 
 pub mod amqp;
+pub mod archive;
 pub mod config;
 pub mod duration;
 pub mod ids;

@@ -106,7 +106,8 @@ pub struct WorkerSpec {
     /// drained after the consumer and before the broker connection closes, since it may still
     /// publish.
     pub background: Option<TaskTracker>,
-    /// Whether this worker trims the history of workspaces that stopped writing.
+    /// Whether this worker trims the history of workspaces that stopped writing, and moves
+    /// final history to the archive when it is on.
     pub sweeps_history: bool,
 }
 
@@ -147,6 +148,8 @@ where
     let sweep = spec
         .sweeps_history
         .then(|| tokio::spawn(store.clone().sweep_idle_histories(cancel.clone())));
+    let archiver = (spec.sweeps_history && store.archive().is_some())
+        .then(|| tokio::spawn(store.clone().run_archiver(cancel.clone())));
     let publisher = Publisher::new(broker);
     let handler = make(Worker {
         store,
@@ -182,6 +185,7 @@ where
         ("ops server", ops),
     ];
     tasks.extend(sweep.map(|task| ("history sweep", task)));
+    tasks.extend(archiver.map(|task| ("archiver", task)));
     tasks.extend(metrics_server(common, &cancel).await?);
     Ok(Running::new(addr, cancel, tasks))
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the three services in-process against the real RabbitMQ and Redis, each
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
+mod archive;
 mod cluster;
 mod consumer;
 mod contract;

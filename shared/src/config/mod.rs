@@ -78,6 +78,20 @@ pub struct CommonSettings {
     /// `HERALD_SECRETS_KEY` (seals) and `HERALD_SECRETS_KEYS_OLD` (still open): the keys that
     /// encrypt signing secrets and destination credentials in Redis.
     pub secrets: crate::secrets::SecretsKeys,
+    /// `HERALD_ARCHIVE_URL` and its companions: the PostgreSQL archive, when on.
+    pub archive: Option<ArchiveSettings>,
+}
+
+/// The PostgreSQL archive of final history.
+#[derive(Debug, Clone)]
+pub struct ArchiveSettings {
+    /// `HERALD_ARCHIVE_URL`: `postgres://...`.
+    pub url: SecretString,
+    /// `HERALD_HOT_WINDOW`: how long final history stays in Redis (at least 10 s).
+    pub hot_window: Duration,
+    /// `HERALD_ARCHIVE_PARTITION`: the time range of one partition (default one day, at
+    /// least 10 s); a partition is dropped whole once older than the retention.
+    pub partition: Duration,
 }
 
 impl CommonSettings {
@@ -166,8 +180,35 @@ impl CommonSettings {
                 Some(_) => Some(src.addr("HERALD_METRICS_ADDR", "127.0.0.1:0")?),
             },
             secrets: src.secrets()?,
+            archive: archive_settings(src)?,
         })
     }
+}
+
+fn archive_settings(src: &Source) -> Result<Option<ArchiveSettings>, ConfigError> {
+    let Some(url) = src.get("HERALD_ARCHIVE_URL").filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        return Err(invalid(
+            "HERALD_ARCHIVE_URL",
+            "a postgres:// URL",
+            "(not shown: it may hold a password)",
+        ));
+    }
+    Ok(Some(ArchiveSettings {
+        url: url.to_string().into(),
+        hot_window: src.duration_at_least(
+            "HERALD_HOT_WINDOW",
+            Duration::from_secs(3_600),
+            MIN_WINDOW,
+        )?,
+        partition: src.duration_at_least(
+            "HERALD_ARCHIVE_PARTITION",
+            Duration::from_secs(86_400),
+            MIN_WINDOW,
+        )?,
+    }))
 }
 
 /// Settings of `herald-ingest`.

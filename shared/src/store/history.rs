@@ -275,13 +275,25 @@ impl Store {
     }
 
     /// An event with its deliveries.
+    /// Redis is read first; an event not there (or there only in part) is looked for in the
+    /// archive, when it is on.
     pub async fn get_event(&self, ws: &str, uuid: &str) -> Result<Option<EventRecord>, StoreError> {
         let records = self.load_records(ws, &[uuid.to_string()]).await?;
-        Ok(records
+        if let Some(found) = records
             .into_iter()
             .next()
             .flatten()
-            .and_then(Partial::into_record))
+            .and_then(Partial::into_record)
+        {
+            return Ok(Some(found));
+        }
+        let Some(archive) = &self.archive else {
+            return Ok(None);
+        };
+        match archive.get(ws, uuid).await? {
+            Some(row) => archived_record(&row),
+            None => Ok(None),
+        }
     }
 
     /// The records of `uuids` (None for those not kept), in one round trip, plus one more
@@ -337,7 +349,9 @@ impl Store {
     }
 
     /// Events of a workspace, newest first, filtered: a page of the log from after `cursor`
-    /// (`score` is the entry's ms, `member` its sequence number).
+    /// (`score` is the entry's ms, `member` its sequence number). With the archive on, the
+    /// archive's rows are merged in by the same position, so a cursor walks from Redis into the
+    /// archive with no event twice and none skipped.
     pub async fn list_events(
         &self,
         ws: &str,
@@ -345,21 +359,60 @@ impl Store {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<(Vec<EventRecord>, Option<Cursor>), StoreError> {
-        const BATCH: usize = 100;
-        let log = self.log_key(ws);
         // A cursor this function made names an entry (`ms-seq`); one made from a time alone
         // (or an event's time and uuid) starts before that millisecond.
-        let mut end = match &cursor {
-            None => "+".to_string(),
-            Some(c) => match c.member.parse::<u64>() {
-                Ok(seq) if c.score > 0 || (c.score == 0 && seq > 0) => {
-                    format!("({}-{seq}", c.score)
-                }
-                Err(_) if c.score > 0 => format!("({}-0", c.score),
+        let before = match &cursor {
+            None => None,
+            Some(c) => match c.member.parse::<i64>() {
+                Ok(seq) if c.score > 0 || (c.score == 0 && seq > 0) => Some((c.score, seq)),
+                Err(_) if c.score > 0 => Some((c.score, 0)),
                 // Nothing is before the stream's first possible id.
                 _ => return Ok((Vec::new(), None)),
             },
         };
+        let (hot, hot_end) = self.list_hot(ws, filter, before, limit).await?;
+        let Some(archive) = &self.archive else {
+            return Ok((
+                hot.into_iter().map(|(_, r)| r).collect(),
+                hot_end.map(position_cursor),
+            ));
+        };
+        let (cold, cold_end) = list_cold(archive, ws, filter, before, limit).await?;
+        // Each walk is complete down to its end (None: to the beginning); the page is what
+        // both have above the higher of the two ends.
+        let floor = hot_end.max(cold_end);
+        let mut all: Vec<((i64, i64), EventRecord)> = hot
+            .into_iter()
+            .chain(cold)
+            .filter(|(at, _)| floor.is_none_or(|f| *at >= f))
+            .collect();
+        all.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        // An event being moved is in both for a moment.
+        all.dedup_by(|a, b| a.0 == b.0);
+        all.truncate(limit);
+        let next = if all.len() == limit {
+            all.last().map(|(at, _)| *at)
+        } else {
+            floor
+        };
+        Ok((
+            all.into_iter().map(|(_, r)| r).collect(),
+            next.map(position_cursor),
+        ))
+    }
+
+    /// The Redis part of a list: matching events before log position `before`, with their
+    /// positions, and the position the walk stopped at (None: the log's beginning).
+    async fn list_hot(
+        &self,
+        ws: &str,
+        filter: &EventFilter,
+        before: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<(Vec<((i64, i64), EventRecord)>, Option<(i64, i64)>), StoreError> {
+        const BATCH: usize = 100;
+        let log = self.log_key(ws);
+        let mut end = before.map_or("+".to_string(), |(ms, seq)| format!("({ms}-{seq}"));
         // An event is indexed at its creation time or later, never before: the walk stops at
         // `since`, and the filter drops the few indexed later than they were created.
         let start = match filter.since {
@@ -389,26 +442,76 @@ impl Store {
             let records = self.load_records(ws, &uuids).await?;
             for (id, partial) in ids.into_iter().zip(records) {
                 scanned += 1;
+                let Some(at) = log_position(&id) else {
+                    continue;
+                };
                 if let Some(r) = partial.and_then(Partial::into_record) {
                     if filter.matches(&r) {
-                        out.push(r);
+                        out.push((at, r));
                     }
                 }
                 if out.len() >= limit || scanned >= MAX_SCAN {
-                    return Ok((out, log_cursor(&id)));
+                    return Ok((out, Some(at)));
                 }
             }
         }
     }
 }
 
-/// The cursor after log entry `id` (`ms-seq`).
-fn log_cursor(id: &str) -> Option<Cursor> {
+/// The archive's part of a list, as [`Store::list_hot`] does Redis's.
+async fn list_cold(
+    archive: &crate::archive::Archive,
+    ws: &str,
+    filter: &EventFilter,
+    mut before: Option<(i64, i64)>,
+    limit: usize,
+) -> Result<(Vec<((i64, i64), EventRecord)>, Option<(i64, i64)>), StoreError> {
+    const BATCH: usize = 100;
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let rows = archive.list(ws, before, filter.since, BATCH).await?;
+        let full = rows.len() == BATCH;
+        for row in &rows {
+            scanned += 1;
+            let at = (row.log_ms, row.log_seq);
+            before = Some(at);
+            if let Some(r) = archived_record(row)? {
+                if filter.matches(&r) {
+                    out.push((at, r));
+                }
+            }
+            if out.len() >= limit || scanned >= MAX_SCAN {
+                return Ok((out, Some(at)));
+            }
+        }
+        if !full {
+            return Ok((out, None));
+        }
+    }
+}
+
+/// An archived row as the API shows it.
+fn archived_record(row: &crate::archive::Row) -> Result<Option<EventRecord>, StoreError> {
+    let decoded = record::decode(&row.uuid, &row.record).map_err(|e| StoreError::Record {
+        key: format!("archive {} {}", row.workspace_id, row.uuid),
+        message: e.to_string(),
+    })?;
+    Ok(Partial::from(decoded).into_record())
+}
+
+/// A log entry id (`ms-seq`) as a position.
+fn log_position(id: &str) -> Option<(i64, i64)> {
     let (ms, seq) = id.split_once('-')?;
-    Some(Cursor {
-        score: ms.parse().ok()?,
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The cursor after position `(ms, seq)`.
+fn position_cursor((ms, seq): (i64, i64)) -> Cursor {
+    Cursor {
+        score: ms,
         member: seq.to_string(),
-    })
+    }
 }
 
 /// What is known of an event: a record may lack its event (an outcome written for an event

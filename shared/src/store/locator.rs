@@ -193,8 +193,9 @@ impl Store {
         self.run_scripts(&pipe, &[&REMOVE_SCRIPT]).await
     }
 
-    /// Runs a pipeline of locator scripts, loading them first if Redis forgot them.
-    async fn run_scripts(
+    /// Runs a pipeline of scripts of their own (not among those `load_scripts` loads),
+    /// loading them first if Redis forgot them.
+    pub(super) async fn run_scripts(
         &self,
         pipe: &redis::Pipeline,
         scripts: &[&redis::Script],
@@ -212,7 +213,7 @@ impl Store {
     }
 
     /// The workspaces whose history holds event `uuid` (the console's lookup across
-    /// workspaces): one key read. A workspace named there that no longer holds the event (its
+    /// workspaces): one key read, and with the archive on one indexed query. A workspace named there that no longer holds the event (its
     /// locator outlived a crash) is dropped from the answer and from the locator.
     pub async fn workspaces_with_event(&self, uuid: &str) -> Result<Vec<String>, StoreError> {
         let found: Option<String> = redis::cmd("HGET")
@@ -226,6 +227,13 @@ impl Store {
                 holders.push(ws.to_string());
             } else {
                 self.unlocate(ws, &[uuid.to_string()]).await?;
+            }
+        }
+        if let Some(archive) = &self.archive {
+            for ws in archive.workspaces_with_event(uuid).await? {
+                if !holders.contains(&ws) {
+                    holders.push(ws);
+                }
             }
         }
         Ok(holders)

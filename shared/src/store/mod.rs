@@ -65,6 +65,7 @@
 //!
 //! Secrets inside connection JSON are sealed (see `secrets`): `enc:v1:<key id>:<base64>`.
 
+mod archiving;
 pub mod cache;
 mod conn;
 pub mod dead_letters;
@@ -116,6 +117,9 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// The archive (PostgreSQL) failed.
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
     /// The referenced object does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -137,6 +141,10 @@ pub struct Store {
     retention: Duration,
     dedup_window: Duration,
     secrets: std::sync::Arc<crate::secrets::SecretsKeys>,
+    /// The disk tier of the history, when `HERALD_ARCHIVE_URL` is set.
+    archive: Option<std::sync::Arc<crate::archive::Archive>>,
+    /// How long final history stays in Redis when the archive is on.
+    hot_window: Duration,
 }
 
 impl Store {
@@ -168,6 +176,17 @@ impl Store {
                         retention: settings.retention,
                         dedup_window: settings.dedup_window,
                         secrets: std::sync::Arc::new(settings.secrets.clone()),
+                        archive: settings.archive.as_ref().map(|a| {
+                            std::sync::Arc::new(crate::archive::Archive::new(
+                                a.url.clone(),
+                                a.partition,
+                                settings.retention,
+                            ))
+                        }),
+                        hot_window: settings
+                            .archive
+                            .as_ref()
+                            .map_or(settings.retention, |a| a.hot_window),
                     };
                     store.tag_workspace_keys().await?;
                     return Ok(store);

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Makes sure RabbitMQ and Redis are installed (from Debian's packages) and running on localhost,
-# and that the browser test has Chromium, Node and its one npm package.
+# Makes sure RabbitMQ, Redis and PostgreSQL are installed (from Debian's packages) and running on
+# localhost, and that the browser test has Chromium, Node and its one npm package. PostgreSQL is
+# only the archive's (optional) disk tier; its tests connect as `postgres` over 127.0.0.1 without
+# a password, so a fresh install is given a `trust` line for 127.0.0.1 (a development machine's
+# setting, never a production one).
 # Safe to run again: it installs and starts only what is missing.
 #
 # `deploy/services.sh cluster` (or HERALD_REDIS_CLUSTER=1) also starts the local Redis Cluster
@@ -21,6 +24,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 # The browser test (e2e/browser): Debian's Chromium, driven by playwright-core under Node.
@@ -56,6 +60,26 @@ for _ in $(seq 1 30); do
 done
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
 echo "==> RabbitMQ and Redis are running on 127.0.0.1"
+
+# PostgreSQL: Debian's package makes one cluster; start it if it is down.
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+if ! pg_up; then
+  read -r pg_ver pg_name _ < <(pg_lsclusters -h | head -n1)
+  if [ -n "${pg_ver:-}" ]; then
+    echo "==> starting PostgreSQL $pg_ver/$pg_name"
+    $SUDO pg_ctlcluster "$pg_ver" "$pg_name" start || true
+  fi
+  for _ in $(seq 1 30); do pg_up && break; sleep 0.5; done
+fi
+if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1; then
+  read -r pg_ver pg_name _ < <(pg_lsclusters -h | head -n1)
+  hba="/etc/postgresql/$pg_ver/$pg_name/pg_hba.conf"
+  echo "==> letting postgres connect from 127.0.0.1 without a password ($hba)"
+  $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+  $SUDO pg_ctlcluster "$pg_ver" "$pg_name" reload
+fi
+psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null
+echo "==> PostgreSQL is running on 127.0.0.1:5432"
 
 if [ "$want_cluster" = 1 ]; then "$(dirname "$0")/redis-cluster.sh"; fi
 

@@ -142,7 +142,9 @@ pub fn shape(key: &str, prefix: &str) -> String {
         .split(':')
         .map(|part| {
             let inner = part.trim_start_matches('{').trim_end_matches('}');
-            let id_like = inner.len() >= 6 && inner.bytes().any(|b| b.is_ascii_digit());
+            // Ids, and numbers (the locators' buckets, `loc:<n>`).
+            let id_like = (inner.len() >= 6 && inner.bytes().any(|b| b.is_ascii_digit()))
+                || (!inner.is_empty() && inner.bytes().all(|b| b.is_ascii_digit()));
             match (id_like, inner.len() != part.len()) {
                 (true, true) => "{*}".to_string(),
                 (true, false) => "*".to_string(),
@@ -176,6 +178,7 @@ mod tests {
             shape("herald-load-1a2b:workspaces", p),
             "<prefix>:workspaces"
         );
+        assert_eq!(shape("herald-load-1a2b:loc:60", p), "<prefix>:loc:*");
     }
 
     #[test]

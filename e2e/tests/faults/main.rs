@@ -4,6 +4,7 @@
 //! take turns inside it.
 
 mod alarm;
+mod archive_outage;
 mod broker_kill;
 mod kills;
 mod observe;

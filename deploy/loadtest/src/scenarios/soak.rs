@@ -6,6 +6,10 @@
 //! Whether state stays bounded shows in the last half of the run against its middle: under a
 //! retention shorter than the run, `used_memory` stops growing. Runs with --fail-first K and
 //! --connections N beside a plain one give the cost of each further attempt and connection.
+//!
+//! With the archive on (`--set HERALD_ARCHIVE_URL=postgres://...`), the router's
+//! `herald_archive_lag_seconds` is read twice a second (its p50, p99 and max are reported), and
+//! once delivery finished, the archive's rows and PostgreSQL bytes per archived event.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,6 +21,7 @@ use crate::produce::{self, Producer};
 use crate::redisstat::RedisStat;
 use crate::report::{Figure, Phase, Tick};
 use crate::stack::{self, Stack};
+use herald_e2e::procs::ROUTER;
 
 /// Requests the open loop keeps outstanding before it counts one as refused.
 const MAX_REQUESTS_IN_FLIGHT: usize = 64;
@@ -58,6 +63,9 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
         connections,
         last: (0.0, 0),
     };
+    let lag = stack
+        .setting("HERALD_ARCHIVE_URL")
+        .map(|_| LagSampler::start(format!("http://{}/metrics", stack.proc(ROUTER).addr)));
     let mut ticks = Vec::new();
     let mut interval = tokio::time::interval(every);
     // Samples while the load runs; the one after delivery is taken apart.
@@ -91,6 +99,12 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     let others_after = redis.dbsize().await?.saturating_sub(census.keys);
 
     let mut figures = summary(ctx, &ticks, args.duration().as_secs_f64());
+    if let Some(lag) = lag {
+        figures.extend(lag.finish().await);
+        if let Some(url) = stack.setting("HERALD_ARCHIVE_URL") {
+            figures.extend(archive_figures(url).await?);
+        }
+    }
     // Every accepted event leaves its state, delivered or not (a shortfall is warned about).
     let events = sent.accepted.len().max(1) as f64;
     figures.push(figure(
@@ -301,4 +315,88 @@ fn spread(ctx: &Ctx<'_>, name: &str, unit: &'static str, values: &[f64]) -> Vec<
             }
         })
         .collect()
+}
+
+/// Reads the router's `herald_archive_lag_seconds` twice a second until finished.
+struct LagSampler {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<f64>>,
+}
+
+impl LagSampler {
+    fn start(url: String) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut seen = Vec::new();
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return seen,
+                        _ = every.tick() => {}
+                    }
+                    let Ok(r) = http.get(&url).send().await else {
+                        continue;
+                    };
+                    let Ok(text) = r.text().await else { continue };
+                    if let Some(v) = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("herald_archive_lag_seconds "))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                    {
+                        seen.push(v);
+                    }
+                }
+            })
+        };
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> Vec<Figure> {
+        self.stop.cancel();
+        let mut seen = self.task.await.unwrap_or_default();
+        if seen.is_empty() {
+            return Vec::new();
+        }
+        seen.sort_by(f64::total_cmp);
+        let at = |q: f64| seen[((seen.len() - 1) as f64 * q).round() as usize];
+        [("p50", at(0.5)), ("p99", at(0.99)), ("max", at(1.0))]
+            .into_iter()
+            .map(|(which, value)| Figure {
+                name: format!("archive lag {which} ({} samples)", seen.len()),
+                value,
+                unit: "s",
+                vs_broker_hop: None,
+            })
+            .collect()
+    }
+}
+
+/// The archive's rows and PostgreSQL bytes (tables and indexes) per archived event.
+async fn archive_figures(url: &str) -> anyhow::Result<Vec<Figure>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM herald_history", &[])
+        .await?
+        .get(0);
+    let bytes: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint \
+             FROM pg_inherits WHERE inhparent = 'herald_history'::regclass",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(vec![
+        figure("archived events", rows as f64, 1.0, "events"),
+        figure(
+            "PostgreSQL bytes per archived event",
+            bytes as f64,
+            (rows as f64).max(1.0),
+            "B",
+        ),
+    ])
 }

@@ -40,8 +40,9 @@ pub enum ApiError {
     /// 503: the broker could not take the message.
     #[error("the message broker is unavailable; nothing was accepted, retry later")]
     BrokerUnavailable(#[source] herald_shared::amqp::BrokerError),
-    /// 503: Redis is unreachable (keys, configuration and history live there).
-    #[error("the store (Redis) is unavailable; nothing was changed, retry later")]
+    /// 503: Redis is unreachable (keys, configuration and history live there), or the archive
+    /// is, for a read of archived history.
+    #[error("the store (Redis, or the archive for older history) is unavailable; nothing was changed, retry later")]
     StoreUnavailable(#[source] herald_shared::store::StoreError),
     /// 500.
     #[error("internal error")]
@@ -60,6 +61,8 @@ impl From<herald_shared::store::StoreError> for ApiError {
             herald_shared::store::StoreError::Redis(r) if crate::keys::is_unreachable(r) => {
                 ApiError::StoreUnavailable(e)
             }
+            // The archive (PostgreSQL) down or slow: only reads of archived history fail.
+            herald_shared::store::StoreError::Archive(_) => ApiError::StoreUnavailable(e),
             _ => ApiError::Internal(anyhow::Error::new(e).context("redis")),
         }
     }

@@ -62,6 +62,15 @@ fn describe() {
         "herald_redis_calls_timed_out_total",
         "Redis calls that got no answer within 6 s, queueing included (the connection is then replaced)."
     );
+    describe_gauge!(
+        "herald_archive_lag_seconds",
+        Unit::Seconds,
+        "How long the oldest final history past the hot window has waited for the archive (0: caught up)."
+    );
+    describe_counter!(
+        "herald_archive_events_total",
+        "Events whose history moved from Redis to the archive."
+    );
     describe_counter!(
         "herald_config_loads_total",
         "Workspace configurations read from Redis (after a change, or for a workspace not cached)."

@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn the_archive_is_off_without_its_url_and_checks_its_settings() {
+        let s = RouterSettings::from_source(&Source::default()).expect("settings");
+        assert!(s.common.archive.is_none());
+        let src = Source::from_pairs([
+            ("HERALD_ARCHIVE_URL", "postgres://u:p@db:5432/herald"),
+            ("HERALD_HOT_WINDOW", "10s"),
+        ]);
+        let a = RouterSettings::from_source(&src)
+            .expect("settings")
+            .common
+            .archive
+            .expect("archive on");
+        assert_eq!(a.hot_window, Duration::from_secs(10));
+        assert_eq!(a.partition, Duration::from_secs(86_400));
+        for (name, value) in [
+            ("HERALD_ARCHIVE_URL", "mysql://db"),
+            ("HERALD_HOT_WINDOW", "9s"),
+            ("HERALD_ARCHIVE_PARTITION", "1s"),
+        ] {
+            let mut pairs = vec![("HERALD_ARCHIVE_URL", "postgres://db/h")];
+            pairs.push((name, value));
+            let err = RouterSettings::from_source(&Source::from_pairs(pairs)).expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
     fn retention_and_dedup_window_accept_ten_seconds_and_no_less() {
         let s = RouterSettings::from_source(&Source::default()).expect("defaults");
         assert_eq!(s.common.dedup_window, Duration::from_secs(86_400));

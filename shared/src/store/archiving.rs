@@ -253,6 +253,7 @@ impl Store {
             let step = self.classify(ws, &entries).await?;
             archive.insert(&step.rows).await?;
             self.apply_step(ws, &step, Some(&last)).await?;
+            metrics::counter!("herald_archive_events_total").increment(step.rows.len() as u64);
             if !full {
                 break;
             }
@@ -287,6 +288,7 @@ impl Store {
             let step = self.classify(ws, &entries).await?;
             archive.insert(&step.rows).await?;
             self.apply_step(ws, &step, None).await?;
+            metrics::counter!("herald_archive_events_total").increment(step.rows.len() as u64);
         }
         let ttl = self.retention_secs();
         let _: () = redis::cmd("SET")

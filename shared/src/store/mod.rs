@@ -15,6 +15,7 @@
 //! - [`replays`]: bulk replays of dead letters, their progress, and resuming them.
 //! - `paging`: the sorted-set lists page by cursor, `(score, member)`, never by offset.
 //! - `conn`: one Redis server or a Redis Cluster (`HERALD_REDIS_MODE`), behind one connection.
+//! - `archiving`: moving final history past the hot window to the PostgreSQL archive.
 //! - `migrate`: the one-time renaming of workspace keys written before they were hash-tagged.
 //!
 //! Key layout (`{p}` is the prefix, `<ws>` a workspace id), with the bound of each. The braces
@@ -51,6 +52,13 @@
 //! {p}:loc:<n>                    HASH uuid -> the workspace(s) holding it, for 4,096 buckets n
 //!                                (see `locator`): each entry goes when the history trims its
 //!                                event; a bucket expires a retention after its last write
+//! {p}:ws:{<ws>}:archiving        a router's lease while it moves the workspace's history to the
+//!                                archive (30 s; see `archiving`)
+//! {p}:ws:{<ws>}:archived         the last log entry the archive walk looked at
+//! {p}:ws:{<ws>}:held / held-scan HASH uuid -> log id of events past the hot window not final
+//!                                yet, looked at again; where that look stands (expire a
+//!                                retention after their last write)
+//! {p}:history-sweep              which router sweeps idle workspaces this period
 //! {p}:replays                    ZSET of unfinished bulk replays, to resume (one per workspace)
 //! {p}:rl:intake:{key sha256}     rate limit state of an API key (see `ratelimit`; expires)
 //! {p}:rl:conn:{connection}       rate limit state of a connection's deliveries (expires)

@@ -216,3 +216,52 @@ async fn archive_partitions_past_the_retention_are_dropped_whole() {
     stack.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_event_stays_in_redis_until_its_dead_letter_is_discarded_then_moves() {
+    // Arrange: no retries, so a refused delivery dies at once; a 10 s hot window.
+    let db = TestDb::create().await;
+    let stack = Stack::start_with(&[
+        ("HERALD_ARCHIVE_URL", db.url.as_str()),
+        ("HERALD_HOT_WINDOW", "10s"),
+        ("HERALD_RETRY_SCHEDULE", "none"),
+    ])
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set("dead", Behaviour::Always(500));
+    let w = stack.wired(&receiver, &["dead"]).await;
+    let uuid = stack
+        .send(&w.pk, "order.paid", "order", json!({"n": 1}))
+        .await;
+    let dead = stack
+        .event_when(&w.sk, &uuid, "dead", |b| b["status"] == "dead")
+        .await;
+
+    // Act: past the hot window and a few passes, it is still in Redis (its dead letter can be
+    // replayed); then the dead letter is discarded.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_eq!(archived(&db, &w.workspace).await, 0, "a dead event moved");
+    assert_eq!(hot(&stack, &w.workspace), 1);
+    let letter = dead["deliveries"][0]["dead_letter_id"]
+        .as_str()
+        .expect("dead_letter_id")
+        .to_string();
+    let (status, body) = stack
+        .call("DELETE", &format!("/v1/dead-letters/{letter}"), &w.sk, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    // Assert: now final, it moves, and reads back as it was.
+    eventually("moved once discarded", Duration::from_secs(30), || async {
+        (archived(&db, &w.workspace).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(hot(&stack, &w.workspace), 0);
+    let (status, now) = stack
+        .call("GET", &format!("/v1/events/{uuid}"), &w.sk, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(now, dead);
+    stack.stop().await;
+    db.drop_db().await;
+}

@@ -148,6 +148,10 @@ impl Store {
     async fn archive_pass(&self, owner: &str) -> Result<Duration, StoreError> {
         let mut lag = Duration::ZERO;
         for ws in self.all_workspaces().await? {
+            // A workspace with nothing past the hot window and nothing held costs two reads.
+            if !self.has_archive_work(&ws).await? {
+                continue;
+            }
             if !self.take_archive_lease(&ws, owner).await? {
                 continue;
             }
@@ -156,6 +160,16 @@ impl Store {
             lag = lag.max(moved?);
         }
         Ok(lag)
+    }
+
+    /// True when the workspace has log entries past the hot window not looked at yet, or held
+    /// ones.
+    async fn has_archive_work(&self, ws: &str) -> Result<bool, StoreError> {
+        let held: i64 = redis::cmd("HLEN")
+            .arg(self.ws_key(ws, "held"))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(held > 0 || self.next_unarchived(ws).await?.is_some())
     }
 
     /// How far behind the archive is, as Redis shows it (used when PostgreSQL fails).
@@ -196,8 +210,9 @@ impl Store {
         self.run_scripts(&pipe, &[&RELEASE_SCRIPT]).await
     }
 
-    /// The oldest entry past the hot window not archived yet: how long ago it crossed it.
-    async fn workspace_lag(&self, ws: &str) -> Result<Duration, StoreError> {
+    /// The first log entry past the hot window the archive walk has not looked at: its ms and
+    /// the hot window's edge now.
+    async fn next_unarchived(&self, ws: &str) -> Result<Option<(i64, i64)>, StoreError> {
         let cutoff = crate::now_ms() - self.hot_window.as_millis() as i64;
         let cursor: Option<String> = redis::cmd("GET")
             .arg(self.ws_key(ws, "archived"))
@@ -214,7 +229,15 @@ impl Store {
         Ok(first
             .first()
             .and_then(|(id, _)| split_id(id))
-            .map_or(Duration::ZERO, |(ms, _)| {
+            .map(|(ms, _)| (ms, cutoff)))
+    }
+
+    /// The oldest entry past the hot window not archived yet: how long ago it crossed it.
+    async fn workspace_lag(&self, ws: &str) -> Result<Duration, StoreError> {
+        Ok(self
+            .next_unarchived(ws)
+            .await?
+            .map_or(Duration::ZERO, |(ms, cutoff)| {
                 Duration::from_millis((cutoff - ms).max(0) as u64)
             }))
     }

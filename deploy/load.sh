@@ -21,13 +21,13 @@ cargo build --release -q -p herald-ingest -p herald-router -p herald-deliverer -
 mkdir -p "$OUT"
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-  scenarios=(throughput intake-single latency scaleout memory)
+  scenarios=(throughput intake-single e2e-single latency scaleout memory)
 fi
 for s in "${scenarios[@]}"; do
   args=()
   case "$s" in
     throughput) args=(--duration "$DURATION") ;;
-    intake-single) args=(--duration 20) ;;
+    intake-single | e2e-single) args=(--duration 20) ;;
     latency) args=(--duration 30 --rate 1000) ;;
   esac
   echo "==> herald-load $s ${args[*]} ${EXTRA_ARGS[*]}"

@@ -47,6 +47,10 @@ enum Scenario {
     Throughput,
     /// Many clients sending one event per request for --duration: events/s accepted.
     IntakeSingle,
+    /// Many clients sending one event per request as fast as the stack takes them for
+    /// --duration, then every accepted event delivered: deliveries/s end to end and sustained,
+    /// and the time from each 202 to the receiver.
+    E2eSingle,
     /// A steady --rate of single events: time from intake's 202 to arrival at the receiver.
     Latency,
     /// A receiver taking 50 ms per request: --events with one deliverer, then with
@@ -93,7 +97,7 @@ struct Args {
     /// Events per bulk request (soak 50, else 500).
     #[arg(long)]
     batch: Option<usize>,
-    /// Concurrent clients for intake-single; most requests in flight for latency.
+    /// Concurrent clients for intake-single and e2e-single; most requests in flight for latency.
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Events per second: latency and soak (default 1000); throughput (default: as fast as
@@ -182,7 +186,7 @@ impl Scenario {
     fn defaults(self) -> (f64, u64) {
         match self {
             Scenario::Throughput => (60.0, 0),
-            Scenario::IntakeSingle => (20.0, 0),
+            Scenario::IntakeSingle | Scenario::E2eSingle => (20.0, 0),
             Scenario::Scaleout => (30.0, 50),
             Scenario::Memory => (30.0, 2000),
             Scenario::Soak => (180.0, 0),
@@ -274,6 +278,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     match args.scenario {
         Scenario::Throughput => scenarios::throughput::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::IntakeSingle => scenarios::intake::run(&mut ctx, &mut stack, &producer).await?,
+        Scenario::E2eSingle => scenarios::e2e_single::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Latency => scenarios::latency::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Scaleout => scenarios::scaleout::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Memory => scenarios::memory::run(&mut ctx, &mut stack, &producer).await?,

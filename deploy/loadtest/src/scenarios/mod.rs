@@ -2,6 +2,8 @@
 //!
 //! - [`throughput`]: bulk intake flat out (or at --rate), then every accepted event delivered.
 //! - [`intake`]: many clients sending one event per request.
+//! - [`e2e_single`]: single-event requests as fast as the stack takes them, every event
+//!   delivered.
 //! - [`latency`]: a steady rate of events, timed from intake's 202 to the receiver.
 //! - [`scaleout`]: a slow receiver with one deliverer, then several.
 //! - [`memory`]: a very slow receiver holding about a thousand deliveries in flight.
@@ -11,6 +13,7 @@
 //! - [`measure`]: the CPU window, waiting for deliveries, the intake and delivery figures, and
 //!   the burst phase scaleout and memory share.
 
+pub mod e2e_single;
 pub mod intake;
 pub mod latency;
 pub mod measure;

@@ -1,0 +1,51 @@
+//! E2e-single: --clients clients each sending one event per request, back to back, for
+//! --duration, with the whole stack running; then every accepted event delivered and verified.
+//! Deliveries/s end to end (first 202 to last arrival) and sustained, each as a ratio of the
+//! broker hop, and the time from each event's 202 to its arrival.
+
+use std::time::Instant;
+
+use super::measure::{delivery_figures, intake_figures, note_failures, wait_delivered, window};
+use super::Ctx;
+use crate::produce::{self, Producer};
+use crate::report::Phase;
+use crate::stack::Stack;
+
+/// Runs the e2e-single scenario.
+pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> anyhow::Result<()> {
+    let args = ctx.args;
+    eprintln!(
+        "herald-load: e2e-single: {} clients, one event per request, {:.0} s",
+        args.clients,
+        args.duration().as_secs_f64()
+    );
+    let usage = window(stack);
+    let started = Instant::now();
+    let sent = produce::closed_loop(
+        producer,
+        args.clients,
+        false,
+        produce::body(0, args.payload_bytes),
+        started + args.duration(),
+        None,
+    )
+    .await;
+    let intake_seconds = started.elapsed().as_secs_f64();
+    let mut figures = intake_figures(ctx, &sent, intake_seconds, "intake events/s (single)");
+    eprintln!(
+        "herald-load: {} events accepted in {intake_seconds:.1} s; waiting for deliveries",
+        sent.accepted.len()
+    );
+    let complete = wait_delivered(ctx, stack, sent.accepted.len()).await?;
+    let d = delivery_figures(ctx, &sent);
+    figures.extend(d.figures);
+    note_failures(ctx, &sent, complete);
+    ctx.report.phases.push(Phase {
+        name: format!("e2e-single ({} clients)", args.clients),
+        figures,
+        counts: d.counts,
+        usage: usage.finish(),
+        deliveries_per_second: d.per_second,
+    });
+    Ok(())
+}

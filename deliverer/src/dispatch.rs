@@ -14,7 +14,7 @@ use base64::Engine;
 use herald_shared::model::connection::mask_header_value;
 use herald_shared::model::{Attempt, Auth, Connection, Event};
 use herald_shared::netguard::DestinationPolicy;
-use herald_shared::signing::{signature_header, SigningKey};
+use herald_shared::signing::{signatures, Signer};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::outcome::{classify_status, Verdict};
@@ -134,11 +134,11 @@ impl Dispatcher {
 
         let body = event.body(sent_ms);
         let timestamp = sent_ms / 1000;
-        let keys: Vec<SigningKey> = conn
+        let keys: Vec<Signer> = conn
             .signing_secrets(sent_ms)
-            .filter_map(|s| SigningKey::parse(s).ok())
+            .filter_map(|s| Signer::parse(s).ok())
             .collect();
-        let signature = signature_header(&keys, &event.uuid, timestamp, &body);
+        let signature = signatures(&keys, &event.uuid, timestamp, &body);
         let mut headers: Vec<(String, String)> = vec![
             ("content-type".into(), "application/json".into()),
             ("user-agent".into(), herald_shared::USER_AGENT.into()),

@@ -95,6 +95,9 @@ impl Fixture {
         match field {
             "connection_id" => Some(json!(self.connection_id)),
             "workspace_id" => Some(json!(self.ws)),
+            // A given `secret` is a `whsec_` one, which only the default scheme takes: Ed25519
+            // keys are always generated (the destination security tests cover them).
+            "signature_scheme" => Some(json!("hmac_sha256")),
             _ => None,
         }
     }

@@ -80,6 +80,8 @@ string_schemas! {
     DestinationUrl(1, 2048) = r"^https://([A-Za-z0-9-]{1,20}\.){0,4}[A-Za-z][A-Za-z0-9-]{0,19}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$";
     /// `whsec_` and the base64 of 24 to 64 random bytes.
     Secret(38, 94) = r"^whsec_([A-Za-z0-9+/]{4}){8,15}([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+    /// An Ed25519 public key: `whpk_` and the base64 of 32 bytes.
+    PublicKey(49, 49) = r"^whpk_[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$";
     /// An HTTP header name; not one Herald sets (`content-type`, `content-length`, `host`,
     /// `user-agent`, `webhook-id`, `webhook-timestamp`, `webhook-signature`,
     /// `transfer-encoding`, `connection`), nor `authorization` together with `auth`.
@@ -142,6 +144,17 @@ pub enum HttpMethodSchema {
     Put,
     /// `PATCH`.
     Patch,
+}
+
+/// How requests are signed.
+#[derive(ToSchema)]
+#[schema(as = SignatureScheme, rename_all = "snake_case")]
+pub enum SignatureSchemeSchema {
+    /// `v1`: HMAC-SHA256 with a `whsec_` secret (the default).
+    HmacSha256,
+    /// `v1a`: Ed25519 with a key pair Herald generates; the answer carries the `whpk_` public
+    /// key, never the private key.
+    Ed25519,
 }
 
 /// What a workspace key may do.

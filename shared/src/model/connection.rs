@@ -31,6 +31,55 @@ impl HttpMethod {
     }
 }
 
+/// How requests are signed: the kind of the connection's current signing secret.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureScheme {
+    /// `v1`: HMAC-SHA256 with a `whsec_` secret (the default).
+    #[default]
+    HmacSha256,
+    /// `v1a`: Ed25519 with a key pair Herald generates; receivers hold the `whpk_` public key.
+    Ed25519,
+}
+
+impl SignatureScheme {
+    /// The scheme of a stored signing secret (`whsk_` is an Ed25519 private key).
+    pub fn of_secret(secret: &str) -> Self {
+        if secret.starts_with(crate::signing::ed25519::PRIVATE_PREFIX) {
+            Self::Ed25519
+        } else {
+            Self::HmacSha256
+        }
+    }
+
+    /// A new signing secret of this scheme: a `whsec_` secret or a `whsk_` private key.
+    pub fn generate(self) -> String {
+        match self {
+            Self::HmacSha256 => crate::signing::generate_secret(),
+            Self::Ed25519 => crate::signing::ed25519::PrivateKey::generate().encode(),
+        }
+    }
+}
+
+/// What a signing secret shows to its owner: a `whsec_` secret itself, or the `whpk_` public
+/// key of a `whsk_` private key (which is never shown).
+pub enum ShownSecret {
+    /// `whsec_...`.
+    Secret(String),
+    /// `whpk_...`.
+    PublicKey(String),
+}
+
+impl ShownSecret {
+    /// How `secret` is shown.
+    pub fn of(secret: &str) -> Self {
+        match crate::signing::ed25519::PrivateKey::parse(secret) {
+            Ok(key) => Self::PublicKey(key.public_key()),
+            Err(_) => Self::Secret(secret.to_string()),
+        }
+    }
+}
+
 /// Authentication sent with each request to the destination.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -71,7 +120,8 @@ pub struct Connection {
     pub name: String,
     /// Where requests go.
     pub url: String,
-    /// The current `whsec_` signing secret.
+    /// The current signing secret: `whsec_` (HMAC-SHA256) or `whsk_` (an Ed25519 private
+    /// key); its kind is the connection's [`SignatureScheme`].
     pub secret: String,
     /// Secrets rotated out that still sign during their grace period.
     #[serde(default)]
@@ -213,6 +263,11 @@ impl Connection {
         h.finish()
     }
 
+    /// How requests are signed now (the kind of the current secret).
+    pub fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::of_secret(&self.secret)
+    }
+
     /// The secrets that sign a request sent at `now_ms`: the current one first.
     pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &str> {
         std::iter::once(self.secret.as_str()).chain(
@@ -227,8 +282,16 @@ impl Connection {
     pub fn validate(&self, allow_http: bool) -> Result<(), FieldError> {
         check_name("name", &self.name, 200)?;
         validate_url(&self.url, allow_http)?;
-        crate::signing::SigningKey::parse_strict(&self.secret)
-            .map_err(|e| FieldError::new("secret", e.to_string()))?;
+        match self.signature_scheme() {
+            SignatureScheme::HmacSha256 => {
+                crate::signing::SigningKey::parse_strict(&self.secret)
+                    .map_err(|e| FieldError::new("secret", e.to_string()))?;
+            }
+            SignatureScheme::Ed25519 => {
+                crate::signing::ed25519::PrivateKey::parse(&self.secret)
+                    .map_err(|e| FieldError::new("secret", e.to_string()))?;
+            }
+        }
         if self.headers.len() > 32 {
             return Err(FieldError::new("headers", "at most 32 headers"));
         }
@@ -431,6 +494,20 @@ mod tests {
         assert_eq!(mask_header_value("X-Api-Key", "k"), MASK);
         assert_eq!(mask_header_value("x-team", "payments"), "payments");
         assert_eq!(mask_header_value("webhook-id", "evt_1"), "evt_1");
+    }
+
+    #[test]
+    fn an_ed25519_connection_validates_and_shows_only_its_public_key() {
+        let mut c = conn();
+        c.secret = SignatureScheme::Ed25519.generate();
+        assert_eq!(c.signature_scheme(), SignatureScheme::Ed25519);
+        assert!(c.validate(false).is_ok());
+        match ShownSecret::of(&c.secret) {
+            ShownSecret::PublicKey(k) => assert!(k.starts_with("whpk_")),
+            ShownSecret::Secret(_) => panic!("a private key is never shown"),
+        }
+        c.secret = "whsk_c2hvcnQ=".into();
+        assert_eq!(c.validate(false).expect_err("short key").field, "secret");
     }
 
     #[test]

@@ -11,10 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::model::connection::{
-    is_sensitive_header, validate_url, DEFAULT_TIMEOUT_MS, MASK,
+    is_sensitive_header, validate_url, ShownSecret, SignatureScheme, DEFAULT_TIMEOUT_MS, MASK,
 };
 use herald_shared::model::{Auth, Connection, HttpMethod};
-use herald_shared::signing::generate_secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -22,7 +21,10 @@ use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
 use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery};
 use crate::openapi::{ListOf, Refused};
-use crate::schemas::{AuthSchema, DestinationUrl, Headers, HttpMethodSchema, Name, Secret};
+use crate::schemas::{
+    AuthSchema, DestinationUrl, Headers, HttpMethodSchema, Name, PublicKey, Secret,
+    SignatureSchemeSchema,
+};
 use crate::state::AppState;
 
 /// `POST /v1/connections` body.
@@ -35,9 +37,14 @@ pub struct NewConnection {
     /// Where requests go.
     #[schema(value_type = DestinationUrl)]
     url: String,
-    /// The signing secret; generated when left out.
+    /// The signing secret; generated when left out. Only for `hmac_sha256`: Ed25519 key pairs
+    /// are always generated.
     #[schema(value_type = Option<Secret>)]
     secret: Option<String>,
+    /// `hmac_sha256` (default, `v1` signatures) or `ed25519` (`v1a`; the answer carries the
+    /// `public_key` instead of a `secret`).
+    #[schema(value_type = Option<SignatureSchemeSchema>)]
+    signature_scheme: Option<SignatureScheme>,
     /// `POST` (default), `PUT` or `PATCH`.
     #[schema(value_type = Option<HttpMethodSchema>)]
     method: Option<HttpMethod>,
@@ -74,6 +81,11 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Secret, required = false)]
     secret: Option<String>,
+    /// Another signature scheme: a rotation (a new secret or key pair, read it with
+    /// `GET /v1/connections/{id}/secret`), the old one signing through the grace period.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = SignatureSchemeSchema, required = false)]
+    signature_scheme: Option<SignatureScheme>,
     /// `POST`, `PUT` or `PATCH`.
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = HttpMethodSchema, required = false)]
@@ -120,6 +132,13 @@ pub struct ConnectionView {
     method: HttpMethod,
     /// Custom headers, secret-bearing values masked.
     headers: BTreeMap<String, String>,
+    /// `hmac_sha256` or `ed25519`.
+    #[schema(value_type = SignatureSchemeSchema)]
+    signature_scheme: SignatureScheme,
+    /// The `whpk_` public key receivers verify `v1a` signatures with (Ed25519 only).
+    #[schema(value_type = Option<PublicKey>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
     /// Authentication, credentials masked.
     #[schema(value_type = Option<AuthSchema>)]
     auth: Option<Value>,
@@ -135,14 +154,17 @@ pub struct ConnectionView {
     updated_at: i64,
 }
 
-/// A created connection, with its signing secret (shown this once).
+/// A created connection, with its signing secret (shown this once); an Ed25519 connection
+/// shows its `public_key` and no secret.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedConnection {
     /// The connection.
     #[serde(flatten)]
     connection: ConnectionView,
-    /// The `whsec_` signing secret.
-    secret: String,
+    /// The `whsec_` signing secret (HMAC-SHA256 only).
+    #[schema(value_type = Option<Secret>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
 }
 
 /// The connection as the API shows it (see [`ConnectionView`]).
@@ -161,6 +183,10 @@ pub fn view(c: &Connection) -> ConnectionView {
             (n.clone(), shown.to_string())
         })
         .collect();
+    let public_key = match ShownSecret::of(&c.secret) {
+        ShownSecret::PublicKey(k) => Some(k),
+        ShownSecret::Secret(_) => None,
+    };
     ConnectionView {
         id: c.id.clone(),
         kind: c.kind.clone(),
@@ -168,6 +194,8 @@ pub fn view(c: &Connection) -> ConnectionView {
         url: c.url.clone(),
         method: c.method,
         headers,
+        signature_scheme: c.signature_scheme(),
+        public_key,
         auth,
         timeout_ms: c.timeout_ms,
         rate_limit_per_s: c.rate_limit_per_s,
@@ -213,13 +241,15 @@ pub async fn create(
     ApiJson(body): ApiJson<NewConnection>,
 ) -> Result<(StatusCode, Json<CreatedConnection>), ApiError> {
     let now = herald_shared::now_ms();
+    let scheme = body.signature_scheme.unwrap_or_default();
+    let secret = secrets::new_secret(scheme, body.secret)?;
     let conn = Connection {
         id: herald_shared::ids::new_id("con"),
         workspace_id: ws,
         kind: "webhook".into(),
         name: body.name,
         url: body.url,
-        secret: body.secret.unwrap_or_else(generate_secret),
+        secret,
         previous_secrets: Vec::new(),
         method: body.method.unwrap_or_default(),
         headers: body.headers.unwrap_or_default(),
@@ -236,7 +266,10 @@ pub async fn create(
         StatusCode::CREATED,
         Json(CreatedConnection {
             connection: view(&conn),
-            secret: conn.secret,
+            secret: match ShownSecret::of(&conn.secret) {
+                ShownSecret::Secret(s) => Some(s),
+                ShownSecret::PublicKey(_) => None,
+            },
         }),
     ))
 }
@@ -304,8 +337,17 @@ pub async fn update(
         }
         c.headers.retain(|name, _| !is_sensitive_header(name));
     }
-    if let Some(v) = patch.secret {
-        c.secret = v;
+    let now = herald_shared::now_ms();
+    match (patch.signature_scheme, patch.secret) {
+        (Some(scheme), given) if scheme != c.signature_scheme() => {
+            let new = secrets::new_secret(scheme, given)?;
+            let expires_at = now + state.settings.secret_grace.as_millis() as i64;
+            secrets::rotate_into(&mut c, new, now, expires_at);
+        }
+        (scheme, Some(given)) => {
+            c.secret = secrets::new_secret(scheme.unwrap_or(c.signature_scheme()), Some(given))?;
+        }
+        (_, None) => {}
     }
     if let Some(v) = patch.method {
         c.method = v;
@@ -352,7 +394,7 @@ pub async fn update(
     if let Some(v) = patch.enabled {
         c.enabled = v;
     }
-    c.updated_at = herald_shared::now_ms();
+    c.updated_at = now;
     validate(&state, &c)?;
     state.store.put_connection(&c).await?;
     Ok(Json(view(&c)))

@@ -13,11 +13,13 @@
 //!   starting it again.
 //! - [`cut`]: a TCP relay a test can cut ([`CutRelay`]), so one service loses Redis alone.
 //! - [`api`]: the HTTP API as a client sees it ([`Api`]), and [`eventually`] for polling.
+//! - [`oauth`]: a test OAuth2 token endpoint and the endpoint its tokens open ([`TokenServer`]).
 //! - [`receiver`]: the test receiver ([`Receiver`]) and signature verification.
 
 pub mod api;
 pub mod cluster;
 pub mod cut;
+pub mod oauth;
 pub mod prefix;
 pub mod procs;
 pub mod receiver;
@@ -27,6 +29,7 @@ pub mod vhost;
 
 pub use api::{eventually, Api, Wired, ADMIN};
 pub use cut::CutRelay;
+pub use oauth::TokenServer;
 pub use prefix::RedisPrefix;
 pub use procs::Processes;
 pub use receiver::{verify, Behaviour, Received, Receiver};

@@ -92,6 +92,10 @@ string_schemas! {
     BearerToken(1, 4096) = concat!("^[^", no_cc!(), "]+$");
     /// A basic-auth user name: 1 to 256 bytes (UTF-8), without `:` or control characters.
     BasicUsername(1, 256) = concat!("^[^:", no_cc!(), "]+$");
+    /// An OAuth2 client id: 1 to 256 bytes (UTF-8), without control characters.
+    OAuthText(1, 256) = concat!("^[^", no_cc!(), "]+$");
+    /// An OAuth2 scope or audience: 1 to 1024 bytes (UTF-8), without control characters.
+    OAuthScope(1, 1024) = concat!("^[^", no_cc!(), "]+$");
     /// A basic-auth password: at most 4096 bytes (UTF-8).
     BasicPassword(0, 4096) = r"^[\s\S]*$";
     /// An origin: `https://host[:port]` (or `http://`), nothing after it.
@@ -187,6 +191,40 @@ pub enum AuthSchema {
         #[schema(value_type = BasicPassword)]
         password: String,
     },
+    /// `Authorization: Bearer <token>` with a token of an OAuth 2.0 client credentials grant,
+    /// cached across deliverers until 30 s before it expires (or half its lifetime).
+    #[serde(rename = "oauth2_client_credentials")]
+    #[schema(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials {
+        /// The token endpoint: the same destination policy as the connection's URL applies.
+        #[schema(value_type = DestinationUrl)]
+        token_url: String,
+        /// The client's id.
+        #[schema(value_type = OAuthText)]
+        client_id: String,
+        /// The client's secret; sealed at rest and masked on read.
+        #[schema(value_type = BearerToken)]
+        client_secret: String,
+        /// `scope` of the token request.
+        #[schema(value_type = Option<OAuthScope>)]
+        scope: Option<String>,
+        /// `audience` of the token request.
+        #[schema(value_type = Option<OAuthScope>)]
+        audience: Option<String>,
+        /// `basic` (default): HTTP Basic to the token endpoint; `post`: in the form body.
+        #[schema(value_type = Option<ClientAuthSchema>)]
+        client_auth: Option<String>,
+    },
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(ToSchema)]
+#[schema(as = ClientAuth, rename_all = "snake_case")]
+pub enum ClientAuthSchema {
+    /// HTTP Basic with the client id and secret (the default).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
 }
 
 /// What a rule does with a matching event: the only action today.

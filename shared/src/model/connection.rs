@@ -96,6 +96,51 @@ pub enum Auth {
         /// Password.
         password: String,
     },
+    /// `Authorization: Bearer <token>` with a token from an OAuth 2.0 token endpoint, client
+    /// credentials grant (RFC 6749 section 4.4), cached across deliverers until shortly before
+    /// it expires.
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials(OAuth2),
+}
+
+/// The settings of an OAuth 2.0 client credentials grant.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2 {
+    /// The token endpoint (subject to the same destination policy as the connection's URL).
+    pub token_url: String,
+    /// The client's id.
+    pub client_id: String,
+    /// The client's secret (sealed at rest, masked on read).
+    pub client_secret: String,
+    /// `scope` of the token request, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `audience` of the token request (as some providers require), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// How the client authenticates to the token endpoint (`null` or absent: the default).
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub client_auth: ClientAuth,
+}
+
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// How a client authenticates to a token endpoint (RFC 6749 section 2.3.1).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the id and secret (the default, which every server must support).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
 }
 
 /// A signing secret that was rotated out and still signs until `expires_at`.
@@ -156,6 +201,15 @@ impl std::fmt::Debug for Auth {
                 .debug_struct("Basic")
                 .field("username", username)
                 .field("password", &MASK)
+                .finish(),
+            Auth::OAuth2ClientCredentials(o) => f
+                .debug_struct("OAuth2ClientCredentials")
+                .field("token_url", &o.token_url)
+                .field("client_id", &o.client_id)
+                .field("client_secret", &MASK)
+                .field("scope", &o.scope)
+                .field("audience", &o.audience)
+                .field("client_auth", &o.client_auth)
                 .finish(),
         }
     }
@@ -343,6 +397,7 @@ impl Connection {
                     "must not contain control characters",
                 ))
             }
+            Some(Auth::OAuth2ClientCredentials(o)) => o.validate(allow_http)?,
             _ => {}
         }
         if !(100..=120_000).contains(&self.timeout_ms) {
@@ -360,6 +415,40 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+impl OAuth2 {
+    /// Checks every field; the token URL as a destination URL.
+    pub fn validate(&self, allow_http: bool) -> Result<(), FieldError> {
+        validate_url(&self.token_url, allow_http)
+            .map_err(|e| FieldError::new("auth.token_url", e.message))?;
+        let text = |field: &str, value: &str, min: usize, max: usize| {
+            if value.len() < min || value.len() > max || value.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    format!("auth.{field}"),
+                    format!("must be {min} to {max} characters, without control characters"),
+                ));
+            }
+            Ok(())
+        };
+        text("client_id", &self.client_id, 1, 256)?;
+        text("client_secret", &self.client_secret, 1, 4096)?;
+        if let Some(scope) = &self.scope {
+            text("scope", scope, 1, 1024)?;
+        }
+        if let Some(audience) = &self.audience {
+            text("audience", audience, 1, 1024)?;
+        }
+        Ok(())
+    }
+
+    /// A fingerprint of what decides which token the endpoint issues: a changed client,
+    /// secret, URL, scope or audience never reuses a token cached for the old ones.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(json)[..12])
     }
 }
 

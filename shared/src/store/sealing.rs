@@ -1,4 +1,5 @@
-//! Secrets at rest: a connection's signing secrets, credentials and sensitive headers are
+//! Secrets at rest: a connection's signing secrets, credentials (an OAuth2 client secret
+//! among them) and sensitive headers are
 //! sealed when it is written and opened when it is read (see [`crate::secrets`]), and stored
 //! connections are re-sealed after the key changes.
 
@@ -23,6 +24,9 @@ impl Store {
         match &mut sealed.auth {
             Some(Auth::Bearer { token }) => *token = keys.seal(token, &c.id),
             Some(Auth::Basic { password, .. }) => *password = keys.seal(password, &c.id),
+            Some(Auth::OAuth2ClientCredentials(o)) => {
+                o.client_secret = keys.seal(&o.client_secret, &c.id);
+            }
             None => {}
         }
         for (name, value) in &mut sealed.headers {
@@ -52,6 +56,7 @@ impl Store {
         match &mut c.auth {
             Some(Auth::Bearer { token }) => open(token, &id)?,
             Some(Auth::Basic { password, .. }) => open(password, &id)?,
+            Some(Auth::OAuth2ClientCredentials(o)) => open(&mut o.client_secret, &id)?,
             None => {}
         }
         for (name, value) in &mut c.headers {
@@ -88,6 +93,7 @@ impl Store {
                 match &raw.auth {
                     Some(Auth::Bearer { token }) => fields.push(token),
                     Some(Auth::Basic { password, .. }) => fields.push(password),
+                    Some(Auth::OAuth2ClientCredentials(o)) => fields.push(&o.client_secret),
                     None => {}
                 }
                 fields.extend(

@@ -51,7 +51,9 @@ pub struct NewConnection {
     /// Custom headers sent with every request.
     #[schema(value_type = Option<Headers>)]
     headers: Option<BTreeMap<String, String>>,
-    /// `{"type": "bearer", "token"}` or `{"type": "basic", "username", "password"}`.
+    /// `{"type": "bearer", "token"}`, `{"type": "basic", "username", "password"}` or
+    /// `{"type": "oauth2_client_credentials", "token_url", "client_id", "client_secret",
+    /// "scope"?, "audience"?, "client_auth"?}`.
     #[schema(value_type = Option<AuthSchema>)]
     auth: Option<Auth>,
     /// Request timeout; 15000 by default.
@@ -174,6 +176,21 @@ pub fn view(c: &Connection) -> ConnectionView {
         Auth::Basic { username, .. } => {
             json!({"type": "basic", "username": username, "password": MASK})
         }
+        Auth::OAuth2ClientCredentials(o) => {
+            let mut shown = json!({
+                "type": "oauth2_client_credentials",
+                "token_url": o.token_url,
+                "client_id": o.client_id,
+                "client_secret": MASK,
+                "client_auth": o.client_auth,
+            });
+            for (name, value) in [("scope", &o.scope), ("audience", &o.audience)] {
+                if let (Some(v), Some(obj)) = (value, shown.as_object_mut()) {
+                    obj.insert(name.into(), json!(v));
+                }
+            }
+            shown
+        }
     });
     let headers = c
         .headers
@@ -209,13 +226,23 @@ pub fn view(c: &Connection) -> ConnectionView {
 pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError> {
     c.validate(state.settings.allow_http)?;
     // Literal IPs are checked now; names are checked at send time against what they resolve to.
-    let url = validate_url(&c.url, state.settings.allow_http)?;
+    check_literal(state, "url", &c.url)?;
+    if let Some(Auth::OAuth2ClientCredentials(o)) = &c.auth {
+        check_literal(state, "auth.token_url", &o.token_url)?;
+    }
+    Ok(())
+}
+
+/// Refuses a URL whose host is a literal address the destination policy forbids.
+fn check_literal(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
+    let url = validate_url(url, state.settings.allow_http)
+        .map_err(|e| ApiError::field(field, e.message))?;
     if let Some(host) = url.host_str() {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = literal.parse::<IpAddr>() {
             if !state.settings.destinations.allows(ip) {
                 return Err(ApiError::field(
-                    "url",
+                    field,
                     "points at a private, loopback or otherwise special address; allowed only with HERALD_ALLOW_PRIVATE_DESTINATIONS or HERALD_DESTINATION_ALLOWLIST",
                 ));
             }
@@ -382,7 +409,26 @@ pub async fn update(
         }
         c.headers = v;
     }
-    if let Some(v) = patch.auth {
+    if let Some(mut v) = patch.auth {
+        // A masked client secret read back and sent again means "unchanged", for the same
+        // token endpoint only: a secret never follows the token URL to another origin.
+        if let Some(Auth::OAuth2ClientCredentials(new)) = &mut v {
+            if new.client_secret == MASK {
+                match &c.auth {
+                    Some(Auth::OAuth2ClientCredentials(old))
+                        if origin(&old.token_url) == origin(&new.token_url) =>
+                    {
+                        new.client_secret.clone_from(&old.client_secret);
+                    }
+                    _ => {
+                        return Err(ApiError::field(
+                            "auth.client_secret",
+                            "the masked value stands for the current secret of the same token endpoint; send the real value",
+                        ))
+                    }
+                }
+            }
+        }
         c.auth = v;
     }
     if let Some(v) = patch.timeout_ms {

@@ -18,6 +18,7 @@ use herald_shared::netguard::DestinationPolicy;
 use herald_shared::signing::{signatures, Signer};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use crate::identity::{ClientConfig, Identities};
 use crate::oauth::{TokenError, TokenRequest, Tokens};
 use crate::outcome::{classify_status, Verdict};
 
@@ -26,7 +27,8 @@ pub const EXCERPT_BYTES: usize = 1024;
 
 /// A resolver that refuses addresses the policy forbids.
 pub struct GuardedResolver {
-    policy: DestinationPolicy,
+    /// The policy.
+    pub policy: DestinationPolicy,
 }
 
 impl Resolve for GuardedResolver {
@@ -62,6 +64,8 @@ pub struct Dispatcher {
     policy: DestinationPolicy,
     /// OAuth2 tokens, once the store is connected.
     tokens: Option<Arc<Tokens>>,
+    /// Clients of connections with a client certificate (mutual TLS).
+    identities: Arc<Identities>,
 }
 
 impl Dispatcher {
@@ -70,25 +74,16 @@ impl Dispatcher {
     /// With `egress_proxy` (`HERALD_EGRESS_PROXY`) every request goes through that proxy, which
     /// must then enforce the destination policy; literal addresses are still checked here.
     pub fn new(policy: DestinationPolicy, egress_proxy: Option<String>) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder().no_proxy();
-        if let Some(proxy) = egress_proxy {
-            builder = builder.proxy(reqwest::Proxy::all(proxy)?);
-        }
-        let client = builder
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
-            .user_agent(herald_shared::USER_AGENT)
-            .pool_max_idle_per_host(64)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .build()?;
+        let config = ClientConfig {
+            policy: policy.clone(),
+            egress_proxy,
+        };
+        let client = config.builder()?.build()?;
         Ok(Self {
             client,
             policy,
             tokens: None,
+            identities: Arc::new(Identities::new(config)),
         })
     }
 
@@ -179,7 +174,19 @@ impl Dispatcher {
         if let Some(e) = self.forbidden_literal(&url) {
             return fail(e, &none);
         }
-        let client = &self.client;
+        // A connection with a client certificate has a client of its own (which the token
+        // endpoint is called through too).
+        let own;
+        let client = match &conn.tls {
+            None => &self.client,
+            Some(tls) => match self.identities.client(&conn.id, tls) {
+                Ok(c) => {
+                    own = c;
+                    &own
+                }
+                Err(e) => return fail(e, &none),
+            },
+        };
 
         let body = event.body(sent_ms);
         let timestamp = sent_ms / 1000;

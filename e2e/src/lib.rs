@@ -14,6 +14,7 @@
 //! - [`cut`]: a TCP relay a test can cut ([`CutRelay`]), so one service loses Redis alone.
 //! - [`api`]: the HTTP API as a client sees it ([`Api`]), and [`eventually`] for polling.
 //! - [`oauth`]: a test OAuth2 token endpoint and the endpoint its tokens open ([`TokenServer`]).
+//! - [`tls`]: a test PKI and an HTTPS receiver demanding client certificates ([`TlsReceiver`]).
 //! - [`receiver`]: the test receiver ([`Receiver`]) and signature verification.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod procs;
 pub mod receiver;
 pub mod settings;
 pub mod stack;
+pub mod tls;
 pub mod vhost;
 
 pub use api::{eventually, Api, Wired, ADMIN};
@@ -34,6 +36,7 @@ pub use prefix::RedisPrefix;
 pub use procs::Processes;
 pub use receiver::{verify, Behaviour, Received, Receiver};
 pub use stack::Stack;
+pub use tls::{TestPki, TlsReceiver};
 pub use vhost::Vhost;
 
 /// A fresh name for a test's vhost or Redis prefix.

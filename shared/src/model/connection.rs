@@ -177,6 +177,9 @@ pub struct Connection {
     pub headers: BTreeMap<String, String>,
     /// Optional authentication.
     pub auth: Option<Auth>,
+    /// Mutual TLS: the client certificate presented, and a CA trusted for this destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ClientTls>,
     /// Request timeout.
     pub timeout_ms: u64,
     /// Most requests per second to this destination, if limited.
@@ -236,6 +239,7 @@ impl std::fmt::Debug for Connection {
             .field("method", &self.method)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("timeout_ms", &self.timeout_ms)
             .field("rate_limit_per_s", &self.rate_limit_per_s)
             .field("enabled", &self.enabled)
@@ -312,6 +316,7 @@ impl Connection {
         self.url.hash(&mut h);
         self.method.as_str().hash(&mut h);
         serde_json::to_string(&self.auth).ok().hash(&mut h);
+        self.tls.hash(&mut h);
         self.headers.hash(&mut h);
         self.enabled.hash(&mut h);
         h.finish()
@@ -511,6 +516,7 @@ mod tests {
             method: HttpMethod::Post,
             headers: BTreeMap::new(),
             auth: None,
+            tls: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             rate_limit_per_s: None,
             enabled: true,

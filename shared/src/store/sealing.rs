@@ -1,5 +1,5 @@
-//! Secrets at rest: a connection's signing secrets, credentials (an OAuth2 client secret
-//! among them) and sensitive headers are
+//! Secrets at rest: a connection's signing secrets, credentials (an OAuth2 client secret,
+//! a client certificate's private key) and sensitive headers are
 //! sealed when it is written and opened when it is read (see [`crate::secrets`]), and stored
 //! connections are re-sealed after the key changes.
 
@@ -28,6 +28,9 @@ impl Store {
                 o.client_secret = keys.seal(&o.client_secret, &c.id);
             }
             None => {}
+        }
+        if let Some(tls) = &mut sealed.tls {
+            tls.client_key_pem = keys.seal(&tls.client_key_pem, &c.id);
         }
         for (name, value) in &mut sealed.headers {
             if is_sensitive_header(name) {
@@ -58,6 +61,9 @@ impl Store {
             Some(Auth::Basic { password, .. }) => open(password, &id)?,
             Some(Auth::OAuth2ClientCredentials(o)) => open(&mut o.client_secret, &id)?,
             None => {}
+        }
+        if let Some(tls) = &mut c.tls {
+            open(&mut tls.client_key_pem, &id)?;
         }
         for (name, value) in &mut c.headers {
             if is_sensitive_header(name) {
@@ -96,6 +102,7 @@ impl Store {
                     Some(Auth::OAuth2ClientCredentials(o)) => fields.push(&o.client_secret),
                     None => {}
                 }
+                fields.extend(raw.tls.iter().map(|t| t.client_key_pem.as_str()));
                 fields.extend(
                     raw.headers
                         .iter()

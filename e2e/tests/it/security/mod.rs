@@ -9,6 +9,7 @@
 
 mod destinations;
 mod ed25519;
+mod mtls;
 mod oauth2;
 mod rate_limits;
 mod refusals;

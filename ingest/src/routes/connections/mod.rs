@@ -56,6 +56,9 @@ pub struct NewConnection {
     /// "scope"?, "audience"?, "client_auth"?}`.
     #[schema(value_type = Option<AuthSchema>)]
     auth: Option<Auth>,
+    /// Mutual TLS: the client certificate Herald presents, and a CA trusted for this
+    /// destination alone.
+    tls: Option<TlsInput>,
     /// Request timeout; 15000 by default.
     #[schema(minimum = 100, maximum = 120000)]
     timeout_ms: Option<u64>,
@@ -102,6 +105,11 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Option<AuthSchema>, required = false)]
     auth: Option<Option<Auth>>,
+    /// Replaces the client certificate; `client_key_pem` sent back masked (`********`) keeps
+    /// the key; `null` removes mutual TLS.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Option<TlsInput>, required = false)]
+    tls: Option<Option<TlsInput>>,
     /// Request timeout.
     #[serde(default, deserialize_with = "not_null")]
     #[schema(minimum = 100, maximum = 120000, nullable = false)]
@@ -114,6 +122,58 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
+}
+
+/// A client certificate for mutual TLS, as given.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInput {
+    /// The client certificate (then any intermediates), PEM. Refused when it does not parse,
+    /// has expired or is not valid yet.
+    client_cert_pem: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1): sealed at rest, never shown. Refused
+    /// when it does not match the certificate.
+    client_key_pem: String,
+    /// A CA (PEM) trusted for this connection's destination alone, besides the public roots.
+    ca_pem: Option<String>,
+}
+
+/// Mutual TLS as the API shows it: never the key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TlsView {
+    /// The client certificate's subject, e.g. `CN=herald,O=Acme`.
+    subject: String,
+    /// When it expires, Unix milliseconds.
+    not_after: i64,
+    /// Whether it expires within 14 days.
+    expiring_soon: bool,
+    /// Always `********`.
+    client_key_pem: &'static str,
+    /// Whether a CA of the connection's own is trusted.
+    custom_ca: bool,
+}
+
+/// The stored form of a given client certificate; a masked key keeps `old`'s.
+fn tls_of(
+    input: TlsInput,
+    old: Option<&herald_shared::tls::ClientTls>,
+) -> Result<herald_shared::tls::ClientTls, ApiError> {
+    let key = match (input.client_key_pem.as_str(), old) {
+        (MASK, Some(old)) => old.client_key_pem.clone(),
+        (MASK, None) => {
+            return Err(ApiError::field(
+                "tls.client_key_pem",
+                "the masked value stands for the current key; send the real key",
+            ))
+        }
+        _ => input.client_key_pem,
+    };
+    Ok(herald_shared::tls::ClientTls::new(
+        input.client_cert_pem,
+        key,
+        input.ca_pem,
+        herald_shared::now_ms(),
+    )?)
 }
 
 /// A connection as the API shows it: the secret is never shown after creation (use
@@ -144,6 +204,9 @@ pub struct ConnectionView {
     /// Authentication, credentials masked.
     #[schema(value_type = Option<AuthSchema>)]
     auth: Option<Value>,
+    /// Mutual TLS: the certificate's subject and expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsView>,
     /// Request timeout.
     timeout_ms: u64,
     /// Most requests per second to this destination, if limited.
@@ -204,6 +267,14 @@ pub fn view(c: &Connection) -> ConnectionView {
         ShownSecret::PublicKey(k) => Some(k),
         ShownSecret::Secret(_) => None,
     };
+    let now = herald_shared::now_ms();
+    let tls = c.tls.as_ref().map(|t| TlsView {
+        subject: t.subject.clone(),
+        not_after: t.not_after,
+        expiring_soon: t.expiring_soon(now),
+        client_key_pem: MASK,
+        custom_ca: t.ca_pem.is_some(),
+    });
     ConnectionView {
         id: c.id.clone(),
         kind: c.kind.clone(),
@@ -214,6 +285,7 @@ pub fn view(c: &Connection) -> ConnectionView {
         signature_scheme: c.signature_scheme(),
         public_key,
         auth,
+        tls,
         timeout_ms: c.timeout_ms,
         rate_limit_per_s: c.rate_limit_per_s,
         enabled: c.enabled,
@@ -270,6 +342,7 @@ pub async fn create(
     let now = herald_shared::now_ms();
     let scheme = body.signature_scheme.unwrap_or_default();
     let secret = secrets::new_secret(scheme, body.secret)?;
+    let tls = body.tls.map(|t| tls_of(t, None)).transpose()?;
     let conn = Connection {
         id: herald_shared::ids::new_id("con"),
         workspace_id: ws,
@@ -281,6 +354,7 @@ pub async fn create(
         method: body.method.unwrap_or_default(),
         headers: body.headers.unwrap_or_default(),
         auth: body.auth,
+        tls,
         timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         rate_limit_per_s: body.rate_limit_per_s,
         enabled: body.enabled.unwrap_or(true),
@@ -430,6 +504,9 @@ pub async fn update(
             }
         }
         c.auth = v;
+    }
+    if let Some(v) = patch.tls {
+        c.tls = v.map(|t| tls_of(t, c.tls.as_ref())).transpose()?;
     }
     if let Some(v) = patch.timeout_ms {
         c.timeout_ms = v;

@@ -61,6 +61,57 @@ impl TestPki {
     }
 }
 
+/// A server configuration with a certificate for `localhost` and `127.0.0.1` from `pki` that
+/// completes a handshake only with a client certificate from `client_ca` (PEM).
+pub fn server_config(pki: &TestPki, client_ca: &str) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in herald_shared::tls::certificates(client_ca).expect("client CA") {
+        roots.add(c).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let (cert, key) = pki.issue("localhost", &["localhost", "127.0.0.1"], -1, 30);
+    let chain = herald_shared::tls::certificates(&cert).expect("server cert");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    Arc::new(config)
+}
+
+/// Serves `app` over TLS with `config` on `listener`, one task per connection.
+pub fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+}
+
 type Log = Arc<Mutex<Vec<(Received, Option<String>)>>>;
 
 /// An HTTPS receiver on loopback that completes a handshake only with a client certificate
@@ -77,27 +128,8 @@ impl TlsReceiver {
     /// Starts with a server certificate for `localhost` from `pki`, demanding client
     /// certificates from `client_ca` (PEM).
     pub async fn start(pki: &TestPki, client_ca: &str) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in herald_shared::tls::certificates(client_ca).expect("client CA") {
-            roots.add(c).expect("root");
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let (cert, key) = pki.issue("localhost", &["localhost", "127.0.0.1"], -1, 30);
-        let chain = herald_shared::tls::certificates(&cert).expect("server cert");
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let config = server_config(pki, client_ca);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

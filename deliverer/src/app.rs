@@ -62,7 +62,7 @@ pub async fn start(
         let deliverer = Arc::new(Deliverer {
             settings,
             cache: worker.cache,
-            dispatcher,
+            dispatcher: dispatcher.with_tokens(worker.store.clone()),
             gate,
             settler: Settler {
                 store: worker.store,

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use herald_shared::model::connection::mask_header_value;
+use herald_shared::model::connection::OAuth2;
 use herald_shared::model::{Attempt, Auth, Connection, Event};
 use herald_shared::netguard::DestinationPolicy;
-use herald_shared::signing::{signature_header, SigningKey};
+use herald_shared::signing::{signatures, Signer};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use crate::identity::{ClientConfig, Identities};
+use crate::oauth::{TokenError, TokenRequest, Tokens};
 use crate::outcome::{classify_status, Verdict};
 
 /// How much of a response body is kept in the history.
@@ -24,7 +27,8 @@ pub const EXCERPT_BYTES: usize = 1024;
 
 /// A resolver that refuses addresses the policy forbids.
 pub struct GuardedResolver {
-    policy: DestinationPolicy,
+    /// The policy.
+    pub policy: DestinationPolicy,
 }
 
 impl Resolve for GuardedResolver {
@@ -58,6 +62,10 @@ impl Resolve for GuardedResolver {
 pub struct Dispatcher {
     client: reqwest::Client,
     policy: DestinationPolicy,
+    /// OAuth2 tokens, once the store is connected.
+    tokens: Option<Arc<Tokens>>,
+    /// Clients of connections with a client certificate (mutual TLS).
+    identities: Arc<Identities>,
 }
 
 impl Dispatcher {
@@ -66,22 +74,65 @@ impl Dispatcher {
     /// With `egress_proxy` (`HERALD_EGRESS_PROXY`) every request goes through that proxy, which
     /// must then enforce the destination policy; literal addresses are still checked here.
     pub fn new(policy: DestinationPolicy, egress_proxy: Option<String>) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder().no_proxy();
-        if let Some(proxy) = egress_proxy {
-            builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+        let config = ClientConfig {
+            policy: policy.clone(),
+            egress_proxy,
+        };
+        let client = config.builder()?.build()?;
+        Ok(Self {
+            client,
+            policy,
+            tokens: None,
+            identities: Arc::new(Identities::new(config)),
+        })
+    }
+
+    /// The same dispatcher, fetching and sharing OAuth2 tokens through `store`.
+    pub fn with_tokens(mut self, store: herald_shared::store::Store) -> Self {
+        self.tokens = Some(Arc::new(Tokens::new(store)));
+        self
+    }
+
+    /// Whether `url` names a literal address the policy forbids (names are checked by the
+    /// resolver, at connection time).
+    fn forbidden_literal(&self, url: &reqwest::Url) -> Option<String> {
+        let host = url.host_str()?;
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = literal.parse::<IpAddr>().ok()?;
+        (!self.policy.allows(ip))
+            .then(|| format!("destination {ip} is a forbidden (private or special) address"))
+    }
+
+    /// The bearer token of an OAuth2 connection (`refused`: the one the destination just
+    /// answered 401 to).
+    async fn oauth_token(
+        &self,
+        conn: &Connection,
+        oauth: &OAuth2,
+        client: &reqwest::Client,
+        timeout: Duration,
+        refused: Option<&str>,
+    ) -> Result<String, TokenError> {
+        let tokens = self
+            .tokens
+            .as_ref()
+            .ok_or_else(|| TokenError("no token store to share OAuth2 tokens through".into()))?;
+        match reqwest::Url::parse(&oauth.token_url) {
+            Ok(u) => {
+                if let Some(e) = self.forbidden_literal(&u) {
+                    return Err(TokenError(format!("token endpoint: {e}")));
+                }
+            }
+            Err(e) => return Err(TokenError(format!("invalid token URL: {e}"))),
         }
-        let client = builder
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
-            .user_agent(herald_shared::USER_AGENT)
-            .pool_max_idle_per_host(64)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self { client, policy })
+        let req = TokenRequest {
+            workspace_id: &conn.workspace_id,
+            connection_id: &conn.id,
+            oauth,
+            client,
+            timeout,
+        };
+        tokens.token(&req, refused).await
     }
 
     /// Sends the event to the connection once. Never fails: every problem is an attempt with
@@ -120,25 +171,30 @@ impl Dispatcher {
             Ok(u) => u,
             Err(e) => return fail(format!("invalid URL: {e}"), &none),
         };
-        if let Some(host) = url.host_str() {
-            let literal = host.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = literal.parse::<IpAddr>() {
-                if !self.policy.allows(ip) {
-                    return fail(
-                        format!("destination {ip} is a forbidden (private or special) address"),
-                        &none,
-                    );
-                }
-            }
+        if let Some(e) = self.forbidden_literal(&url) {
+            return fail(e, &none);
         }
+        // A connection with a client certificate has a client of its own (which the token
+        // endpoint is called through too).
+        let own;
+        let client = match &conn.tls {
+            None => &self.client,
+            Some(tls) => match self.identities.client(&conn.id, tls) {
+                Ok(c) => {
+                    own = c;
+                    &own
+                }
+                Err(e) => return fail(e, &none),
+            },
+        };
 
         let body = event.body(sent_ms);
         let timestamp = sent_ms / 1000;
-        let keys: Vec<SigningKey> = conn
+        let keys: Vec<Signer> = conn
             .signing_secrets(sent_ms)
-            .filter_map(|s| SigningKey::parse(s).ok())
+            .filter_map(|s| Signer::parse(s).ok())
             .collect();
-        let signature = signature_header(&keys, &event.uuid, timestamp, &body);
+        let signature = signatures(&keys, &event.uuid, timestamp, &body);
         let mut headers: Vec<(String, String)> = vec![
             ("content-type".into(), "application/json".into()),
             ("user-agent".into(), herald_shared::USER_AGENT.into()),
@@ -156,23 +212,64 @@ impl Dispatcher {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
                 headers.push(("authorization".into(), format!("Basic {b64}")));
             }
-            None => {}
+            Some(Auth::OAuth2ClientCredentials(_)) | None => {}
+        }
+        let oauth = match &conn.auth {
+            Some(Auth::OAuth2ClientCredentials(o)) => Some(o),
+            _ => None,
+        };
+        if oauth.is_some() {
+            // Shown (masked) as it is sent; the token itself is added to each request below.
+            headers.push(("authorization".into(), "Bearer ".into()));
         }
         let shown: BTreeMap<String, String> = headers
             .iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), mask_header_value(n, v)))
             .collect();
+        if oauth.is_some() {
+            headers.pop();
+        }
         let method = reqwest::Method::from_bytes(conn.method.as_str().as_bytes())
             .unwrap_or(reqwest::Method::POST);
-        let mut request = self.client.request(method, url).timeout(timeout);
-        for (name, value) in &headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
+        let body = bytes::Bytes::from(body);
+        let request = |token: Option<&str>| {
+            let mut request = client.request(method.clone(), url.clone()).timeout(timeout);
+            for (name, value) in &headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            request.body(body.clone())
+        };
 
-        let mut response = match request.body(body).send().await {
+        let mut token = None;
+        if let Some(o) = oauth {
+            match self.oauth_token(conn, o, client, timeout, None).await {
+                Ok(t) => token = Some(t),
+                Err(e) => return fail(e.0, &shown),
+            }
+        }
+        let mut response = match request(token.as_deref()).send().await {
             Ok(r) => r,
             Err(e) => return fail(describe(&e, timeout), &shown),
         };
+        // A 401 may mean the token was revoked before its time: one new token, one more try,
+        // within the same attempt.
+        if let (Some(o), Some(refused), 401) = (oauth, &token, response.status().as_u16()) {
+            let fresh = match self
+                .oauth_token(conn, o, client, timeout, Some(refused))
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => return fail(format!("status 401, then {}", e.0), &shown),
+            };
+            metrics::counter!("herald_oauth_refreshed_after_401_total").increment(1);
+            response = match request(Some(&fresh)).send().await {
+                Ok(r) => r,
+                Err(e) => return fail(describe(&e, timeout), &shown),
+            };
+        }
         let latency_ms = started.elapsed().as_millis() as u64;
         let status = response.status().as_u16();
         let retry_after = response
@@ -209,7 +306,7 @@ impl Dispatcher {
 }
 
 /// A reqwest error in words support staff understand, with its root cause.
-fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+pub(crate) fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     let mut root: &dyn std::error::Error = e;
     while let Some(next) = root.source() {
         root = next;

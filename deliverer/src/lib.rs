@@ -9,6 +9,8 @@
 //! - [`admit`]: whether a job may be sent now (connection and deliverer slots, rate limit,
 //!   breaker), as a typed admission.
 //! - [`dispatch`]: building, signing and sending one request.
+//! - [`identity`]: the clients of connections with a client certificate (mutual TLS).
+//! - [`oauth`]: OAuth2 client-credentials tokens, shared by the deliverers through Redis.
 //! - [`outcome`]: every classification: a response or error, what follows it, metric names.
 //! - [`settle`]: what a batch of finished jobs writes and publishes (pure), then the I/O.
 //! - [`breaker`]: the per-connection circuit breaker (pure).
@@ -20,6 +22,8 @@ pub mod app;
 pub mod breaker;
 pub mod dispatch;
 pub mod flight;
+pub mod identity;
+pub mod oauth;
 pub mod outcome;
 pub mod settle;
 pub mod state;

@@ -47,6 +47,7 @@ fn connection(url: String) -> Connection {
         method: HttpMethod::Post,
         headers: BTreeMap::new(),
         auth: None,
+        tls: None,
         timeout_ms: 5_000,
         rate_limit_per_s: None,
         enabled: true,

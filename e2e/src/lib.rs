@@ -14,25 +14,31 @@
 //!   starting it again.
 //! - [`cut`]: a TCP relay a test can cut ([`CutRelay`]), so one service loses Redis alone.
 //! - [`api`]: the HTTP API as a client sees it ([`Api`]), and [`eventually`] for polling.
+//! - [`oauth`]: a test OAuth2 token endpoint and the endpoint its tokens open ([`TokenServer`]).
+//! - [`tls`]: a test PKI and an HTTPS receiver demanding client certificates ([`TlsReceiver`]).
 //! - [`receiver`]: the test receiver ([`Receiver`]) and signature verification.
 
 pub mod api;
 pub mod cluster;
 pub mod cut;
+pub mod oauth;
 pub mod pg;
 pub mod prefix;
 pub mod procs;
 pub mod receiver;
 pub mod settings;
 pub mod stack;
+pub mod tls;
 pub mod vhost;
 
 pub use api::{eventually, Api, Wired, ADMIN};
 pub use cut::CutRelay;
+pub use oauth::TokenServer;
 pub use prefix::RedisPrefix;
 pub use procs::Processes;
 pub use receiver::{verify, Behaviour, Received, Receiver};
 pub use stack::Stack;
+pub use tls::{TestPki, TlsReceiver};
 pub use vhost::Vhost;
 
 /// A fresh name for a test's vhost or Redis prefix.

@@ -155,6 +155,16 @@ impl Stack {
         self.deliverer = Some(Service::spawn(cancel, running.wait()));
     }
 
+    /// Starts one more deliverer beside the first (replicas share the jobs queue).
+    pub async fn add_deliverer(&mut self) {
+        let settings = DelivererSettings::from_source(&self.source).expect("settings");
+        let cancel = CancellationToken::new();
+        let running = herald_deliverer::start(settings, cancel.clone())
+            .await
+            .expect("deliverer starts");
+        self.replicas.push(Service::spawn(cancel, running.wait()));
+    }
+
     /// Stops the deliverer (as a rolling restart would).
     pub async fn stop_deliverer(&mut self) {
         if let Some(d) = self.deliverer.take() {

@@ -36,6 +36,7 @@ fn connection(id: &str) -> Connection {
         method: Default::default(),
         headers: Default::default(),
         auth: None,
+        tls: None,
         timeout_ms: 10_000,
         rate_limit_per_s: None,
         enabled: true,

@@ -152,6 +152,7 @@ mod tests {
                     method: Default::default(),
                     headers: Default::default(),
                     auth: None,
+                    tls: None,
                     timeout_ms: 1000,
                     rate_limit_per_s: None,
                     enabled: *enabled,

@@ -6,7 +6,7 @@
 //! - [`service`]: named tasks under one cancellation, and the start-up router and deliverer share.
 //! - [`duration`]: durations as settings spell them (`500ms`, `30s`, `5m`, `2h`, `7d`).
 //! - [`model`]: the domain types: envelope and event, workspace, connection, rule, job, attempt.
-//! - [`signing`]: Standard Webhooks signatures (sign and verify).
+//! - [`signing`]: Standard Webhooks signatures (sign and verify), `v1` HMAC and `v1a` Ed25519.
 //! - [`retry`]: the retry schedule, its jitter, and the broker delay ladder it maps onto.
 //! - [`amqp`]: the broker topology, a reconnecting connection, a confirming publisher and
 //!   consumer helpers.
@@ -15,6 +15,7 @@
 //! - [`secrets`]: encryption at rest of signing secrets and destination credentials.
 //! - [`ratelimit`]: rate limits shared by every replica through Redis.
 //! - [`netguard`]: which destination addresses may be connected to (SSRF protection).
+//! - [`tls`]: a connection's client certificate for mutual TLS, checked when it is given.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` endpoints the router and deliverer serve.
 
 pub mod amqp;
@@ -35,6 +36,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch, as every timestamp Herald stores.
 pub fn now_ms() -> i64 {

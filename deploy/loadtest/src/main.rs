@@ -75,6 +75,19 @@ enum Scenario {
     Hop,
 }
 
+/// How the run's connections reach the receiver, beside the HMAC signature every request has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Security {
+    /// Plain HTTP, signed (`v1`).
+    Hmac,
+    /// Plus an OAuth2 client-credentials bearer token from a local token endpoint (tokens
+    /// living --token-lifetime seconds); the receiver refuses requests without one.
+    Oauth2,
+    /// HTTPS with mutual TLS: a client certificate from a CA made for the run, demanded by
+    /// the receiver, whose own certificate the connection trusts through its `ca_pem`.
+    Mtls,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum QueueType {
     Classic,
@@ -144,6 +157,13 @@ struct Args {
     /// Approximate bytes of each event's payload (the delivered body is about 170 more).
     #[arg(long, default_value_t = 240)]
     payload_bytes: usize,
+    /// Destination security of the run's connections (delivery throughput with each).
+    #[arg(long, value_enum, default_value = "hmac")]
+    destination_security: Security,
+    /// Seconds the OAuth2 tokens live (--destination-security oauth2): a token is used for
+    /// 30 s less, or half as long when it lives a minute or less.
+    #[arg(long, default_value_t = 60.0)]
+    token_lifetime: f64,
     /// Queue type for Herald (HERALD_QUEUE_TYPE) and for the broker hop.
     #[arg(long, value_enum, default_value = "classic")]
     queue_type: QueueType,
@@ -288,6 +308,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Scenario::Hop => {}
     }
     stack.check_alive()?;
+    if let Some(tokens) = &ctx.tokens {
+        let issued = tokens.issued();
+        eprintln!("herald-load: the token endpoint issued {issued} tokens");
+        if let Some(phase) = ctx.report.phases.last_mut() {
+            phase.counts.push(("oauth2 tokens issued".into(), issued));
+        }
+    }
     eprintln!("herald-load: logs in {}", stack.log_dir().display());
     drop(stack);
     Ok(ctx.report)

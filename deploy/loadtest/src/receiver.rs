@@ -43,6 +43,9 @@ pub struct Receiver {
     in_flight: AtomicU64,
     /// Most requests in flight at once.
     pub max_in_flight: AtomicU64,
+    /// Requests without `Authorization: Bearer` are refused (answered 401, counted as
+    /// failures): the OAuth2 runs.
+    require_bearer: bool,
     /// The URL to configure as the destination.
     pub url: String,
 }
@@ -58,10 +61,13 @@ impl Drop for InFlight<'_> {
 impl Receiver {
     /// Starts the server on a free loopback port. `clock` is the run's time origin; each
     /// delivery's first `fail_first` attempts are answered 500.
+    /// With `tls` it serves HTTPS (mutual TLS runs) at `https://localhost:<port>/hook`.
     pub async fn start(
         clock: Instant,
         delay: Duration,
         fail_first: u32,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        require_bearer: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
@@ -79,17 +85,26 @@ impl Receiver {
             refused: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
-            url: format!("http://{addr}/hook"),
+            require_bearer,
+            url: match tls {
+                Some(_) => format!("https://localhost:{}/hook", addr.port()),
+                None => format!("http://{addr}/hook"),
+            },
         });
         let app = Router::new()
             .route("/hook", post(receive_first))
             .route("/hook/{connection}", post(receive))
             .with_state(receiver.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("receiver stopped: {e}");
+        match tls {
+            Some(config) => herald_e2e::tls::serve_tls(listener, config, app),
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        eprintln!("receiver stopped: {e}");
+                    }
+                });
             }
-        });
+        }
         Ok(receiver)
     }
 
@@ -183,10 +198,15 @@ async fn receive(
     let _guard = InFlight(&r);
     r.max_in_flight.fetch_max(now, Ordering::Relaxed);
     r.requests.fetch_add(1, Ordering::Relaxed);
-    let verified = r
-        .webhook
-        .get()
-        .is_some_and(|wh| wh.verify(&body, &headers).is_ok());
+    let bearer_ok = !r.require_bearer
+        || headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+    let verified = bearer_ok
+        && r.webhook
+            .get()
+            .is_some_and(|wh| wh.verify(&body, &headers).is_ok());
     if !verified {
         r.failures.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::ValueEnum;
 use herald_e2e::procs::Launch;
-use herald_e2e::{settings, RedisPrefix, Vhost};
+use herald_e2e::{oauth, settings, RedisPrefix, TestPki, TokenServer, Vhost};
 use serde_json::json;
 
 use crate::produce::Producer;
@@ -15,7 +15,7 @@ use crate::receiver::Receiver;
 use crate::report::Report;
 use crate::scenarios::Ctx;
 use crate::stack::{self, Stack, ADMIN_TOKEN};
-use crate::{hop, procstat, Args, QueueType, Scenario};
+use crate::{hop, procstat, Args, QueueType, Scenario, Security};
 
 /// A run's vhost, Redis prefix and service settings, and its report so far.
 pub struct Setup<'a> {
@@ -82,7 +82,30 @@ impl<'a> Setup<'a> {
             env,
             report,
         } = self;
-        let receiver = Receiver::start(clock, args.delay(), args.fail_first).await?;
+        // Destination security: the receiver's TLS and the connections' extra fields.
+        let mut tokens = None;
+        let (tls, extra) = match args.destination_security {
+            Security::Hmac => (None, json!({})),
+            Security::Oauth2 => {
+                let server = TokenServer::start(args.token_lifetime).await;
+                let extra = json!({"auth": {"type": "oauth2_client_credentials",
+                    "token_url": server.token_url(), "client_id": oauth::CLIENT_ID,
+                    "client_secret": oauth::CLIENT_SECRET}});
+                tokens = Some(server);
+                (None, extra)
+            }
+            Security::Mtls => {
+                let pki = TestPki::new("herald-load CA");
+                let (cert, key) = pki.issue("herald-load", &["herald-load.test"], -1, 30);
+                let config = herald_e2e::tls::server_config(&pki, &pki.ca_pem);
+                let extra = json!({"tls": {"client_cert_pem": cert, "client_key_pem": key,
+                    "ca_pem": pki.ca_pem}});
+                (Some(config), extra)
+            }
+        };
+        let require_bearer = tokens.is_some();
+        let receiver =
+            Receiver::start(clock, args.delay(), args.fail_first, tls, require_bearer).await?;
         let redis_prefix = redis.prefix.clone();
         let bin_dir = args.bin_dir();
         let launch = Launch {
@@ -110,7 +133,7 @@ impl<'a> Setup<'a> {
         let urls: Vec<String> = (0..args.connections.max(1))
             .map(|i| receiver.url_of(i))
             .collect();
-        let workspace = stack::configure(&stack, &urls, timeout_ms).await?;
+        let workspace = stack::configure(&stack, &urls, timeout_ms, &extra).await?;
         receiver.set_secret(&workspace.signing_secret)?;
         // Services see configuration changes within HERALD_CONFIG_REFRESH (250 ms by default).
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -121,6 +144,7 @@ impl<'a> Setup<'a> {
             report,
             workspace,
             redis_prefix,
+            tokens,
         };
         Ok((ctx, stack, producer))
     }

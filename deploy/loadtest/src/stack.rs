@@ -90,11 +90,12 @@ pub struct Configured {
 }
 
 /// Creates a workspace, one connection per URL in `urls` (all with the first one's signing
-/// secret) and for each a rule for `load.*`.
+/// secret and the fields of `extra`: auth, tls) and for each a rule for `load.*`.
 pub async fn configure(
     stack: &Stack,
     urls: &[String],
     timeout_ms: u64,
+    extra: &Value,
 ) -> anyhow::Result<Configured> {
     let ws = call(
         stack,
@@ -111,6 +112,9 @@ pub async fn configure(
             json!({"name": format!("load receiver {i}"), "url": url, "timeout_ms": timeout_ms});
         if let Some(secret) = &signing_secret {
             body["secret"] = json!(secret);
+        }
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
         }
         let con = call(stack, "/v1/connections", &sk, body).await?;
         if signing_secret.is_none() {

@@ -27,6 +27,8 @@ struct Fixture {
     connection_id: String,
     rule_id: String,
     event_uuid: String,
+    /// A usable client certificate: PEM the schema describes only as strings.
+    tls: Value,
 }
 
 impl Fixture {
@@ -48,7 +50,10 @@ impl Fixture {
             )
             .await;
         assert_eq!(status, 201, "{minted}");
+        let pki = herald_e2e::TestPki::new("Contract CA");
+        let (cert, key) = pki.issue("contract", &["contract.test"], -1, 30);
         Self {
+            tls: json!({"client_cert_pem": cert, "client_key_pem": key, "ca_pem": pki.ca_pem}),
             ws,
             secret_key,
             session: minted["token"].as_str().expect("token").into(),
@@ -95,6 +100,11 @@ impl Fixture {
         match field {
             "connection_id" => Some(json!(self.connection_id)),
             "workspace_id" => Some(json!(self.ws)),
+            // A given `secret` is a `whsec_` one, which only the default scheme takes: Ed25519
+            // keys are always generated (the destination security tests cover them).
+            "signature_scheme" => Some(json!("hmac_sha256")),
+            // A client certificate must be one, with its key: made in the test.
+            "tls" => Some(self.tls.clone()),
             _ => None,
         }
     }

@@ -80,6 +80,8 @@ string_schemas! {
     DestinationUrl(1, 2048) = r"^https://([A-Za-z0-9-]{1,20}\.){0,4}[A-Za-z][A-Za-z0-9-]{0,19}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,20}){0,4}$";
     /// `whsec_` and the base64 of 24 to 64 random bytes.
     Secret(38, 94) = r"^whsec_([A-Za-z0-9+/]{4}){8,15}([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+    /// An Ed25519 public key: `whpk_` and the base64 of 32 bytes.
+    PublicKey(49, 49) = r"^whpk_[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$";
     /// An HTTP header name; not one Herald sets (`content-type`, `content-length`, `host`,
     /// `user-agent`, `webhook-id`, `webhook-timestamp`, `webhook-signature`,
     /// `transfer-encoding`, `connection`), nor `authorization` together with `auth`.
@@ -90,6 +92,10 @@ string_schemas! {
     BearerToken(1, 4096) = concat!("^[^", no_cc!(), "]+$");
     /// A basic-auth user name: 1 to 256 bytes (UTF-8), without `:` or control characters.
     BasicUsername(1, 256) = concat!("^[^:", no_cc!(), "]+$");
+    /// An OAuth2 client id: 1 to 256 bytes (UTF-8), without control characters.
+    OAuthText(1, 256) = concat!("^[^", no_cc!(), "]+$");
+    /// An OAuth2 scope or audience: 1 to 1024 bytes (UTF-8), without control characters.
+    OAuthScope(1, 1024) = concat!("^[^", no_cc!(), "]+$");
     /// A basic-auth password: at most 4096 bytes (UTF-8).
     BasicPassword(0, 4096) = r"^[\s\S]*$";
     /// An origin: `https://host[:port]` (or `http://`), nothing after it.
@@ -144,6 +150,17 @@ pub enum HttpMethodSchema {
     Patch,
 }
 
+/// How requests are signed.
+#[derive(ToSchema)]
+#[schema(as = SignatureScheme, rename_all = "snake_case")]
+pub enum SignatureSchemeSchema {
+    /// `v1`: HMAC-SHA256 with a `whsec_` secret (the default).
+    HmacSha256,
+    /// `v1a`: Ed25519 with a key pair Herald generates; the answer carries the `whpk_` public
+    /// key, never the private key.
+    Ed25519,
+}
+
 /// What a workspace key may do.
 #[derive(ToSchema)]
 #[schema(as = KeyScope, rename_all = "snake_case")]
@@ -174,6 +191,40 @@ pub enum AuthSchema {
         #[schema(value_type = BasicPassword)]
         password: String,
     },
+    /// `Authorization: Bearer <token>` with a token of an OAuth 2.0 client credentials grant,
+    /// cached across deliverers until 30 s before it expires (or half its lifetime).
+    #[serde(rename = "oauth2_client_credentials")]
+    #[schema(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials {
+        /// The token endpoint: the same destination policy as the connection's URL applies.
+        #[schema(value_type = DestinationUrl)]
+        token_url: String,
+        /// The client's id.
+        #[schema(value_type = OAuthText)]
+        client_id: String,
+        /// The client's secret; sealed at rest and masked on read.
+        #[schema(value_type = BearerToken)]
+        client_secret: String,
+        /// `scope` of the token request.
+        #[schema(value_type = Option<OAuthScope>)]
+        scope: Option<String>,
+        /// `audience` of the token request.
+        #[schema(value_type = Option<OAuthScope>)]
+        audience: Option<String>,
+        /// `basic` (default): HTTP Basic to the token endpoint; `post`: in the form body.
+        #[schema(value_type = Option<ClientAuthSchema>)]
+        client_auth: Option<String>,
+    },
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(ToSchema)]
+#[schema(as = ClientAuth, rename_all = "snake_case")]
+pub enum ClientAuthSchema {
+    /// HTTP Basic with the client id and secret (the default).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
 }
 
 /// What a rule does with a matching event: the only action today.

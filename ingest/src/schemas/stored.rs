@@ -198,8 +198,12 @@ pub struct BreakerChangeSchema {
 #[derive(ToSchema)]
 #[schema(as = PreviousSecret)]
 pub struct PreviousSecretSchema {
-    /// The old `whsec_` secret.
-    pub secret: String,
+    /// The old `whsec_` secret (HMAC-SHA256).
+    #[schema(value_type = Option<super::Secret>)]
+    pub secret: Option<String>,
+    /// The old `whpk_` public key (Ed25519).
+    #[schema(value_type = Option<super::PublicKey>)]
+    pub public_key: Option<String>,
     /// Unix milliseconds after which it no longer signs.
     pub expires_at: i64,
 }

@@ -31,6 +31,55 @@ impl HttpMethod {
     }
 }
 
+/// How requests are signed: the kind of the connection's current signing secret.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureScheme {
+    /// `v1`: HMAC-SHA256 with a `whsec_` secret (the default).
+    #[default]
+    HmacSha256,
+    /// `v1a`: Ed25519 with a key pair Herald generates; receivers hold the `whpk_` public key.
+    Ed25519,
+}
+
+impl SignatureScheme {
+    /// The scheme of a stored signing secret (`whsk_` is an Ed25519 private key).
+    pub fn of_secret(secret: &str) -> Self {
+        if secret.starts_with(crate::signing::ed25519::PRIVATE_PREFIX) {
+            Self::Ed25519
+        } else {
+            Self::HmacSha256
+        }
+    }
+
+    /// A new signing secret of this scheme: a `whsec_` secret or a `whsk_` private key.
+    pub fn generate(self) -> String {
+        match self {
+            Self::HmacSha256 => crate::signing::generate_secret(),
+            Self::Ed25519 => crate::signing::ed25519::PrivateKey::generate().encode(),
+        }
+    }
+}
+
+/// What a signing secret shows to its owner: a `whsec_` secret itself, or the `whpk_` public
+/// key of a `whsk_` private key (which is never shown).
+pub enum ShownSecret {
+    /// `whsec_...`.
+    Secret(String),
+    /// `whpk_...`.
+    PublicKey(String),
+}
+
+impl ShownSecret {
+    /// How `secret` is shown.
+    pub fn of(secret: &str) -> Self {
+        match crate::signing::ed25519::PrivateKey::parse(secret) {
+            Ok(key) => Self::PublicKey(key.public_key()),
+            Err(_) => Self::Secret(secret.to_string()),
+        }
+    }
+}
+
 /// Authentication sent with each request to the destination.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -47,6 +96,51 @@ pub enum Auth {
         /// Password.
         password: String,
     },
+    /// `Authorization: Bearer <token>` with a token from an OAuth 2.0 token endpoint, client
+    /// credentials grant (RFC 6749 section 4.4), cached across deliverers until shortly before
+    /// it expires.
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials(OAuth2),
+}
+
+/// The settings of an OAuth 2.0 client credentials grant.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2 {
+    /// The token endpoint (subject to the same destination policy as the connection's URL).
+    pub token_url: String,
+    /// The client's id.
+    pub client_id: String,
+    /// The client's secret (sealed at rest, masked on read).
+    pub client_secret: String,
+    /// `scope` of the token request, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `audience` of the token request (as some providers require), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// How the client authenticates to the token endpoint (`null` or absent: the default).
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub client_auth: ClientAuth,
+}
+
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// How a client authenticates to a token endpoint (RFC 6749 section 2.3.1).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the id and secret (the default, which every server must support).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
 }
 
 /// A signing secret that was rotated out and still signs until `expires_at`.
@@ -71,7 +165,8 @@ pub struct Connection {
     pub name: String,
     /// Where requests go.
     pub url: String,
-    /// The current `whsec_` signing secret.
+    /// The current signing secret: `whsec_` (HMAC-SHA256) or `whsk_` (an Ed25519 private
+    /// key); its kind is the connection's [`SignatureScheme`].
     pub secret: String,
     /// Secrets rotated out that still sign during their grace period.
     #[serde(default)]
@@ -82,6 +177,9 @@ pub struct Connection {
     pub headers: BTreeMap<String, String>,
     /// Optional authentication.
     pub auth: Option<Auth>,
+    /// Mutual TLS: the client certificate presented, and a CA trusted for this destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ClientTls>,
     /// Request timeout.
     pub timeout_ms: u64,
     /// Most requests per second to this destination, if limited.
@@ -106,6 +204,15 @@ impl std::fmt::Debug for Auth {
                 .debug_struct("Basic")
                 .field("username", username)
                 .field("password", &MASK)
+                .finish(),
+            Auth::OAuth2ClientCredentials(o) => f
+                .debug_struct("OAuth2ClientCredentials")
+                .field("token_url", &o.token_url)
+                .field("client_id", &o.client_id)
+                .field("client_secret", &MASK)
+                .field("scope", &o.scope)
+                .field("audience", &o.audience)
+                .field("client_auth", &o.client_auth)
                 .finish(),
         }
     }
@@ -132,6 +239,7 @@ impl std::fmt::Debug for Connection {
             .field("method", &self.method)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("timeout_ms", &self.timeout_ms)
             .field("rate_limit_per_s", &self.rate_limit_per_s)
             .field("enabled", &self.enabled)
@@ -208,9 +316,15 @@ impl Connection {
         self.url.hash(&mut h);
         self.method.as_str().hash(&mut h);
         serde_json::to_string(&self.auth).ok().hash(&mut h);
+        self.tls.hash(&mut h);
         self.headers.hash(&mut h);
         self.enabled.hash(&mut h);
         h.finish()
+    }
+
+    /// How requests are signed now (the kind of the current secret).
+    pub fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::of_secret(&self.secret)
     }
 
     /// The secrets that sign a request sent at `now_ms`: the current one first.
@@ -227,8 +341,16 @@ impl Connection {
     pub fn validate(&self, allow_http: bool) -> Result<(), FieldError> {
         check_name("name", &self.name, 200)?;
         validate_url(&self.url, allow_http)?;
-        crate::signing::SigningKey::parse_strict(&self.secret)
-            .map_err(|e| FieldError::new("secret", e.to_string()))?;
+        match self.signature_scheme() {
+            SignatureScheme::HmacSha256 => {
+                crate::signing::SigningKey::parse_strict(&self.secret)
+                    .map_err(|e| FieldError::new("secret", e.to_string()))?;
+            }
+            SignatureScheme::Ed25519 => {
+                crate::signing::ed25519::PrivateKey::parse(&self.secret)
+                    .map_err(|e| FieldError::new("secret", e.to_string()))?;
+            }
+        }
         if self.headers.len() > 32 {
             return Err(FieldError::new("headers", "at most 32 headers"));
         }
@@ -280,6 +402,7 @@ impl Connection {
                     "must not contain control characters",
                 ))
             }
+            Some(Auth::OAuth2ClientCredentials(o)) => o.validate(allow_http)?,
             _ => {}
         }
         if !(100..=120_000).contains(&self.timeout_ms) {
@@ -297,6 +420,40 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+impl OAuth2 {
+    /// Checks every field; the token URL as a destination URL.
+    pub fn validate(&self, allow_http: bool) -> Result<(), FieldError> {
+        validate_url(&self.token_url, allow_http)
+            .map_err(|e| FieldError::new("auth.token_url", e.message))?;
+        let text = |field: &str, value: &str, min: usize, max: usize| {
+            if value.len() < min || value.len() > max || value.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    format!("auth.{field}"),
+                    format!("must be {min} to {max} characters, without control characters"),
+                ));
+            }
+            Ok(())
+        };
+        text("client_id", &self.client_id, 1, 256)?;
+        text("client_secret", &self.client_secret, 1, 4096)?;
+        if let Some(scope) = &self.scope {
+            text("scope", scope, 1, 1024)?;
+        }
+        if let Some(audience) = &self.audience {
+            text("audience", audience, 1, 1024)?;
+        }
+        Ok(())
+    }
+
+    /// A fingerprint of what decides which token the endpoint issues: a changed client,
+    /// secret, URL, scope or audience never reuses a token cached for the old ones.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(json)[..12])
     }
 }
 
@@ -359,6 +516,7 @@ mod tests {
             method: HttpMethod::Post,
             headers: BTreeMap::new(),
             auth: None,
+            tls: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             rate_limit_per_s: None,
             enabled: true,
@@ -431,6 +589,20 @@ mod tests {
         assert_eq!(mask_header_value("X-Api-Key", "k"), MASK);
         assert_eq!(mask_header_value("x-team", "payments"), "payments");
         assert_eq!(mask_header_value("webhook-id", "evt_1"), "evt_1");
+    }
+
+    #[test]
+    fn an_ed25519_connection_validates_and_shows_only_its_public_key() {
+        let mut c = conn();
+        c.secret = SignatureScheme::Ed25519.generate();
+        assert_eq!(c.signature_scheme(), SignatureScheme::Ed25519);
+        assert!(c.validate(false).is_ok());
+        match ShownSecret::of(&c.secret) {
+            ShownSecret::PublicKey(k) => assert!(k.starts_with("whpk_")),
+            ShownSecret::Secret(_) => panic!("a private key is never shown"),
+        }
+        c.secret = "whsk_c2hvcnQ=".into();
+        assert_eq!(c.validate(false).expect_err("short key").field, "secret");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`locator`]: which workspace an event uuid is in (the console's lookup), in 4,096 small
 //!   hashes.
 //! - [`replays`]: bulk replays of dead letters, their progress, and resuming them.
+//! - [`tokens`]: OAuth2 access tokens of connections, shared by the deliverers.
 //! - `paging`: the sorted-set lists page by cursor, `(score, member)`, never by offset.
 //! - `conn`: one Redis server or a Redis Cluster (`HERALD_REDIS_MODE`), behind one connection.
 //! - `archiving`: moving final history past the hot window to the PostgreSQL archive.
@@ -43,6 +44,8 @@
 //!                                the retention (expires with the window)
 //! {p}:ws:{<ws>}:breaker:{conn}   LIST of the connection's breaker changes, newest first (50;
 //!                                expires a retention after the last)
+//! {p}:ws:{<ws>}:oauth:{conn}:{fp} a connection's OAuth2 access token, sealed, expiring when it
+//!                                should no longer be used (see `tokens`)
 //! {p}:ws:{<ws>}:dead             ZSET dead_at -> dead-letter id; every write trims by score
 //!                                to the retention
 //! {p}:ws:{<ws>}:dl:{id}          dead letter JSON (expires a retention after it died)
@@ -89,6 +92,7 @@ mod scripts;
 mod sealing;
 pub mod sessions;
 pub mod tenants;
+pub mod tokens;
 
 use std::time::Duration;
 

@@ -18,8 +18,9 @@
 //! Request headers are not stored but rebuilt: Herald always sends `content-type`,
 //! `user-agent`, `webhook-id` (the uuid), `webhook-timestamp` (`at` in seconds) and
 //! `webhook-signature` (one masked `v1,` value per signing secret); only what differs from
-//! that set is kept (custom headers and a masked `authorization`, a second signature, a header
-//! that was not sent). One consequence: after an upgrade, `user-agent` shows the new version
+//! that set is kept (custom headers and a masked `authorization`, a second signature, the
+//! versions of the signatures when any is not `v1` (`v1a`, Ed25519), a header that was not
+//! sent). One consequence: after an upgrade, `user-agent` shows the new version
 //! for attempts made before it.
 
 use std::collections::BTreeMap;
@@ -127,9 +128,18 @@ fn trim_nulls(parts: &mut Vec<Value>) {
 }
 
 /// The headers Herald always sends with an attempt at `at` of event `uuid`, as the history
-/// shows them, with `signatures` masked signatures.
+/// shows them, with `signatures` masked `v1` signatures.
 fn standard_headers(uuid: &str, at: i64, signatures: usize) -> BTreeMap<String, String> {
-    let signature = vec![format!("v1,{MASK}"); signatures].join(" ");
+    standard_headers_versioned(uuid, at, &vec!["v1"; signatures])
+}
+
+/// [`standard_headers`] with one masked signature of each version in `versions`.
+fn standard_headers_versioned(uuid: &str, at: i64, versions: &[&str]) -> BTreeMap<String, String> {
+    let signature = versions
+        .iter()
+        .map(|v| format!("{v},{MASK}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     BTreeMap::from([
         ("content-type".to_string(), "application/json".to_string()),
         ("user-agent".to_string(), crate::USER_AGENT.to_string()),
@@ -149,7 +159,22 @@ fn headers_value(uuid: &str, a: &Attempt) -> Value {
     let signatures = shown
         .get("webhook-signature")
         .map_or(1, |v| v.split_whitespace().count().max(1));
-    let standard = standard_headers(uuid, a.at, signatures);
+    // The versions of masked signatures (`v1a,********`), when any is not `v1`.
+    let versions: Option<Vec<&str>> = shown.get("webhook-signature").and_then(|v| {
+        let versions: Option<Vec<&str>> = v
+            .split_whitespace()
+            .map(|sig| sig.strip_suffix(MASK)?.strip_suffix(','))
+            .collect();
+        versions.filter(|vs| {
+            !vs.is_empty()
+                && vs.iter().any(|v| *v != "v1")
+                && vs.iter().all(|v| !v.is_empty() && !v.contains(' '))
+        })
+    });
+    let standard = match &versions {
+        Some(vs) => standard_headers_versioned(uuid, a.at, vs),
+        None => standard_headers(uuid, a.at, signatures),
+    };
     let changed: BTreeMap<&String, &String> = shown
         .iter()
         .filter(|(k, v)| standard.get(*k) != Some(*v))
@@ -159,7 +184,9 @@ fn headers_value(uuid: &str, a: &Attempt) -> Value {
         .filter(|k| !shown.contains_key(*k))
         .collect();
     let mut spec = serde_json::Map::new();
-    if signatures != 1 {
+    if let Some(vs) = &versions {
+        spec.insert("v".into(), json!(vs.join(" ")));
+    } else if signatures != 1 {
         spec.insert("g".into(), json!(signatures));
     }
     if !changed.is_empty() {
@@ -188,8 +215,16 @@ fn headers_from(
     if spec.contains_key("z") {
         return Ok(BTreeMap::new());
     }
-    let signatures = spec.get("g").and_then(Value::as_u64).unwrap_or(1) as usize;
-    let mut headers = standard_headers(uuid, at, signatures);
+    let mut headers = match spec.get("v").and_then(Value::as_str) {
+        Some(versions) => {
+            let versions: Vec<&str> = versions.split(' ').collect();
+            standard_headers_versioned(uuid, at, &versions)
+        }
+        None => {
+            let signatures = spec.get("g").and_then(Value::as_u64).unwrap_or(1) as usize;
+            standard_headers(uuid, at, signatures)
+        }
+    };
     if let Some(Value::Array(missing)) = spec.get("m") {
         for name in missing {
             headers.remove(name.as_str().unwrap_or_default());
@@ -489,6 +524,32 @@ mod tests {
             delivery_body(&e.uuid, t, &d),
             r#"["d",3,[[50,200,1,"https://a.example/h"]]]"#
         );
+    }
+
+    #[test]
+    fn ed25519_signatures_keep_only_their_versions() {
+        let e = event();
+        let t = e.time_created;
+        let mut one = sent(&e.uuid, t + 50, &[], 1);
+        one.insert("webhook-signature".into(), format!("v1a,{MASK}"));
+        let mut switching = sent(&e.uuid, t + 60, &[], 2);
+        switching.insert("webhook-signature".into(), format!("v1a,{MASK} v1,{MASK}"));
+        let d = Delivery {
+            connection_id: "con_a".into(),
+            status: DeliveryStatus::Delivered,
+            attempts: vec![
+                attempt(t + 50, Some(500), "https://a.example/h", one),
+                attempt(t + 60, Some(200), "https://a.example/h", switching),
+            ],
+            next_attempt_at: None,
+            dead_letter_id: None,
+            updated_at: t + 63,
+        };
+        let body = delivery_body(&e.uuid, t, &d);
+        assert!(body.contains(r#"{"v":"v1a"}"#), "{body}");
+        assert!(body.contains(r#"{"v":"v1a v1"}"#), "{body}");
+        assert!(!body.contains(MASK), "{body}");
+        roundtrip(vec![d]);
     }
 
     #[test]

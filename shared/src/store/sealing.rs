@@ -1,4 +1,5 @@
-//! Secrets at rest: a connection's signing secrets, credentials and sensitive headers are
+//! Secrets at rest: a connection's signing secrets, credentials (an OAuth2 client secret,
+//! a client certificate's private key) and sensitive headers are
 //! sealed when it is written and opened when it is read (see [`crate::secrets`]), and stored
 //! connections are re-sealed after the key changes.
 
@@ -23,7 +24,13 @@ impl Store {
         match &mut sealed.auth {
             Some(Auth::Bearer { token }) => *token = keys.seal(token, &c.id),
             Some(Auth::Basic { password, .. }) => *password = keys.seal(password, &c.id),
+            Some(Auth::OAuth2ClientCredentials(o)) => {
+                o.client_secret = keys.seal(&o.client_secret, &c.id);
+            }
             None => {}
+        }
+        if let Some(tls) = &mut sealed.tls {
+            tls.client_key_pem = keys.seal(&tls.client_key_pem, &c.id);
         }
         for (name, value) in &mut sealed.headers {
             if is_sensitive_header(name) {
@@ -52,7 +59,11 @@ impl Store {
         match &mut c.auth {
             Some(Auth::Bearer { token }) => open(token, &id)?,
             Some(Auth::Basic { password, .. }) => open(password, &id)?,
+            Some(Auth::OAuth2ClientCredentials(o)) => open(&mut o.client_secret, &id)?,
             None => {}
+        }
+        if let Some(tls) = &mut c.tls {
+            open(&mut tls.client_key_pem, &id)?;
         }
         for (name, value) in &mut c.headers {
             if is_sensitive_header(name) {
@@ -88,8 +99,10 @@ impl Store {
                 match &raw.auth {
                     Some(Auth::Bearer { token }) => fields.push(token),
                     Some(Auth::Basic { password, .. }) => fields.push(password),
+                    Some(Auth::OAuth2ClientCredentials(o)) => fields.push(&o.client_secret),
                     None => {}
                 }
+                fields.extend(raw.tls.iter().map(|t| t.client_key_pem.as_str()));
                 fields.extend(
                     raw.headers
                         .iter()

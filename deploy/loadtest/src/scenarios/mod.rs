@@ -43,4 +43,6 @@ pub struct Ctx<'a> {
     pub workspace: Configured,
     /// The run's Redis key prefix.
     pub redis_prefix: String,
+    /// The token endpoint, with --destination-security oauth2.
+    pub tokens: Option<herald_e2e::TokenServer>,
 }

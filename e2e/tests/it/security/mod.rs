@@ -8,6 +8,9 @@
 //! - `destinations`: private addresses refused at creation and at send time.
 
 mod destinations;
+mod ed25519;
+mod mtls;
+mod oauth2;
 mod rate_limits;
 mod refusals;
 mod secrets;

@@ -31,11 +31,15 @@ async fn everything_in_redis(prefix: &str) -> String {
                 .query_async(&mut c)
                 .await
                 .expect("get")],
+            // Locator hashes have binary fields (packed uuids).
             "hash" => redis::cmd("HGETALL")
                 .arg(&key)
-                .query_async(&mut c)
+                .query_async::<Vec<Vec<u8>>>(&mut c)
                 .await
-                .expect("hgetall"),
+                .expect("hgetall")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect(),
             "set" => redis::cmd("SMEMBERS")
                 .arg(&key)
                 .query_async(&mut c)

@@ -35,6 +35,23 @@ pub struct ConnectionHealth {
     last_attempt_at: Option<i64>,
     /// How many of the workspace's newest events were looked at.
     window_events: usize,
+    /// The client certificate of mutual TLS, if any: when it expires and whether that is
+    /// within 14 days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate: Option<CertificateHealth>,
+}
+
+/// A client certificate's expiry, as the health shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CertificateHealth {
+    /// Its subject.
+    subject: String,
+    /// Its `notAfter`, Unix milliseconds.
+    not_after: i64,
+    /// Whole days left (negative once expired).
+    expires_in_days: i64,
+    /// Whether it expires within 14 days: renew it and `PATCH` the connection's `tls`.
+    expiring_soon: bool,
 }
 
 /// The connection's circuit-breaker history as the deliverers reported it, newest first, and
@@ -85,6 +102,13 @@ pub async fn health_of(state: &AppState, ws: &str, id: &str) -> Result<Connectio
         }
     }
     let success_rate = (attempts > 0).then(|| succeeded as f64 / attempts as f64);
+    let now = herald_shared::now_ms();
+    let client_certificate = c.tls.as_ref().map(|t| CertificateHealth {
+        subject: t.subject.clone(),
+        not_after: t.not_after,
+        expires_in_days: (t.not_after - now).div_euclid(86_400_000),
+        expiring_soon: t.expiring_soon(now),
+    });
     Ok(ConnectionHealth {
         connection_id: c.id,
         enabled: c.enabled,
@@ -95,5 +119,6 @@ pub async fn health_of(state: &AppState, ws: &str, id: &str) -> Result<Connectio
         succeeded,
         last_attempt_at,
         window_events: HEALTH_WINDOW_EVENTS,
+        client_certificate,
     })
 }

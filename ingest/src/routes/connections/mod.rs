@@ -11,10 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::model::connection::{
-    is_sensitive_header, validate_url, DEFAULT_TIMEOUT_MS, MASK,
+    is_sensitive_header, validate_url, ShownSecret, SignatureScheme, DEFAULT_TIMEOUT_MS, MASK,
 };
 use herald_shared::model::{Auth, Connection, HttpMethod};
-use herald_shared::signing::generate_secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -22,7 +21,10 @@ use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
 use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery};
 use crate::openapi::{ListOf, Refused};
-use crate::schemas::{AuthSchema, DestinationUrl, Headers, HttpMethodSchema, Name, Secret};
+use crate::schemas::{
+    AuthSchema, DestinationUrl, Headers, HttpMethodSchema, Name, PublicKey, Secret,
+    SignatureSchemeSchema,
+};
 use crate::state::AppState;
 
 /// `POST /v1/connections` body.
@@ -35,18 +37,28 @@ pub struct NewConnection {
     /// Where requests go.
     #[schema(value_type = DestinationUrl)]
     url: String,
-    /// The signing secret; generated when left out.
+    /// The signing secret; generated when left out. Only for `hmac_sha256`: Ed25519 key pairs
+    /// are always generated.
     #[schema(value_type = Option<Secret>)]
     secret: Option<String>,
+    /// `hmac_sha256` (default, `v1` signatures) or `ed25519` (`v1a`; the answer carries the
+    /// `public_key` instead of a `secret`).
+    #[schema(value_type = Option<SignatureSchemeSchema>)]
+    signature_scheme: Option<SignatureScheme>,
     /// `POST` (default), `PUT` or `PATCH`.
     #[schema(value_type = Option<HttpMethodSchema>)]
     method: Option<HttpMethod>,
     /// Custom headers sent with every request.
     #[schema(value_type = Option<Headers>)]
     headers: Option<BTreeMap<String, String>>,
-    /// `{"type": "bearer", "token"}` or `{"type": "basic", "username", "password"}`.
+    /// `{"type": "bearer", "token"}`, `{"type": "basic", "username", "password"}` or
+    /// `{"type": "oauth2_client_credentials", "token_url", "client_id", "client_secret",
+    /// "scope"?, "audience"?, "client_auth"?}`.
     #[schema(value_type = Option<AuthSchema>)]
     auth: Option<Auth>,
+    /// Mutual TLS: the client certificate Herald presents, and a CA trusted for this
+    /// destination alone.
+    tls: Option<TlsInput>,
     /// Request timeout; 15000 by default.
     #[schema(minimum = 100, maximum = 120000)]
     timeout_ms: Option<u64>,
@@ -74,6 +86,11 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Secret, required = false)]
     secret: Option<String>,
+    /// Another signature scheme: a rotation (a new secret or key pair, read it with
+    /// `GET /v1/connections/{id}/secret`), the old one signing through the grace period.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = SignatureSchemeSchema, required = false)]
+    signature_scheme: Option<SignatureScheme>,
     /// `POST`, `PUT` or `PATCH`.
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = HttpMethodSchema, required = false)]
@@ -88,6 +105,11 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Option<AuthSchema>, required = false)]
     auth: Option<Option<Auth>>,
+    /// Replaces the client certificate; `client_key_pem` sent back masked (`********`) keeps
+    /// the key; `null` removes mutual TLS.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Option<TlsInput>, required = false)]
+    tls: Option<Option<TlsInput>>,
     /// Request timeout.
     #[serde(default, deserialize_with = "not_null")]
     #[schema(minimum = 100, maximum = 120000, nullable = false)]
@@ -100,6 +122,58 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
+}
+
+/// A client certificate for mutual TLS, as given.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInput {
+    /// The client certificate (then any intermediates), PEM. Refused when it does not parse,
+    /// has expired or is not valid yet.
+    client_cert_pem: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1): sealed at rest, never shown. Refused
+    /// when it does not match the certificate.
+    client_key_pem: String,
+    /// A CA (PEM) trusted for this connection's destination alone, besides the public roots.
+    ca_pem: Option<String>,
+}
+
+/// Mutual TLS as the API shows it: never the key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TlsView {
+    /// The client certificate's subject, e.g. `CN=herald,O=Acme`.
+    subject: String,
+    /// When it expires, Unix milliseconds.
+    not_after: i64,
+    /// Whether it expires within 14 days.
+    expiring_soon: bool,
+    /// Always `********`.
+    client_key_pem: &'static str,
+    /// Whether a CA of the connection's own is trusted.
+    custom_ca: bool,
+}
+
+/// The stored form of a given client certificate; a masked key keeps `old`'s.
+fn tls_of(
+    input: TlsInput,
+    old: Option<&herald_shared::tls::ClientTls>,
+) -> Result<herald_shared::tls::ClientTls, ApiError> {
+    let key = match (input.client_key_pem.as_str(), old) {
+        (MASK, Some(old)) => old.client_key_pem.clone(),
+        (MASK, None) => {
+            return Err(ApiError::field(
+                "tls.client_key_pem",
+                "the masked value stands for the current key; send the real key",
+            ))
+        }
+        _ => input.client_key_pem,
+    };
+    Ok(herald_shared::tls::ClientTls::new(
+        input.client_cert_pem,
+        key,
+        input.ca_pem,
+        herald_shared::now_ms(),
+    )?)
 }
 
 /// A connection as the API shows it: the secret is never shown after creation (use
@@ -120,9 +194,19 @@ pub struct ConnectionView {
     method: HttpMethod,
     /// Custom headers, secret-bearing values masked.
     headers: BTreeMap<String, String>,
+    /// `hmac_sha256` or `ed25519`.
+    #[schema(value_type = SignatureSchemeSchema)]
+    signature_scheme: SignatureScheme,
+    /// The `whpk_` public key receivers verify `v1a` signatures with (Ed25519 only).
+    #[schema(value_type = Option<PublicKey>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
     /// Authentication, credentials masked.
     #[schema(value_type = Option<AuthSchema>)]
     auth: Option<Value>,
+    /// Mutual TLS: the certificate's subject and expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsView>,
     /// Request timeout.
     timeout_ms: u64,
     /// Most requests per second to this destination, if limited.
@@ -135,14 +219,17 @@ pub struct ConnectionView {
     updated_at: i64,
 }
 
-/// A created connection, with its signing secret (shown this once).
+/// A created connection, with its signing secret (shown this once); an Ed25519 connection
+/// shows its `public_key` and no secret.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedConnection {
     /// The connection.
     #[serde(flatten)]
     connection: ConnectionView,
-    /// The `whsec_` signing secret.
-    secret: String,
+    /// The `whsec_` signing secret (HMAC-SHA256 only).
+    #[schema(value_type = Option<Secret>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
 }
 
 /// The connection as the API shows it (see [`ConnectionView`]).
@@ -151,6 +238,21 @@ pub fn view(c: &Connection) -> ConnectionView {
         Auth::Bearer { .. } => json!({"type": "bearer", "token": MASK}),
         Auth::Basic { username, .. } => {
             json!({"type": "basic", "username": username, "password": MASK})
+        }
+        Auth::OAuth2ClientCredentials(o) => {
+            let mut shown = json!({
+                "type": "oauth2_client_credentials",
+                "token_url": o.token_url,
+                "client_id": o.client_id,
+                "client_secret": MASK,
+                "client_auth": o.client_auth,
+            });
+            for (name, value) in [("scope", &o.scope), ("audience", &o.audience)] {
+                if let (Some(v), Some(obj)) = (value, shown.as_object_mut()) {
+                    obj.insert(name.into(), json!(v));
+                }
+            }
+            shown
         }
     });
     let headers = c
@@ -161,6 +263,18 @@ pub fn view(c: &Connection) -> ConnectionView {
             (n.clone(), shown.to_string())
         })
         .collect();
+    let public_key = match ShownSecret::of(&c.secret) {
+        ShownSecret::PublicKey(k) => Some(k),
+        ShownSecret::Secret(_) => None,
+    };
+    let now = herald_shared::now_ms();
+    let tls = c.tls.as_ref().map(|t| TlsView {
+        subject: t.subject.clone(),
+        not_after: t.not_after,
+        expiring_soon: t.expiring_soon(now),
+        client_key_pem: MASK,
+        custom_ca: t.ca_pem.is_some(),
+    });
     ConnectionView {
         id: c.id.clone(),
         kind: c.kind.clone(),
@@ -168,7 +282,10 @@ pub fn view(c: &Connection) -> ConnectionView {
         url: c.url.clone(),
         method: c.method,
         headers,
+        signature_scheme: c.signature_scheme(),
+        public_key,
         auth,
+        tls,
         timeout_ms: c.timeout_ms,
         rate_limit_per_s: c.rate_limit_per_s,
         enabled: c.enabled,
@@ -181,13 +298,23 @@ pub fn view(c: &Connection) -> ConnectionView {
 pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError> {
     c.validate(state.settings.allow_http)?;
     // Literal IPs are checked now; names are checked at send time against what they resolve to.
-    let url = validate_url(&c.url, state.settings.allow_http)?;
+    check_literal(state, "url", &c.url)?;
+    if let Some(Auth::OAuth2ClientCredentials(o)) = &c.auth {
+        check_literal(state, "auth.token_url", &o.token_url)?;
+    }
+    Ok(())
+}
+
+/// Refuses a URL whose host is a literal address the destination policy forbids.
+fn check_literal(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
+    let url = validate_url(url, state.settings.allow_http)
+        .map_err(|e| ApiError::field(field, e.message))?;
     if let Some(host) = url.host_str() {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = literal.parse::<IpAddr>() {
             if !state.settings.destinations.allows(ip) {
                 return Err(ApiError::field(
-                    "url",
+                    field,
                     "points at a private, loopback or otherwise special address; allowed only with HERALD_ALLOW_PRIVATE_DESTINATIONS or HERALD_DESTINATION_ALLOWLIST",
                 ));
             }
@@ -213,17 +340,21 @@ pub async fn create(
     ApiJson(body): ApiJson<NewConnection>,
 ) -> Result<(StatusCode, Json<CreatedConnection>), ApiError> {
     let now = herald_shared::now_ms();
+    let scheme = body.signature_scheme.unwrap_or_default();
+    let secret = secrets::new_secret(scheme, body.secret)?;
+    let tls = body.tls.map(|t| tls_of(t, None)).transpose()?;
     let conn = Connection {
         id: herald_shared::ids::new_id("con"),
         workspace_id: ws,
         kind: "webhook".into(),
         name: body.name,
         url: body.url,
-        secret: body.secret.unwrap_or_else(generate_secret),
+        secret,
         previous_secrets: Vec::new(),
         method: body.method.unwrap_or_default(),
         headers: body.headers.unwrap_or_default(),
         auth: body.auth,
+        tls,
         timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         rate_limit_per_s: body.rate_limit_per_s,
         enabled: body.enabled.unwrap_or(true),
@@ -236,7 +367,10 @@ pub async fn create(
         StatusCode::CREATED,
         Json(CreatedConnection {
             connection: view(&conn),
-            secret: conn.secret,
+            secret: match ShownSecret::of(&conn.secret) {
+                ShownSecret::Secret(s) => Some(s),
+                ShownSecret::PublicKey(_) => None,
+            },
         }),
     ))
 }
@@ -304,8 +438,17 @@ pub async fn update(
         }
         c.headers.retain(|name, _| !is_sensitive_header(name));
     }
-    if let Some(v) = patch.secret {
-        c.secret = v;
+    let now = herald_shared::now_ms();
+    match (patch.signature_scheme, patch.secret) {
+        (Some(scheme), given) if scheme != c.signature_scheme() => {
+            let new = secrets::new_secret(scheme, given)?;
+            let expires_at = now + state.settings.secret_grace.as_millis() as i64;
+            secrets::rotate_into(&mut c, new, now, expires_at);
+        }
+        (scheme, Some(given)) => {
+            c.secret = secrets::new_secret(scheme.unwrap_or(c.signature_scheme()), Some(given))?;
+        }
+        (_, None) => {}
     }
     if let Some(v) = patch.method {
         c.method = v;
@@ -340,8 +483,30 @@ pub async fn update(
         }
         c.headers = v;
     }
-    if let Some(v) = patch.auth {
+    if let Some(mut v) = patch.auth {
+        // A masked client secret read back and sent again means "unchanged", for the same
+        // token endpoint only: a secret never follows the token URL to another origin.
+        if let Some(Auth::OAuth2ClientCredentials(new)) = &mut v {
+            if new.client_secret == MASK {
+                match &c.auth {
+                    Some(Auth::OAuth2ClientCredentials(old))
+                        if origin(&old.token_url) == origin(&new.token_url) =>
+                    {
+                        new.client_secret.clone_from(&old.client_secret);
+                    }
+                    _ => {
+                        return Err(ApiError::field(
+                            "auth.client_secret",
+                            "the masked value stands for the current secret of the same token endpoint; send the real value",
+                        ))
+                    }
+                }
+            }
+        }
         c.auth = v;
+    }
+    if let Some(v) = patch.tls {
+        c.tls = v.map(|t| tls_of(t, c.tls.as_ref())).transpose()?;
     }
     if let Some(v) = patch.timeout_ms {
         c.timeout_ms = v;
@@ -352,7 +517,7 @@ pub async fn update(
     if let Some(v) = patch.enabled {
         c.enabled = v;
     }
-    c.updated_at = herald_shared::now_ms();
+    c.updated_at = now;
     validate(&state, &c)?;
     state.store.put_connection(&c).await?;
     Ok(Json(view(&c)))

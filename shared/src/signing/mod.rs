@@ -1,6 +1,10 @@
 //! Standard Webhooks signatures (<https://www.standardwebhooks.com/>): `v1,` + base64 of
 //! HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the base64-decoded
-//! part of a `whsec_` secret. Several signatures are sent space-separated while a secret rotates.
+//! part of a `whsec_` secret; or `v1a,` + base64 of an Ed25519 signature of the same content
+//! ([`ed25519`]). Several signatures are sent space-separated while a secret rotates, of either
+//! kind when a connection switches schemes.
+
+pub mod ed25519;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -89,6 +93,47 @@ pub fn signature_header(keys: &[SigningKey], msg_id: &str, timestamp: i64, body:
         .join(" ")
 }
 
+/// One key a request is signed with: a `whsec_` secret (`v1`, HMAC-SHA256) or a `whsk_`
+/// Ed25519 private key (`v1a`).
+#[derive(Debug, Clone)]
+pub enum Signer {
+    /// `v1`.
+    Hmac(SigningKey),
+    /// `v1a`.
+    Ed25519(ed25519::PrivateKey),
+}
+
+impl Signer {
+    /// Decodes a stored signing secret: `whsk_` is an Ed25519 key, anything else a `whsec_`
+    /// secret.
+    pub fn parse(secret: &str) -> Result<Self, InvalidSecret> {
+        if secret.starts_with(ed25519::PRIVATE_PREFIX) {
+            ed25519::PrivateKey::parse(secret)
+                .map(Self::Ed25519)
+                .map_err(|_| InvalidSecret)
+        } else {
+            SigningKey::parse(secret).map(Self::Hmac)
+        }
+    }
+
+    /// `v1,<base64>` or `v1a,<base64>` of one message.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        match self {
+            Self::Hmac(k) => k.sign(msg_id, timestamp, body),
+            Self::Ed25519(k) => k.sign(msg_id, timestamp, body),
+        }
+    }
+}
+
+/// The `webhook-signature` header value of signers of either kind, space-separated.
+pub fn signatures(signers: &[Signer], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    signers
+        .iter()
+        .map(|k| k.sign(msg_id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Why a request did not verify.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -98,7 +143,7 @@ pub enum VerifyError {
     /// The timestamp is too far from now (a replay, or a skewed clock).
     #[error("webhook-timestamp is outside the tolerance")]
     Expired,
-    /// No `v1` signature matched.
+    /// No signature of the key's kind matched.
     #[error("no matching signature")]
     NoMatch,
 }
@@ -198,6 +243,25 @@ mod tests {
         assert_eq!(header.split(' ').count(), 2);
         assert_eq!(verify(&old, "evt_1", "100", &header, b"{}", 100), Ok(()));
         assert_eq!(verify(&new, "evt_1", "100", &header, b"{}", 100), Ok(()));
+    }
+
+    #[test]
+    fn switching_schemes_sends_a_v1_and_a_v1a_signature_both_verifiable() {
+        let hmac = generate_secret();
+        let ed = ed25519::PrivateKey::generate();
+        let signers = [
+            Signer::parse(&ed.encode()).expect("ed25519"),
+            Signer::parse(&hmac).expect("hmac"),
+        ];
+        let header = signatures(&signers, "evt_1", 100, b"{}");
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert!(parts[0].starts_with("v1a,") && parts[1].starts_with("v1,"));
+        let key = SigningKey::parse(&hmac).expect("valid");
+        assert_eq!(verify(&key, "evt_1", "100", &header, b"{}", 100), Ok(()));
+        assert_eq!(
+            ed25519::verify(&ed.public_key(), "evt_1", "100", &header, b"{}", 100),
+            Ok(())
+        );
     }
 
     #[test]

@@ -91,11 +91,6 @@ struct Step {
     rows: Vec<Row>,
 }
 
-fn split_id(id: &str) -> Option<(i64, i64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 impl Store {
     /// The archive, when on.
     pub fn archive(&self) -> Option<&std::sync::Arc<crate::archive::Archive>> {
@@ -228,7 +223,7 @@ impl Store {
             .await?;
         Ok(first
             .first()
-            .and_then(|(id, _)| split_id(id))
+            .and_then(|(id, _)| super::history::log_position(id))
             .map(|(ms, _)| (ms, cutoff)))
     }
 
@@ -376,7 +371,7 @@ impl Store {
                 && d.deliveries
                     .iter()
                     .all(|x| matches!(x.status, DeliveryStatus::Delivered | DeliveryStatus::Dead));
-            let position = split_id(&entry.id);
+            let position = super::history::log_position(&entry.id);
             match (settled, position, d.event.as_ref()) {
                 (true, Some((ms, seq)), Some(event)) => {
                     step.rows.push(Row {

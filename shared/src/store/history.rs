@@ -501,7 +501,7 @@ fn archived_record(row: &crate::archive::Row) -> Result<Option<EventRecord>, Sto
 }
 
 /// A log entry id (`ms-seq`) as a position.
-fn log_position(id: &str) -> Option<(i64, i64)> {
+pub(super) fn log_position(id: &str) -> Option<(i64, i64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }

@@ -26,14 +26,18 @@ fn cluster() -> (String, String) {
     }
 }
 
-/// The machine's PostgreSQL, stopped; started again when dropped, even if the test fails.
+/// The machine's PostgreSQL, stopped as a crash would (`-m immediate`: no checkpoint, crash
+/// recovery on start); started again when dropped, even if the test fails.
 struct PostgresStopped(String, String);
 
 impl PostgresStopped {
     fn now() -> Self {
         let (version, name) = cluster();
         assert!(
-            run_quiet("pg_ctlcluster", &[&version, &name, "stop", "-m", "fast"]),
+            run_quiet(
+                "pg_ctlcluster",
+                &[&version, &name, "stop", "-m", "immediate"]
+            ),
             "pg_ctlcluster {version} {name} stop"
         );
         Self(version, name)

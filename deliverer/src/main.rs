@@ -8,6 +8,7 @@ async fn main() -> anyhow::Result<()> {
     herald_shared::telemetry::init_logging(settings.common.log_format);
     let cancel = CancellationToken::new();
     herald_shared::shutdown::cancel_on_signal(cancel.clone());
+    herald_shared::shutdown::dump_tasks_on_signal();
     let running = herald_deliverer::start(settings, cancel)
         .await
         .context("starting the deliverer")?;

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let cancel = CancellationToken::new();
     herald_shared::shutdown::cancel_on_signal(cancel.clone());
+    herald_shared::shutdown::dump_tasks_on_signal();
     let running = herald_ingest::start(settings, cancel)
         .await
         .context("starting ingest")?;

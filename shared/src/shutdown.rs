@@ -29,3 +29,33 @@ pub fn cancel_on_signal(token: CancellationToken) {
         token.cancel();
     });
 }
+
+/// In a build with `--cfg tokio_unstable` and the `taskdump` feature (a diagnostic build, see
+/// `docs/operations.md`), writes every task's stack to the log on each SIGUSR1: what a process
+/// that stopped making progress is waiting on. Other builds have no such handler.
+#[cfg(all(tokio_unstable, feature = "taskdump", target_os = "linux"))]
+pub fn dump_tasks_on_signal() {
+    tokio::spawn(async move {
+        let kind = tokio::signal::unix::SignalKind::user_defined1();
+        let Ok(mut usr1) = tokio::signal::unix::signal(kind) else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            let handle = tokio::runtime::Handle::current();
+            let Ok(dump) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), handle.dump()).await
+            else {
+                tracing::warn!("task dump timed out");
+                continue;
+            };
+            for (i, task) in dump.tasks().iter().enumerate() {
+                eprintln!("--- task {i} ---\n{}", task.trace());
+            }
+            eprintln!("--- {} tasks ---", dump.tasks().iter().count());
+        }
+    });
+}
+
+/// Without the diagnostic build there is nothing to dump.
+#[cfg(not(all(tokio_unstable, feature = "taskdump", target_os = "linux")))]
+pub fn dump_tasks_on_signal() {}

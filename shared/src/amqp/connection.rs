@@ -209,7 +209,7 @@ impl Broker {
                     return Err(BrokerError::Unavailable("no confirm from the broker in time".into()))
                 }
                 _ = watch.tick() => {
-                    if self.blocked().await {
+                    if self.blocked_now() {
                         return Err(blocked());
                     }
                 }
@@ -217,12 +217,16 @@ impl Broker {
         }
     }
 
-    /// True while the broker blocks this connection's publishers.
-    async fn blocked(&self) -> bool {
-        let guard = self.live.lock().await;
-        guard
-            .as_ref()
-            .is_some_and(|live| live.connection.status().blocked())
+    /// True while the broker blocks this connection's publishers. Never waits for the lock:
+    /// the publish being watched may itself be queued for it, unpolled while this runs, and
+    /// queueing behind it would hand the lock to a future nobody polls, hanging every publisher
+    /// of the process. While the lock is busy the answer is no; the next check looks again.
+    fn blocked_now(&self) -> bool {
+        self.live.try_lock().is_ok_and(|guard| {
+            guard
+                .as_ref()
+                .is_some_and(|live| live.connection.status().blocked())
+        })
     }
 
     /// The publisher channel as it is now. A publish never connects (the supervisor does, so
@@ -352,5 +356,77 @@ impl Broker {
         }
         let _ = channel.close(200, "depths read").await;
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    /// A vhost of the test's own on the local broker, deleted on drop (also when it fails).
+    struct TestVhost(String);
+
+    fn rabbitmqctl(args: &[&str]) {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl (RabbitMQ on this machine)");
+        assert!(out.status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    impl TestVhost {
+        fn new() -> Self {
+            let name = format!("herald-unit-{}", uuid::Uuid::new_v4().simple());
+            rabbitmqctl(&["add_vhost", &name]);
+            let vhost = Self(name);
+            rabbitmqctl(&["set_permissions", "-p", &vhost.0, "guest", ".*", ".*", ".*"]);
+            vhost
+        }
+    }
+
+    impl Drop for TestVhost {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["delete_vhost", &self.0])
+                .output();
+        }
+    }
+
+    /// A publish that has to wait for the connection lock (the supervisor holds it a moment)
+    /// while its blocked check comes due must still finish once the lock is free. The check
+    /// used to queue for the lock behind its own publish, which it no longer polled: the lock
+    /// went to that publish and nobody ever took it, hanging every publisher of the process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_waiting_for_the_lock_survives_its_blocked_check() {
+        let vhost = TestVhost::new();
+        let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.0);
+        let settings = CommonSettings::from_source(&Source::from_pairs([("HERALD_AMQP_URL", url)]))
+            .expect("settings");
+        let broker = Broker::new(&settings, "unit-test");
+        broker.live().await.expect("connected");
+
+        let held = broker.live.lock().await;
+        let publishing = tokio::spawn({
+            let broker = broker.clone();
+            async move {
+                broker
+                    .publish(
+                        "",
+                        super::super::topology::JOBS_QUEUE,
+                        b"[]",
+                        BasicProperties::default(),
+                    )
+                    .await
+            }
+        });
+        // Several blocked checks come due while the publish waits for the lock.
+        tokio::time::sleep(BLOCKED_CHECK * 4).await;
+        drop(held);
+        let published = tokio::time::timeout(Duration::from_secs(5), publishing)
+            .await
+            .expect("the publish finished once the lock was free")
+            .expect("the publishing task");
+        published.expect("the broker confirmed the message");
     }
 }

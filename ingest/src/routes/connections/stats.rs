@@ -12,6 +12,7 @@ use crate::auth::Reader;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::openapi::Refused;
+use crate::schemas::StatsBucket;
 use crate::state::AppState;
 
 /// `GET /v1/connections/{id}/stats` query.
@@ -20,11 +21,11 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     /// Unix milliseconds of the first point wanted (rounded down to 5 minutes); 24 hours ago by
-    /// default, and never earlier (older counters are not kept).
+    /// default, and never earlier (older counters are not kept). In the future: no point.
     since: Option<i64>,
     /// Width of each point: a multiple of 5 minutes up to a day, as `5m`, `15m`, `1h`, `24h`
     /// or seconds (`300`); `5m` by default.
-    #[param(value_type = Option<String>, example = "1h")]
+    #[param(value_type = Option<StatsBucket>)]
     bucket: Option<String>,
 }
 
@@ -51,7 +52,8 @@ pub struct StatsPointSchema {
 /// A connection's points, oldest first.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectionStats {
-    /// Every point from `since` to now, oldest first; quiet ones with zeros.
+    /// Every point from `since` to now, oldest first; quiet ones with zeros (none when `since`
+    /// is in the future).
     #[schema(value_type = Vec<StatsPointSchema>)]
     data: Vec<StatsPoint>,
     /// The width of each point, ms.
@@ -83,14 +85,15 @@ pub async fn stats_of(
     let per_point = buckets_per_point(q.bucket.as_deref())?;
     let now = herald_shared::now_ms();
     let since = q.since.unwrap_or(now - KEPT_MS);
-    if since > now {
-        return Err(ApiError::field("since", "must not be in the future"));
-    }
     let c = load(state, ws, id).await?;
-    let data = state
-        .store
-        .connection_stats(ws, &c.id, since, per_point)
-        .await?;
+    let data = if since > now {
+        Vec::new()
+    } else {
+        state
+            .store
+            .connection_stats(ws, &c.id, since, per_point)
+            .await?
+    };
     Ok(ConnectionStats {
         data,
         bucket_ms: BUCKET_MS * i64::from(per_point),

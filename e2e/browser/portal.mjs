@@ -3,7 +3,8 @@
 // A host page (the SaaS's own app, on another port, so the iframe is cross-origin) mints a
 // session from its backend and embeds the portal. In the portal: a connection to a local
 // receiver, a rule, a test event, and the history showing it delivered. In the console: a dead
-// letter found and replayed, then seen delivered. Screenshots of every page go to SCREENSHOTS.
+// letter found and replayed, then seen delivered; each place's connection charts. Screenshots of
+// every page go to SCREENSHOTS.
 //
 // Environment: HERALD_URL, HERALD_SECRET_KEY (the portal's workspace), HERALD_ADMIN_TOKEN,
 // RECEIVER_URL (answers 200), DEAD_WORKSPACE and DEAD_EVENT (a dead letter to replay),
@@ -185,6 +186,20 @@ try {
   await portal.locator("#dead-slot").getByText(/No dead letter|Dead since/).first().waitFor();
   await shot(page, "portal-dead-letters");
 
+  // The connection's charts count the test event's one successful attempt.
+  await portal.getByRole("tab", { name: "Connections" }).click();
+  await portal.getByRole("button", { name: "Stats of Orders endpoint" }).click();
+  const stats = portal.locator("#connection-stats");
+  await stats.locator("svg.chart").first().waitFor();
+  expect(await stats.locator("svg.chart").count() === 4, "four charts: deliveries, success rate, latency, dead letters");
+  const total = async (where, name) => (await where.locator(`[data-total="${name}"] strong`).innerText()).trim();
+  expect(await total(stats, "deliveries") === "1", `one delivery charted (${await total(stats, "deliveries")})`);
+  expect(await total(stats, "success_rate") === "100%", "all of it successful");
+  expect(await stats.locator("svg.chart rect.ok").count() >= 1, "a bar for the delivery");
+  await stats.scrollIntoViewIfNeeded();
+  await shot(page, "portal-stats");
+  step("the connection's charts show the test event");
+
   const resizes = await page.evaluate(() => window.heraldMessages.filter((m) => m.type === "herald:resize").map((m) => m.height));
   expect(resizes.length > 0 && resizes.every((h) => h > 0), `resize messages reach the host (${resizes.join(", ")})`);
   const frameHeight = await page.locator("iframe#herald").evaluate((f) => f.getBoundingClientRect().height);
@@ -256,6 +271,17 @@ try {
   await health.getByRole("button", { name: "Show" }).click();
   await con.locator("#health-table tbody tr").first().waitFor();
   await shot(con, "console-health");
+
+  // Its charts: three failed attempts and a dead letter, then the replay delivered.
+  await con.getByRole("button", { name: "Charts of Flaky endpoint" }).click();
+  const charts = con.locator("#health-detail #connection-stats");
+  await charts.locator("svg.chart").first().waitFor();
+  const counted = async (name) => (await charts.locator(`[data-total="${name}"] strong`).innerText()).trim();
+  const seen = [await counted("deliveries"), await counted("failures"), await counted("dead_letters")].join(" ");
+  expect(seen === "4 3 1", `4 deliveries, 3 failed, 1 dead letter charted (${seen})`);
+  expect(await charts.locator("svg.chart rect.bad").count() >= 2, "failures and the dead letter drawn");
+  await shot(con, "console-stats");
+  step("the console charts the dead letter and its replay");
 
   // A framing attempt of the console is refused by the browser (frame-ancestors 'none').
   const csp = (await (await fetch(`${HERALD}/console/`)).headers.get("content-security-policy")) || "";

@@ -24,7 +24,8 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         crate::schemas::Token,
         crate::schemas::TokenFilter,
         crate::schemas::Cursor,
-        crate::schemas::EventStatus
+        crate::schemas::EventStatus,
+        crate::schemas::StatsBucket
     )),
     tags(
         (name = "events", description = "Intake and history"),

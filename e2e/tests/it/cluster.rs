@@ -1,7 +1,7 @@
 //! The whole pipeline on a real Redis Cluster (`HERALD_REDIS_MODE=cluster`, three masters from
 //! `deploy/services.sh cluster`): workspaces in different slots, events of several workspaces
-//! in the same router and deliverer batches, dead letters, replays, and the console's lookup
-//! by uuid.
+//! in the same router and deliverer batches, dead letters, replays, a connection's stats, and
+//! the console's lookup by uuid.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -148,6 +148,23 @@ async fn the_pipeline_runs_on_a_redis_cluster() {
         )
         .await;
     assert_eq!(left["data"].as_array().expect("data").len(), 4, "{left}");
+
+    // The connection's stats (counters in its workspace's slot): ten failed attempts, five dead
+    // letters, then the replay's success.
+    eventually(
+        "stats count the failures and the replay",
+        Duration::from_secs(20),
+        || async {
+            let (_, stats) = stack
+                .call("GET", &format!("/v1/connections/{con}/stats"), &w.sk, None)
+                .await;
+            let points = stats["data"].as_array().cloned().unwrap_or_default();
+            let sum = |name: &str| -> u64 { points.iter().filter_map(|p| p[name].as_u64()).sum() };
+            (sum("deliveries") == 11 && sum("failures") == 10 && sum("dead_letters") == 5)
+                .then_some(())
+        },
+    )
+    .await;
 
     // The console finds every event by uuid alone (its locator is a key of its own, in a slot
     // of its own), and a replay by filter walks the rest and leaves its progress to read.

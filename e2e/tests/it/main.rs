@@ -17,3 +17,4 @@ mod retries;
 mod security;
 mod sessions;
 mod stalls;
+mod stats;

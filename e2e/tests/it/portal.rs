@@ -530,10 +530,12 @@ async fn portal_and_console_work_in_a_real_browser() {
         "portal-history",
         "portal-dead-letters",
         "portal-viewer",
+        "portal-stats",
         "console-sign-in",
         "console-dead-letters",
         "console-event",
         "console-health",
+        "console-stats",
     ] {
         assert!(
             screenshots.join(format!("{page}.png")).is_file(),

@@ -4,6 +4,7 @@
 import {
   api, setToken, h, fill, when, badge, showError, clearErrors, field, tabs, deliveriesView, attemptsTable, ApiError,
 } from "/assets/common.js";
+import { statsView } from "/assets/charts.js";
 
 const STORE = "herald.console.admin";
 const $ = (id) => document.getElementById(id);
@@ -232,6 +233,14 @@ function healthPage() {
     h("div", { class: "inline" }, field("health-filter", "workspace_id", "Workspace", ws), h("button", { type: "submit", class: "primary" }, "Show")),
     h("p", { class: "error", "data-error-for": "form", role: "alert" }));
   const list = h("div", { id: "health-list", "aria-live": "polite" });
+  const detail = h("div", { id: "health-detail" });
+  // The charts of one connection of the workspace: the last 24 hours in 5-minute points.
+  const charts = async (wsId, c) => {
+    const stats = await call("GET", `/v1/admin/workspaces/${encodeURIComponent(wsId)}/connections/${encodeURIComponent(c.id)}/stats`);
+    fill(detail, h("div", { class: "panel", id: "connection-stats", "data-id": c.id },
+      h("h3", {}, `${c.name}: the last 24 hours`),
+      statsView(stats.data, stats.bucket_ms)));
+  };
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors(form);
@@ -240,9 +249,11 @@ function healthPage() {
       delete connectionsOf[ws.value];
       const conns = await connections(ws.value);
       const rows = await Promise.all(conns.map(async (c) => [c, await call("GET", `/v1/admin/workspaces/${encodeURIComponent(ws.value)}/connections/${encodeURIComponent(c.id)}/health`)]));
+      fill(detail);
       if (rows.length === 0) { fill(list, h("p", { class: "empty" }, "This workspace has no connection.")); return; }
+      const wsId = ws.value;
       fill(list, h("table", { id: "health-table" },
-        h("thead", {}, h("tr", {}, ["Connection", "URL", "State", "Breaker", "Success rate", "Attempts", "Last attempt"].map((c) => h("th", { scope: "col" }, c)))),
+        h("thead", {}, h("tr", {}, ["Connection", "URL", "State", "Breaker", "Success rate", "Attempts", "Last attempt", ""].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, rows.map(([c, hl]) => h("tr", { "data-id": c.id },
           h("td", {}, c.name),
           h("td", { class: "mono" }, c.url),
@@ -250,10 +261,12 @@ function healthPage() {
           h("td", {}, badge(hl.breaker)),
           h("td", {}, hl.success_rate === null ? "-" : `${Math.round(hl.success_rate * 1000) / 10}%`),
           h("td", {}, `${hl.succeeded} / ${hl.attempts}`),
-          h("td", {}, when(hl.last_attempt_at)))))));
+          h("td", {}, when(hl.last_attempt_at)),
+          h("td", { class: "actions" }, h("button", { type: "button", "aria-label": `Charts of ${c.name}`,
+            onclick: () => charts(wsId, c).catch((err) => notice(detail, err.message, "bad")) }, "Charts")))))));
     } catch (err) { showError(form, err); }
   });
-  fill(slot, form, list);
+  fill(slot, form, list, detail);
 }
 
 // ---- start ---------------------------------------------------------------------------------

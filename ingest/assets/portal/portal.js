@@ -12,6 +12,7 @@
 import {
   api, setToken, h, fill, when, badge, showError, clearErrors, field, tabs, deliveriesView, ApiError,
 } from "/assets/common.js";
+import { statsView } from "/assets/charts.js";
 
 const STORE = "herald.portal.session";
 let session = null;
@@ -21,6 +22,7 @@ let refreshTimer = null;
 let pollTimer = null;
 let openEvent = null;
 let current = "connections";
+let statsOf = null;
 
 const $ = (id) => document.getElementById(id);
 const editor = () => session && session.role === "editor";
@@ -192,18 +194,38 @@ function renderConnections() {
     fill(list, h("p", { class: "empty" }, "No connection yet."));
   } else {
     fill(list, h("table", { id: "connections-table" },
-      h("thead", {}, h("tr", {}, ["Name", "URL", "State", editor() ? "Actions" : null].filter(Boolean).map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ["Name", "URL", "State", "Actions"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, connections.map((c) => h("tr", { "data-id": c.id },
         h("td", {}, c.name),
         h("td", { class: "mono" }, c.url),
         h("td", {}, badge(c.enabled ? "enabled" : "disabled")),
-        editor() ? h("td", { class: "actions" },
-          h("button", { type: "button", onclick: () => editConnection(c), "aria-label": `Edit ${c.name}` }, "Edit"),
-          h("button", { type: "button", onclick: () => rotate(c), "aria-label": `Rotate the secret of ${c.name}` }, "Rotate secret"),
-          h("button", { type: "button", onclick: () => toggle(c), "aria-label": `${c.enabled ? "Disable" : "Enable"} ${c.name}` }, c.enabled ? "Disable" : "Enable"),
-          confirmButton("Delete", `Delete ${c.name}`, async () => { await call("DELETE", `/v1/connections/${c.id}`); await showConnections(); })) : null)))));
+        h("td", { class: "actions" },
+          h("button", { type: "button", onclick: () => showStats(c).catch((err) => notice(list, err.message, "bad")), "aria-label": `Stats of ${c.name}` }, "Stats"),
+          editor() ? [
+            h("button", { type: "button", onclick: () => editConnection(c), "aria-label": `Edit ${c.name}` }, "Edit"),
+            h("button", { type: "button", onclick: () => rotate(c), "aria-label": `Rotate the secret of ${c.name}` }, "Rotate secret"),
+            h("button", { type: "button", onclick: () => toggle(c), "aria-label": `${c.enabled ? "Disable" : "Enable"} ${c.name}` }, c.enabled ? "Disable" : "Enable"),
+            confirmButton("Delete", `Delete ${c.name}`, async () => { await call("DELETE", `/v1/connections/${c.id}`); await showConnections(); }),
+          ] : null))))));
   }
   if (editor()) fill($("connection-form-slot"), newConnectionForm());
+  const open = statsOf && connections.find((c) => c.id === statsOf);
+  if (open) showStats(open).catch(() => {});
+  else fill($("connection-stats-slot"));
+  resize();
+}
+
+// The charts of one connection: the last 24 hours in 5-minute points.
+async function showStats(c) {
+  statsOf = c.id;
+  const slot = $("connection-stats-slot");
+  const stats = await call("GET", `/v1/connections/${encodeURIComponent(c.id)}/stats`);
+  if (statsOf !== c.id) return;
+  fill(slot, h("div", { class: "panel", id: "connection-stats", "data-id": c.id, "aria-live": "polite" },
+    h("h3", {}, `${c.name}: the last 24 hours`, " ",
+      h("button", { type: "button", onclick: () => showStats(c).catch((err) => notice(slot, err.message, "bad")) }, "Refresh"), " ",
+      h("button", { type: "button", onclick: () => { statsOf = null; fill(slot); resize(); } }, "Close")),
+    statsView(stats.data, stats.bucket_ms)));
   resize();
 }
 

@@ -1,6 +1,6 @@
 //! The support console's API (admin token), across workspaces: find an event by uuid or by
-//! workspace, connection, status and time; read connections and their health; list, replay and
-//! discard dead letters.
+//! workspace, connection, status and time; read connections, their health and their charts;
+//! list, replay and discard dead letters.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -145,6 +145,22 @@ pub async fn connection_health(
     Path(OfWorkspace { id }): Path<OfWorkspace>,
 ) -> Result<Json<connections::health::ConnectionHealth>, ApiError> {
     connections::health::health_of(&state, &ws, &id)
+        .await
+        .map(Json)
+}
+
+/// A connection's attempts, failures, dead letters and p50/p95 latency over time, oldest first
+/// (as `GET /v1/connections/{id}/stats`).
+#[utoipa::path(get, path = "/v1/admin/workspaces/{ws}/connections/{id}/stats", tag = "console",
+    params(("ws" = String, Path, description = "Workspace id"), ("id" = String, Path, description = "Connection id"), connections::stats::StatsQuery),
+    responses((status = 200, description = "The points, oldest first", body = connections::stats::ConnectionStats), Refused))]
+pub async fn connection_stats(
+    State(state): State<AppState>,
+    AdminOf(ws): AdminOf,
+    Path(OfWorkspace { id }): Path<OfWorkspace>,
+    ApiQuery(q): ApiQuery<connections::stats::StatsQuery>,
+) -> Result<Json<connections::stats::ConnectionStats>, ApiError> {
+    connections::stats::stats_of(&state, &ws, &id, q)
         .await
         .map(Json)
 }

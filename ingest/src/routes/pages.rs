@@ -48,6 +48,7 @@ const PORTAL: PageSpec = PageSpec {
             body: Some(
                 r#"<div id="secret-once" class="panel secret-once" role="status" hidden></div>
         <div id="connections-list"></div>
+        <div id="connection-stats-slot"></div>
         <div id="connection-form-slot"></div>"#,
             ),
             ..tab("connections", "Connections", "Connections")
@@ -153,6 +154,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../assets/common.js"),
     ),
     (
+        "charts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/charts.js"),
+    ),
+    (
         "portal.js",
         "text/javascript; charset=utf-8",
         include_str!("../../assets/portal/portal.js"),
@@ -241,7 +247,7 @@ pub async fn console_redirect() -> Redirect {
 
 /// A stylesheet or script of the pages.
 #[utoipa::path(get, path = "/assets/{file}", tag = "pages", security(()),
-    params(("file" = String, Path, description = "`herald.css`, `common.js`, `portal.js` or `console.js`")),
+    params(("file" = String, Path, description = "`herald.css`, `common.js`, `charts.js`, `portal.js` or `console.js`")),
     responses((status = 200, description = "The file"), (status = 404, description = "No such file")))]
 pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     let (_, kind, body) = ASSETS

@@ -100,6 +100,9 @@ string_schemas! {
     BasicPassword(0, 4096) = r"^[\s\S]*$";
     /// An origin: `https://host[:port]` (or `http://`), nothing after it.
     Origin(1, 2048) = r"^https?://([A-Za-z0-9]{1,20}\.){0,3}[A-Za-z][A-Za-z0-9]{0,19}(:[1-9][0-9]{0,3})?$";
+    /// The width of a stats point: a multiple of 5 minutes up to a day (`5m`, `15m`, `1h`,
+    /// `24h`; the server also takes any other multiple, as minutes or seconds).
+    StatsBucket(2, 5) = r"^((5|10|15|20|30|45|60|90|120|180|240|360|480|720|1440)m|(1|2|3|4|6|8|12|24)h)$";
     /// `next_cursor` of the previous page; empty: the first page.
     Cursor(0, 512) = r"^(-?[0-9]{1,18}~[A-Za-z0-9_.:-]*)?$";
 }

@@ -64,7 +64,7 @@ impl Store {
     }
 
     /// Writes deliveries and new dead letters in one round trip (the deliverer's outcome
-    /// write). Each dead letter keeps its own expiry (a retention after it died); the
+    /// write), counting each in its connection's stats (see `stats`). Each dead letter keeps its own expiry (a retention after it died); the
     /// dead-letter index is trimmed to the retention by score with every write, so neither
     /// grows while a workspace keeps failing.
     pub async fn record_outcomes(
@@ -82,18 +82,26 @@ impl Store {
         let mut written: std::collections::HashMap<&str, usize> = Default::default();
         for row in rows {
             let d = row.delivery;
+            // The stats bucket of the moment it settled: written only during its five
+            // minutes, expiring `stats::TTL_SECS` after (bounded per connection).
+            let (latency, failed, dead) = super::stats::outcome_args(d);
             batch
                 .ws(row.workspace_id)
                 .invoke_script(
                     super::script(super::ScriptName::Outcome)
                         .key(self.history_key(row.workspace_id))
                         .key(self.log_key(row.workspace_id))
+                        .key(self.stats_key(row.workspace_id, &d.connection_id, d.updated_at))
                         .arg(row.uuid)
                         .arg(row.time_created)
                         .arg(&d.connection_id)
                         .arg(d.attempts.len())
                         .arg(super::record::delivery_body(row.uuid, row.time_created, d))
-                        .arg(floor),
+                        .arg(floor)
+                        .arg(super::stats::TTL_SECS)
+                        .arg(latency)
+                        .arg(failed)
+                        .arg(dead),
                 )
                 .ignore();
             *written.entry(row.workspace_id).or_default() += 1;

@@ -8,6 +8,8 @@
 //!   retention. [`record`] is the compact form a record is kept in.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
+//! - [`stats`]: each connection's attempts, failures, dead letters and latencies in 5-minute
+//!   buckets, for the charts.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //! - [`locator`]: which workspace an event uuid is in (the console's lookup), in 4,096 small
@@ -44,6 +46,9 @@
 //!                                the retention (expires with the window)
 //! {p}:ws:{<ws>}:breaker:{conn}   LIST of the connection's breaker changes, newest first (50;
 //!                                expires a retention after the last)
+//! {p}:ws:{<ws>}:stats:{conn}:{n} HASH of a connection's counters for the 5 minutes from
+//!                                n x 300 s (see `stats`); written only during those minutes,
+//!                                expires 25 h after its last write
 //! {p}:ws:{<ws>}:oauth:{conn}:{fp} a connection's OAuth2 access token, sealed, expiring when it
 //!                                should no longer be used (see `tokens`)
 //! {p}:ws:{<ws>}:dead             ZSET dead_at -> dead-letter id; every write trims by score
@@ -91,6 +96,7 @@ pub mod routing;
 mod scripts;
 mod sealing;
 pub mod sessions;
+pub mod stats;
 pub mod tenants;
 pub mod tokens;
 

@@ -61,19 +61,34 @@ if not rec then index(KEYS[2], ARGV[2], ARGV[5], ARGV[1]) end
 return 0
 ";
 
-/// Records where one delivery stands. KEYS: history, log. ARGV: uuid, time_created,
-/// connection, attempts, delivery, floor. Returns 1 when the record did not exist (it is created, so
-/// an outcome is never lost, and indexed so that it is trimmed too).
+/// Records where one delivery stands, and counts it in its connection's stats bucket (see
+/// `stats`). KEYS: history, log, stats bucket. ARGV: uuid, time_created, connection, attempts,
+/// delivery, floor, bucket ttl s, latency field of the newest attempt (`-` none, empty when
+/// no attempt), `1` if it failed, `1` if dead. The newest attempt is counted only when the
+/// record had fewer attempts, the dead letter only when the delivery was not already this one:
+/// the same write run again counts nothing. Returns 1 when the record did not exist (it is
+/// created, so an outcome is never lost, and indexed so that it is trimmed too).
 pub const OUTCOME: &str = r"
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 local h, ds, ev = {ARGV[2], '-', '-'}, {}, nil
 if rec then h, ds, ev = parse(rec) end
-local found = false
+local found, had, was = false, 0, nil
 for _, d in ipairs(ds) do
-  if d[1] == ARGV[3] then d[2] = ARGV[4]; d[3] = ARGV[5]; found = true end
+  if d[1] == ARGV[3] then had = tonumber(d[2]); was = d[3]; d[2] = ARGV[4]; d[3] = ARGV[5]; found = true end
 end
 if not found then ds[#ds + 1] = {ARGV[3], ARGV[4], ARGV[5]} end
 redis.call('HSET', KEYS[1], ARGV[1], build(h, ds, ev))
+if was ~= ARGV[5] then
+  local counted = false
+  if ARGV[8] ~= '' and had < tonumber(ARGV[4]) then
+    redis.call('HINCRBY', KEYS[3], 'n', 1)
+    if ARGV[8] ~= '-' then redis.call('HINCRBY', KEYS[3], ARGV[8], 1) end
+    if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[3], 'f', 1) end
+    counted = true
+  end
+  if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[3], 'd', 1); counted = true end
+  if counted then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
+end
 if not rec then index(KEYS[2], ARGV[2], ARGV[6], ARGV[1]); return 1 end
 return 0
 ";

@@ -1,8 +1,9 @@
-//! Connections: create, list, read, change and delete; their secrets ([`secrets`]) and health
-//! ([`health`]) are beside them.
+//! Connections: create, list, read, change and delete; their secrets ([`secrets`]), health
+//! ([`health`]) and charts ([`stats`]) are beside them.
 
 pub mod health;
 pub mod secrets;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -16,6 +16,7 @@ use herald_shared::service::{start_worker, Running, WorkerSpec};
 use crate::admit::Gate;
 use crate::breaker::{Breakers, Policy as BreakerPolicy};
 use crate::dispatch::Dispatcher;
+use crate::failing::FailingClock;
 use crate::settle::Settler;
 use crate::state::Deliverer;
 
@@ -59,12 +60,17 @@ pub async fn start(
             breakers,
             shutdown.clone(),
         );
+        let auto_disable_after = settings.auto_disable_after;
         let deliverer = Arc::new(Deliverer {
             settings,
             cache: worker.cache,
             dispatcher: dispatcher.with_tokens(worker.store.clone()),
             gate,
             settler: Settler {
+                failing: FailingClock {
+                    store: worker.store.clone(),
+                    window: auto_disable_after,
+                },
                 store: worker.store,
                 publisher: worker.publisher,
             },

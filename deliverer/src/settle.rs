@@ -17,6 +17,7 @@ use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
 use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::Store;
 
+use crate::failing::FailingClock;
 use crate::outcome::Outcome;
 
 /// What follows one job's turn.
@@ -45,6 +46,9 @@ pub struct Done {
     pub job: JobItem,
     /// What follows.
     pub next: Next,
+    /// An attempt was made (a request, or a refusal by the breaker): it moves the
+    /// connection's failing clock.
+    pub attempted: bool,
     /// Its retry, deferral, dead letter or hand-back is confirmed by the broker.
     published: AtomicBool,
 }
@@ -56,6 +60,7 @@ impl Done {
             group,
             job,
             next,
+            attempted: false,
             published: AtomicBool::new(false),
         }
     }
@@ -224,6 +229,8 @@ pub struct Settler {
     pub store: Store,
     /// The broker.
     pub publisher: Publisher,
+    /// The connections' failing clocks (auto-disable).
+    pub failing: FailingClock,
 }
 
 impl Settler {
@@ -252,6 +259,7 @@ impl Settler {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
+        self.failing.note(batch).await;
 
         let dead = &plan.dead;
         let results = join_all(plan.publish.iter().map(|p| async move {

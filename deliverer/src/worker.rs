@@ -41,8 +41,12 @@ impl Deliverer {
             connection_id = %job.connection_id,
             attempt = job.attempts.len() + 1
         );
+        let before = job.attempts.len();
         let next = self.turn(&group, &mut job, state).instrument(span).await;
-        Done::new(group, job, next)
+        let attempted = job.attempts.len() > before;
+        let mut done = Done::new(group, job, next);
+        done.attempted = attempted;
+        done
     }
 
     /// One job's turn: look up, admit, send, decide. The attempt made (if any) is appended to

@@ -2,6 +2,7 @@
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
 mod archive;
+mod autodisable;
 mod cluster;
 mod consumer;
 mod contract;

@@ -336,6 +336,9 @@ pub struct DelivererSettings {
     /// `HERALD_BREAKER_PROBE_TIMEOUT`: a probe that has not reported after this long (its
     /// request hung or its task died) no longer blocks the next one.
     pub breaker_probe_timeout: Duration,
+    /// `HERALD_AUTO_DISABLE_AFTER`: a connection whose every attempt failed for this long is
+    /// disabled (default 5 days, at least 10 s).
+    pub auto_disable_after: Duration,
 }
 
 impl DelivererSettings {
@@ -369,6 +372,11 @@ impl DelivererSettings {
             // Above the longest connection timeout (120 s).
             breaker_probe_timeout: src
                 .duration("HERALD_BREAKER_PROBE_TIMEOUT", Duration::from_secs(150))?,
+            auto_disable_after: src.duration_at_least(
+                "HERALD_AUTO_DISABLE_AFTER",
+                Duration::from_secs(5 * 86_400),
+                MIN_WINDOW,
+            )?,
         })
     }
 }
@@ -509,6 +517,21 @@ mod tests {
         assert_eq!(
             after.secrets.open(&sealed, "con_1").expect("opens"),
             "whsec_x"
+        );
+    }
+
+    #[test]
+    fn auto_disable_defaults_to_five_days_and_accepts_ten_seconds_and_no_less() {
+        let s = DelivererSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.auto_disable_after, Duration::from_secs(5 * 86_400));
+        let src = Source::from_pairs([("HERALD_AUTO_DISABLE_AFTER", "10s")]);
+        let s = DelivererSettings::from_source(&src).expect("10 s is allowed");
+        assert_eq!(s.auto_disable_after, Duration::from_secs(10));
+        let src = Source::from_pairs([("HERALD_AUTO_DISABLE_AFTER", "9s")]);
+        let err = DelivererSettings::from_source(&src).expect_err("under 10 s");
+        assert!(
+            err.to_string().contains("HERALD_AUTO_DISABLE_AFTER"),
+            "{err}"
         );
     }
 

@@ -8,6 +8,7 @@
 //!   retention. [`record`] is the compact form a record is kept in.
 //! - [`dead_letters`]: the dead-letter index support staff list, replay and discard.
 //! - [`health`]: each connection's circuit-breaker history.
+//! - `failing`: each connection's failing clock, and disabling a connection that keeps failing.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //! - [`locator`]: which workspace an event uuid is in (the console's lookup), in 4,096 small
@@ -44,6 +45,9 @@
 //!                                the retention (expires with the window)
 //! {p}:ws:{<ws>}:breaker:{conn}   LIST of the connection's breaker changes, newest first (50;
 //!                                expires a retention after the last)
+//! {p}:ws:{<ws>}:failing:{conn}  Unix ms of the connection's first failed attempt since its last
+//!                                success (deleted by a success, on re-enable and when it is
+//!                                disabled; expires twice HERALD_AUTO_DISABLE_AFTER after it was set)
 //! {p}:ws:{<ws>}:oauth:{conn}:{fp} a connection's OAuth2 access token, sealed, expiring when it
 //!                                should no longer be used (see `tokens`)
 //! {p}:ws:{<ws>}:dead             ZSET dead_at -> dead-letter id; every write trims by score
@@ -80,6 +84,7 @@ mod archiving;
 pub mod cache;
 mod conn;
 pub mod dead_letters;
+mod failing;
 pub mod health;
 pub mod history;
 pub mod locator;

@@ -118,7 +118,8 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit_per_s: Option<Option<u32>>,
-    /// Disabled connections get no new deliveries.
+    /// Disabled connections get no new deliveries. `true` on a connection Herald disabled
+    /// clears `disabled_reason` and `disabled_at` and restarts its failing clock.
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
@@ -213,6 +214,12 @@ pub struct ConnectionView {
     rate_limit_per_s: Option<u32>,
     /// Disabled connections get no new deliveries.
     enabled: bool,
+    /// `failing` when Herald disabled it because every attempt failed for
+    /// `HERALD_AUTO_DISABLE_AFTER`; `null` otherwise. Cleared by enabling it.
+    #[schema(value_type = Option<String>, example = "failing")]
+    disabled_reason: Option<String>,
+    /// When Herald disabled it, Unix milliseconds; `null` otherwise.
+    disabled_at: Option<i64>,
     /// Unix milliseconds.
     created_at: i64,
     /// Unix milliseconds.
@@ -289,6 +296,8 @@ pub fn view(c: &Connection) -> ConnectionView {
         timeout_ms: c.timeout_ms,
         rate_limit_per_s: c.rate_limit_per_s,
         enabled: c.enabled,
+        disabled_reason: c.disabled_reason.clone(),
+        disabled_at: c.disabled_at,
         created_at: c.created_at,
         updated_at: c.updated_at,
     }
@@ -358,6 +367,8 @@ pub async fn create(
         timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         rate_limit_per_s: body.rate_limit_per_s,
         enabled: body.enabled.unwrap_or(true),
+        disabled_reason: None,
+        disabled_at: None,
         created_at: now,
         updated_at: now,
     };
@@ -514,11 +525,20 @@ pub async fn update(
     if let Some(v) = patch.rate_limit_per_s {
         c.rate_limit_per_s = v;
     }
+    let was_enabled = c.enabled;
     if let Some(v) = patch.enabled {
         c.enabled = v;
+        if v {
+            c.disabled_reason = None;
+            c.disabled_at = None;
+        }
     }
     c.updated_at = now;
     validate(&state, &c)?;
+    if c.enabled && !was_enabled {
+        // A fresh start: failures from before it was disabled do not count towards the next.
+        state.store.clear_failing(&ws, &c.id).await?;
+    }
     state.store.put_connection(&c).await?;
     Ok(Json(view(&c)))
 }

@@ -65,6 +65,11 @@ impl FailingClock {
         ok: bool,
         now: i64,
     ) -> Result<Option<Connection>, StoreError> {
+        if ws == herald_shared::opwebhooks::WORKSPACE {
+            // Operational webhook endpoints are the operator's and the tenants' own alarms:
+            // never switched off for failing.
+            return Ok(None);
+        }
         if ok {
             self.store.clear_failing(ws, conn).await?;
             return Ok(None);

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use herald_shared::model::{Connection, JobGroup, JobItem};
+use herald_shared::opwebhooks;
 use herald_shared::store::health::BreakerChange;
 use herald_shared::store::{StoreError, WorkspaceConfig};
 
@@ -223,6 +224,23 @@ impl Deliverer {
             .await
         {
             tracing::warn!(error = %e, "cannot record the breaker change in the history");
+        }
+        let notice = match t.to.as_str() {
+            "open" => opwebhooks::BREAKER_OPENED,
+            "closed" => opwebhooks::BREAKER_CLOSED,
+            _ => return,
+        };
+        let extra = serde_json::json!({
+            "consecutive_failures": t.failures,
+            "open_for_s": t.open_for.map(|d| d.as_secs()),
+        });
+        if let Err(e) = self
+            .settler
+            .ops
+            .notify_once_a_minute(notice, workspace_id, connection_id, extra)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot send the breaker's operational webhook");
         }
     }
 }

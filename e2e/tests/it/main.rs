@@ -9,6 +9,7 @@ mod contract;
 mod idempotency;
 mod isolation;
 mod metrics;
+mod opwebhooks;
 mod paging;
 mod pipeline;
 mod portal;

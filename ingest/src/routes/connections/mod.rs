@@ -14,6 +14,7 @@ use herald_shared::model::connection::{
     is_sensitive_header, validate_url, ShownSecret, SignatureScheme, DEFAULT_TIMEOUT_MS, MASK,
 };
 use herald_shared::model::{Auth, Connection, HttpMethod};
+use herald_shared::opwebhooks;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -315,7 +316,7 @@ pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError>
 }
 
 /// Refuses a URL whose host is a literal address the destination policy forbids.
-fn check_literal(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
+pub(crate) fn check_literal(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
     let url = validate_url(url, state.settings.allow_http)
         .map_err(|e| ApiError::field(field, e.message))?;
     if let Some(host) = url.host_str() {
@@ -540,6 +541,17 @@ pub async fn update(
         state.store.clear_failing(&ws, &c.id).await?;
     }
     state.store.put_connection(&c).await?;
+    if c.enabled != was_enabled {
+        let (kind, extra) = if c.enabled {
+            (opwebhooks::CONNECTION_ENABLED, json!({}))
+        } else {
+            (opwebhooks::CONNECTION_DISABLED, json!({"reason": "manual"}))
+        };
+        // The change is made; a notice that cannot be sent is logged, not an error to the caller.
+        if let Err(e) = state.ops.notify(kind, &ws, &c.id, extra).await {
+            tracing::warn!(error = %e, connection_id = %c.id, "cannot send {kind}");
+        }
+    }
     Ok(Json(view(&c)))
 }
 

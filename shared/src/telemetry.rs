@@ -88,6 +88,10 @@ fn describe() {
         "Deliveries recorded as skipped because their connection was disabled."
     );
     describe_counter!(
+        "herald_operational_webhooks_total",
+        "Operational webhook notices sent, by type."
+    );
+    describe_counter!(
         "herald_connections_auto_disabled_total",
         "Connections disabled because every attempt failed for HERALD_AUTO_DISABLE_AFTER."
     );

@@ -601,3 +601,34 @@ impl Partial {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(status: DeliveryStatus) -> Delivery {
+        Delivery {
+            connection_id: "con".into(),
+            status,
+            attempts: Vec::new(),
+            next_attempt_at: None,
+            dead_letter_id: None,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn skipped_deliveries_make_an_event_skipped_only_when_all_are() {
+        use DeliveryStatus::{Delivered, Pending, Skipped};
+        let of = |s: &[DeliveryStatus]| {
+            let d: Vec<Delivery> = s.iter().copied().map(delivery).collect();
+            event_status(Some(d.len()), &d)
+        };
+        assert_eq!(of(&[Skipped]), "skipped");
+        assert_eq!(of(&[Skipped, Skipped]), "skipped");
+        assert_eq!(of(&[Skipped, Delivered]), "delivered");
+        assert_eq!(of(&[Skipped, Pending]), "pending");
+        assert_eq!(event_status(Some(0), &[]), "no_match");
+        assert!(EVENT_STATUSES.contains(&"skipped"));
+    }
+}

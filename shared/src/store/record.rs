@@ -499,6 +499,14 @@ mod tests {
                 dead_letter_id: Some("other".into()),
                 updated_at: t,
             },
+            Delivery {
+                connection_id: "con_e".into(),
+                status: DeliveryStatus::Skipped,
+                attempts: Vec::new(),
+                next_attempt_at: None,
+                dead_letter_id: None,
+                updated_at: t + 3,
+            },
         ]);
     }
 

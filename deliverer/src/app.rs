@@ -10,12 +10,14 @@ use herald_shared::amqp::topology::JOBS_QUEUE;
 use herald_shared::amqp::Message;
 use herald_shared::config::DelivererSettings;
 use herald_shared::ops::QueueDepths;
+use herald_shared::opwebhooks::{self, Notifier};
 use herald_shared::ratelimit::RateLimiter;
 use herald_shared::service::{start_worker, Running, WorkerSpec};
 
 use crate::admit::Gate;
 use crate::breaker::{Breakers, Policy as BreakerPolicy};
 use crate::dispatch::Dispatcher;
+use crate::failing::FailingClock;
 use crate::settle::Settler;
 use crate::state::Deliverer;
 
@@ -59,14 +61,39 @@ pub async fn start(
             breakers,
             shutdown.clone(),
         );
+        let auto_disable_after = settings.auto_disable_after;
+        let operator = settings.common.operational_webhook.clone();
+        let ops = Notifier::new(
+            worker.store.clone(),
+            worker.publisher.clone(),
+            operator.is_some(),
+        );
+        if let Some(operator) = operator {
+            let store = worker.store.clone();
+            tokio::spawn(async move {
+                let mut wait = std::time::Duration::from_millis(200);
+                while let Err(e) = opwebhooks::ensure_operator(&store, &operator).await {
+                    tracing::warn!(error = %e, "cannot write the operational webhook endpoint; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                }
+            });
+        }
+        // Every deliverer sends the minutes of dead letters that are over; each is taken once.
+        tokio::spawn(ops.clone().run_dead_letter_minutes(shutdown.clone()));
         let deliverer = Arc::new(Deliverer {
             settings,
             cache: worker.cache,
             dispatcher: dispatcher.with_tokens(worker.store.clone()),
             gate,
             settler: Settler {
+                failing: FailingClock {
+                    store: worker.store.clone(),
+                    window: auto_disable_after,
+                },
                 store: worker.store,
                 publisher: worker.publisher,
+                ops,
             },
             shutdown,
             detached: detached.clone(),

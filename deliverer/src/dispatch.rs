@@ -188,7 +188,13 @@ impl Dispatcher {
             },
         };
 
-        let body = event.body(sent_ms);
+        // An operational webhook's notice is the whole body; every other event is sent in its
+        // envelope.
+        let body = if conn.kind == herald_shared::opwebhooks::KIND {
+            event.payload.get().as_bytes().to_vec()
+        } else {
+            event.body(sent_ms)
+        };
         let timestamp = sent_ms / 1000;
         let keys: Vec<Signer> = conn
             .signing_secrets(sent_ms)

@@ -14,6 +14,7 @@
 //! - [`outcome`]: every classification: a response or error, what follows it, metric names.
 //! - [`settle`]: what a batch of finished jobs writes and publishes (pure), then the I/O.
 //! - [`breaker`]: the per-connection circuit breaker (pure).
+//! - [`failing`]: each connection's failing clock, and auto-disable.
 //! - [`state`]: what the stages share (settings, cache, gate, settler).
 //! - [`app`]: start-up on the shared worker skeleton.
 
@@ -21,6 +22,7 @@ pub mod admit;
 pub mod app;
 pub mod breaker;
 pub mod dispatch;
+pub mod failing;
 pub mod flight;
 pub mod identity;
 pub mod oauth;

@@ -5,6 +5,7 @@
 //! A job whose message the broker confirmed is marked, so a batch written again after a
 //! failure never publishes it twice.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,11 @@ use futures::future::join_all;
 use herald_shared::amqp::{JobsSource, PublishError, Publisher};
 use herald_shared::model::job::delivery_id;
 use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
+use herald_shared::opwebhooks::{self, Notifier};
 use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::Store;
 
+use crate::failing::FailingClock;
 use crate::outcome::Outcome;
 
 /// What follows one job's turn.
@@ -45,6 +48,9 @@ pub struct Done {
     pub job: JobItem,
     /// What follows.
     pub next: Next,
+    /// An attempt was made (a request, or a refusal by the breaker): it moves the
+    /// connection's failing clock.
+    pub attempted: bool,
     /// Its retry, deferral, dead letter or hand-back is confirmed by the broker.
     published: AtomicBool,
 }
@@ -56,6 +62,7 @@ impl Done {
             group,
             job,
             next,
+            attempted: false,
             published: AtomicBool::new(false),
         }
     }
@@ -224,6 +231,10 @@ pub struct Settler {
     pub store: Store,
     /// The broker.
     pub publisher: Publisher,
+    /// The connections' failing clocks (auto-disable).
+    pub failing: FailingClock,
+    /// Operational webhooks.
+    pub ops: Notifier,
 }
 
 impl Settler {
@@ -252,6 +263,22 @@ impl Settler {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
+        for c in self.failing.note(batch).await {
+            let extra =
+                serde_json::json!({"reason": c.disabled_reason, "disabled_at": c.disabled_at});
+            if let Err(e) = self
+                .ops
+                .notify(
+                    opwebhooks::CONNECTION_DISABLED,
+                    &c.workspace_id,
+                    &c.id,
+                    extra,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, connection_id = %c.id, "cannot send connection.disabled");
+            }
+        }
 
         let dead = &plan.dead;
         let results = join_all(plan.publish.iter().map(|p| async move {
@@ -275,6 +302,25 @@ impl Settler {
             Ok::<_, PublishError>(())
         }))
         .await;
+        // Dead letters published by this call (what an earlier try published is not in the
+        // plan), per connection, towards their minute's `delivery.dead_lettered`.
+        let mut dead_per_connection: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for p in &plan.publish {
+            if let Publish::Dead { job, dead: i } = p {
+                if batch[*job].is_published() {
+                    let d = &dead[*i];
+                    dead_per_connection
+                        .entry((d.workspace_id.as_str(), d.connection_id.as_str()))
+                        .or_default()
+                        .push(d.event.uuid.as_str());
+                }
+            }
+        }
+        for ((ws, conn), ids) in dead_per_connection {
+            if let Err(e) = self.ops.dead_lettered(ws, conn, &ids).await {
+                tracing::warn!(error = %e, connection_id = conn, "cannot count dead letters for delivery.dead_lettered");
+            }
+        }
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(SettleError::Publish(e));
         }

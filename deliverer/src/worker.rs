@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use herald_shared::model::{Connection, JobGroup, JobItem};
+use herald_shared::opwebhooks;
 use herald_shared::store::health::BreakerChange;
 use herald_shared::store::{StoreError, WorkspaceConfig};
 
@@ -41,8 +42,12 @@ impl Deliverer {
             connection_id = %job.connection_id,
             attempt = job.attempts.len() + 1
         );
+        let before = job.attempts.len();
         let next = self.turn(&group, &mut job, state).instrument(span).await;
-        Done::new(group, job, next)
+        let attempted = job.attempts.len() > before;
+        let mut done = Done::new(group, job, next);
+        done.attempted = attempted;
+        done
     }
 
     /// One job's turn: look up, admit, send, decide. The attempt made (if any) is appended to
@@ -219,6 +224,23 @@ impl Deliverer {
             .await
         {
             tracing::warn!(error = %e, "cannot record the breaker change in the history");
+        }
+        let notice = match t.to.as_str() {
+            "open" => opwebhooks::BREAKER_OPENED,
+            "closed" => opwebhooks::BREAKER_CLOSED,
+            _ => return,
+        };
+        let extra = serde_json::json!({
+            "consecutive_failures": t.failures,
+            "open_for_s": t.open_for.map(|d| d.as_secs()),
+        });
+        if let Err(e) = self
+            .settler
+            .ops
+            .notify_once_a_minute(notice, workspace_id, connection_id, extra)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot send the breaker's operational webhook");
         }
     }
 }

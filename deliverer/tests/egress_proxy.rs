@@ -51,6 +51,8 @@ fn connection(url: String) -> Connection {
         timeout_ms: 5_000,
         rate_limit_per_s: None,
         enabled: true,
+        disabled_reason: None,
+        disabled_at: None,
         created_at: 0,
         updated_at: 0,
     }

@@ -47,7 +47,17 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         cancel.clone(),
     ));
     let settings_common = settings.common.clone();
+    if let Some(operator) = &settings.common.operational_webhook {
+        herald_shared::opwebhooks::ensure_operator(&store, operator)
+            .await
+            .context("writing the operational webhook endpoint (HERALD_OPERATIONAL_WEBHOOK_URL)")?;
+    }
     let state = AppState {
+        ops: herald_shared::opwebhooks::Notifier::new(
+            store.clone(),
+            Publisher::new(broker.clone()),
+            settings.common.operational_webhook.is_some(),
+        ),
         batcher: crate::batcher::Batcher::start(Publisher::new(broker.clone())),
         keys: Arc::new(crate::keys::KeyCache::new(settings.common.config_refresh)),
         settings: Arc::new(settings),

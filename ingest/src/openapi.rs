@@ -33,7 +33,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
         (name = "rules", description = "What goes where"),
         (name = "dead letters", description = "Deliveries that ran out of attempts"),
         (name = "workspaces", description = "Tenants and their keys"),
-        (name = "portal", description = "Sessions for the embeddable portal, and its settings"),
+        (name = "portal", description = "Sessions for the embeddable portal, and the workspace's settings: portal framing, operational webhooks"),
         (name = "console", description = "The support console's API (admin token), across workspaces"),
         (name = "pages", description = "The portal, the console and their assets"),
         (name = "operations", description = "Health, readiness, metrics and this document"),

@@ -26,4 +26,6 @@ pub struct AppState {
     pub batcher: crate::batcher::Batcher,
     /// The intake rate limit, shared with every other ingest through Redis.
     pub limiter: RateLimiter,
+    /// Operational webhooks (a connection enabled or disabled by hand).
+    pub ops: herald_shared::opwebhooks::Notifier,
 }

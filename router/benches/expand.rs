@@ -40,6 +40,8 @@ fn connection(id: &str) -> Connection {
         timeout_ms: 10_000,
         rate_limit_per_s: None,
         enabled: true,
+        disabled_reason: None,
+        disabled_at: None,
         created_at: 0,
         updated_at: 0,
     }

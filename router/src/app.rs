@@ -149,22 +149,31 @@ impl Router {
                 workspace_id: ws,
                 event,
                 connection_ids: expand::connections_for(&config, event),
+                skipped: expand::disabled_for(&config, event),
             })
             .collect();
         self.store
             .record_routed(&routed)
             .await
             .map_err(store_error("recording events"))?;
-        let connection_ids: Vec<Vec<String>> =
-            routed.into_iter().map(|r| r.connection_ids).collect();
+        let (connection_ids, skipped): (Vec<Vec<String>>, Vec<usize>) = routed
+            .into_iter()
+            .map(|r| (r.connection_ids, r.skipped.len()))
+            .unzip();
 
         // The events move into their jobs (and the contested into their message) from here on:
         // a bulk message's events exist once while its jobs are published.
         let mut groups = Vec::new();
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
+        let mut disabled = 0u64;
         let mut contested = Vec::new();
-        for ((event, connection_ids), claim) in events.into_iter().zip(connection_ids).zip(claims) {
+        for (((event, connection_ids), skipped), claim) in events
+            .into_iter()
+            .zip(connection_ids)
+            .zip(skipped)
+            .zip(claims)
+        {
             match claim {
                 Claim::Done => {
                     metrics::counter!("herald_router_duplicate_events_total").increment(1);
@@ -178,6 +187,11 @@ impl Router {
                 Claim::Taken => {}
             }
             fresh.push(event.uuid.clone());
+            disabled += skipped as u64;
+            if connection_ids.is_empty() && skipped > 0 {
+                tracing::debug!(event_id = %event.uuid, "every matched connection is disabled");
+                continue;
+            }
             if connection_ids.is_empty() {
                 no_match += 1;
                 tracing::info!(event_id = %event.uuid, event = %event.event, "no rule matched");
@@ -201,6 +215,7 @@ impl Router {
             .map_err(store_error("marking events expanded"))?;
         metrics::counter!("herald_router_events_total").increment(fresh.len() as u64);
         metrics::counter!("herald_router_events_unmatched_total").increment(no_match);
+        metrics::counter!("herald_router_deliveries_skipped_total").increment(disabled);
         metrics::counter!("herald_router_jobs_total").increment(jobs as u64);
         metrics::counter!("herald_router_job_messages_total").increment(messages.len() as u64);
         if !contested.is_empty() {

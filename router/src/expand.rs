@@ -48,6 +48,26 @@ pub fn connections_for(config: &WorkspaceConfig, event: &Event) -> Vec<String> {
     ids
 }
 
+/// The disabled connections an event's matching rules point at: it is recorded as skipped for
+/// each (nothing is queued for them), in a stable order.
+pub fn disabled_for(config: &WorkspaceConfig, event: &Event) -> Vec<String> {
+    let mut ids: Vec<String> = config
+        .rules
+        .iter()
+        .filter(|r| rule_matches(r, event))
+        .filter(|r| {
+            config
+                .connections
+                .get(&r.connection_id)
+                .is_some_and(|c| !c.enabled)
+        })
+        .map(|r| r.connection_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Packs groups into broker messages of at most `max_jobs` jobs each. A group bigger than that
 /// is split, so one message never carries an unbounded amount of work. Each group's event moves
 /// into the message that takes its last jobs; only the earlier parts of a split group carry a
@@ -156,6 +176,8 @@ mod tests {
                     timeout_ms: 1000,
                     rate_limit_per_s: None,
                     enabled: *enabled,
+                    disabled_reason: None,
+                    disabled_at: None,
                     created_at: 0,
                     updated_at: 0,
                 };

@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 workspace_id: &ws,
                 event,
                 connection_ids: cids.clone(),
+                skipped: Vec::new(),
             })
             .collect();
         store

@@ -16,6 +16,8 @@
 //! - [`ratelimit`]: rate limits shared by every replica through Redis.
 //! - [`netguard`]: which destination addresses may be connected to (SSRF protection).
 //! - [`tls`]: a connection's client certificate for mutual TLS, checked when it is given.
+//! - [`opwebhooks`]: operational webhooks (connection disabled, breaker opened, dead letters
+//!   per minute ...), sent through the same pipeline as every webhook.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` endpoints the router and deliverer serve.
 
 pub mod amqp;
@@ -26,6 +28,7 @@ pub mod ids;
 pub mod model;
 pub mod netguard;
 pub mod ops;
+pub mod opwebhooks;
 #[cfg(test)]
 mod proptests;
 pub mod ratelimit;

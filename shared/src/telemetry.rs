@@ -84,6 +84,18 @@ fn describe() {
         "Events no rule matched."
     );
     describe_counter!(
+        "herald_router_deliveries_skipped_total",
+        "Deliveries recorded as skipped because their connection was disabled."
+    );
+    describe_counter!(
+        "herald_operational_webhooks_total",
+        "Operational webhook notices sent, by type."
+    );
+    describe_counter!(
+        "herald_connections_auto_disabled_total",
+        "Connections disabled because every attempt failed for HERALD_AUTO_DISABLE_AFTER."
+    );
+    describe_counter!(
         "herald_router_duplicate_events_total",
         "Events already expanded (a redelivery or a resent uuid): no second set of jobs."
     );
@@ -201,6 +213,8 @@ fn describe() {
         "herald_events_accepted_total",
         "herald_router_events_total",
         "herald_router_events_unmatched_total",
+        "herald_router_deliveries_skipped_total",
+        "herald_connections_auto_disabled_total",
         "herald_router_duplicate_events_total",
         "herald_router_contested_events_total",
         "herald_router_jobs_total",

@@ -60,6 +60,7 @@ async fn each_attempt_and_dead_letter_is_counted_once_however_often_it_is_writte
             workspace_id: "ws_a",
             event: &event,
             connection_ids: vec!["con_1".into()],
+            skipped: Vec::new(),
         }])
         .await
         .expect("routed");

@@ -67,6 +67,7 @@ async fn the_api_shows_delivered_retrying_and_dead_deliveries_exactly_as_recorde
             workspace_id: "ws_a",
             event: &e,
             connection_ids: cids.iter().map(|c| c.to_string()).collect(),
+            skipped: Vec::new(),
         }])
         .await
         .expect("routed");
@@ -187,6 +188,7 @@ async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
             workspace_id: "ws_busy",
             event: e,
             connection_ids: vec!["con_1".into()],
+            skipped: Vec::new(),
         };
         store.record_routed(&[routed]).await.expect("routed");
     }
@@ -199,6 +201,7 @@ async fn a_busy_workspace_keeps_no_history_older_than_its_retention() {
             workspace_id: "ws_busy",
             event: e,
             connection_ids: vec!["con_1".into()],
+            skipped: Vec::new(),
         })
         .collect();
     store.record_routed(&routed).await.expect("routed");
@@ -233,6 +236,7 @@ async fn a_uuid_is_remembered_for_the_dedup_window_and_no_longer() {
         workspace_id: "ws_a",
         event: &e,
         connection_ids: vec!["con_1".into()],
+        skipped: Vec::new(),
     };
     store.record_routed(&[routed]).await.expect("routed");
     let lease = Duration::from_secs(20);

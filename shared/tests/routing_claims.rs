@@ -34,6 +34,7 @@ async fn an_event_whose_uuid_spells_another_events_lease_cannot_block_it() {
             workspace_id: "ws_a",
             event: &hostile,
             connection_ids: vec!["con_1".into()],
+            skipped: Vec::new(),
         }])
         .await
         .expect("recorded");
@@ -101,6 +102,7 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
             workspace_id: "ws_a",
             event: &e,
             connection_ids: vec!["con_1".into()],
+            skipped: Vec::new(),
         }])
         .await
         .expect("routed");

@@ -2,12 +2,14 @@
 //! test in its own vhost and Redis prefix so tests run in parallel.
 
 mod archive;
+mod autodisable;
 mod cluster;
 mod consumer;
 mod contract;
 mod idempotency;
 mod isolation;
 mod metrics;
+mod opwebhooks;
 mod paging;
 mod pipeline;
 mod portal;

@@ -66,6 +66,7 @@ async fn seed_events(
                 workspace_id: ws,
                 event: e,
                 connection_ids: connections.iter().map(|c| c.to_string()).collect(),
+                skipped: Vec::new(),
             })
             .collect();
         store.record_routed(&routed).await.expect("recorded");
@@ -256,6 +257,7 @@ async fn the_console_searches_by_cursor_and_finds_an_event_by_uuid_in_one_read()
         workspace_id: &b,
         event: &shared,
         connection_ids: Vec::new(),
+        skipped: Vec::new(),
     }];
     store.record_routed(&routed).await.expect("recorded");
 

@@ -54,6 +54,7 @@ async fn calls_to_a_redis_that_stops_answering_end_in_time_and_recover() {
                 workspace_id: "ws_stall",
                 event,
                 connection_ids: Vec::new(),
+                skipped: Vec::new(),
             }];
             tokio::time::timeout(Duration::from_secs(30), store.record_routed(&routed)).await
         }

@@ -81,7 +81,7 @@ function eventsPage() {
   const conn = h("select", {}, h("option", { value: "" }, "any connection"));
   ws.addEventListener("change", () => fillConnections(conn, ws.value, "any connection").catch(() => {}));
   const status = h("select", {}, h("option", { value: "" }, "any status"),
-    ["delivered", "pending", "retrying", "dead", "no_match"].map((s) => h("option", { value: s }, s.replace("_", " "))));
+    ["delivered", "pending", "retrying", "dead", "skipped", "no_match"].map((s) => h("option", { value: s }, s.replace("_", " "))));
   const search = h("form", { class: "panel", id: "search-events", "aria-labelledby": "search-events-title", novalidate: true },
     h("h3", { id: "search-events-title" }, "By workspace, connection, status and time"),
     h("div", { class: "inline" },

@@ -420,7 +420,7 @@ async function showHistory() {
   if (!slot.firstChild) {
     const status = h("select", { id: "history-status", name: "status" },
       h("option", { value: "" }, "All"),
-      ["delivered", "pending", "retrying", "dead", "no_match"].map((s) => h("option", { value: s }, s.replace("_", " "))));
+      ["delivered", "pending", "retrying", "dead", "skipped", "no_match"].map((s) => h("option", { value: s }, s.replace("_", " "))));
     status.addEventListener("change", () => renderHistory());
     fill(slot,
       h("div", { class: "inline" }, h("label", { for: "history-status" }, "Status "), status, " ",

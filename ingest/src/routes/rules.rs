@@ -239,6 +239,7 @@ pub async fn test(
             workspace_id: &ws,
             event: &event,
             connection_ids: vec![rule.connection_id.clone()],
+            skipped: Vec::new(),
         }])
         .await?;
     Ok((

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::openapi::Refused;
-use crate::schemas::Origin;
+use crate::schemas::{DestinationUrl, Origin, Secret};
 use crate::state::AppState;
 use std::time::Duration;
 
+use herald_shared::model::connection::validate_url;
+use herald_shared::opwebhooks;
 use herald_shared::store::sessions::{PortalSettings, Role, Session};
 
 use crate::auth::{PortalSession, SecretKey};
@@ -45,6 +47,27 @@ pub struct PortalSettingsSchema {
     /// Origins allowed to embed the portal in a frame (`frame-ancestors` of its pages), e.g.
     /// `https://app.example.com`. Empty: the portal cannot be framed.
     pub frame_ancestors: Vec<String>,
+    /// Where the workspace's operational webhooks go (`connection.disabled`,
+    /// `connection.enabled`, `connection.breaker_opened`, `connection.breaker_closed`,
+    /// `delivery.dead_lettered`, about its own connections only); `null` when none.
+    #[schema(value_type = Option<DestinationUrl>)]
+    pub operational_webhook_url: Option<String>,
+    /// The `whsec_` secret operational webhooks are signed with: only in the answer that set
+    /// `operational_webhook_url` for the first time (shown this once).
+    #[schema(value_type = Option<Secret>, required = false)]
+    pub operational_webhook_secret: Option<String>,
+}
+
+/// The workspace's settings as answered: with the operational webhook secret when it was just
+/// made.
+#[derive(Serialize)]
+pub struct SettingsView {
+    /// The settings.
+    #[serde(flatten)]
+    settings: PortalSettings,
+    /// Shown once, when generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operational_webhook_secret: Option<String>,
 }
 
 /// `POST /v1/sessions` body.
@@ -252,6 +275,20 @@ pub struct SettingsPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Vec<Origin>, max_items = 16, required = false)]
     frame_ancestors: Option<Vec<String>>,
+    /// Where the workspace's operational webhooks go, `null` to stop them. Set for the first
+    /// time, the answer carries their signing secret (`operational_webhook_secret`) this once.
+    #[serde(default, deserialize_with = "deserialize_some")]
+    #[schema(value_type = Option<DestinationUrl>, required = false)]
+    operational_webhook_url: Option<Option<String>>,
+}
+
+/// `null` as `Some(None)`, absent as `None`.
+fn deserialize_some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Changes the workspace's portal settings.
@@ -261,7 +298,7 @@ pub async fn update_settings(
     State(state): State<AppState>,
     SecretKey(ws): SecretKey,
     ApiJson(patch): ApiJson<SettingsPatch>,
-) -> Result<Json<PortalSettings>, ApiError> {
+) -> Result<Json<SettingsView>, ApiError> {
     let mut settings = state.store.portal_settings(&ws).await?;
     if let Some(origins) = patch.frame_ancestors {
         if origins.len() > 16 {
@@ -280,8 +317,57 @@ pub async fn update_settings(
         }
         settings.frame_ancestors = clean;
     }
+    let mut shown_secret = None;
+    if let Some(url) = patch.operational_webhook_url {
+        shown_secret = set_operational_webhook(&state, &ws, url.as_deref()).await?;
+        settings.operational_webhook_url = url;
+    }
     state.store.put_portal_settings(&ws, &settings).await?;
-    Ok(Json(settings))
+    Ok(Json(SettingsView {
+        settings,
+        operational_webhook_secret: shown_secret,
+    }))
+}
+
+/// Points the workspace's operational webhooks at `url` (None: stops them). Answers the
+/// signing secret when one was made (the first time a URL is set).
+async fn set_operational_webhook(
+    state: &AppState,
+    ws: &str,
+    url: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let id = opwebhooks::workspace_target(ws);
+    let Some(url) = url else {
+        state
+            .store
+            .delete_connection(opwebhooks::WORKSPACE, &id)
+            .await?;
+        return Ok(None);
+    };
+    let field = "operational_webhook_url";
+    validate_url(url, state.settings.allow_http).map_err(|e| ApiError::field(field, e.message))?;
+    crate::routes::connections::check_literal(state, field, url)?;
+    state
+        .store
+        .ensure_workspace(opwebhooks::WORKSPACE, "Herald operational webhooks")
+        .await?;
+    let (target, shown) = match state
+        .store
+        .get_connection(opwebhooks::WORKSPACE, &id)
+        .await?
+    {
+        Some(mut c) => {
+            c.url = url.to_string();
+            c.updated_at = herald_shared::now_ms();
+            (c, None)
+        }
+        None => {
+            let secret = herald_shared::signing::generate_secret();
+            (opwebhooks::target(&id, url, &secret), Some(secret))
+        }
+    };
+    state.store.put_connection(&target).await?;
+    Ok(shown)
 }
 
 /// Checks and normalises one origin of `frame_ancestors`: `https://host[:port]` (or `http://`),

@@ -77,6 +77,8 @@ pub enum DeliveryStatusSchema {
     Retrying,
     /// The schedule is used up: in the dead-letter queue.
     Dead,
+    /// Not sent: the connection was disabled when the event was routed (final).
+    Skipped,
 }
 
 /// One (event, connection) delivery.
@@ -124,7 +126,7 @@ pub struct EventRecordSchema {
     /// The event.
     #[serde(flatten)]
     pub event: EventSchema,
-    /// `pending`, `delivered`, `retrying`, `dead` or `no_match`.
+    /// `pending`, `delivered`, `retrying`, `dead`, `skipped` or `no_match`.
     pub status: EventStatus,
     /// One per matched connection.
     pub deliveries: Vec<DeliverySchema>,
@@ -142,6 +144,8 @@ pub enum EventStatus {
     Retrying,
     /// A delivery ran out of attempts.
     Dead,
+    /// Every matched connection was disabled: nothing was sent.
+    Skipped,
     /// No rule matched.
     NoMatch,
 }

@@ -80,6 +80,18 @@ pub struct CommonSettings {
     pub secrets: crate::secrets::SecretsKeys,
     /// `HERALD_ARCHIVE_URL` and its companions: the PostgreSQL archive, when on.
     pub archive: Option<ArchiveSettings>,
+    /// `HERALD_OPERATIONAL_WEBHOOK_URL` and `HERALD_OPERATIONAL_WEBHOOK_SECRET`: where the
+    /// operator's operational webhooks go, when set.
+    pub operational_webhook: Option<OperationalWebhookSettings>,
+}
+
+/// The operator's operational webhook endpoint.
+#[derive(Debug, Clone)]
+pub struct OperationalWebhookSettings {
+    /// `HERALD_OPERATIONAL_WEBHOOK_URL`: an `http(s)://` URL.
+    pub url: String,
+    /// `HERALD_OPERATIONAL_WEBHOOK_SECRET`: the `whsec_` secret its requests are signed with.
+    pub secret: SecretString,
 }
 
 /// The PostgreSQL archive of final history.
@@ -181,8 +193,39 @@ impl CommonSettings {
             },
             secrets: src.secrets()?,
             archive: archive_settings(src)?,
+            operational_webhook: operational_webhook_settings(src)?,
         })
     }
+}
+
+fn operational_webhook_settings(
+    src: &Source,
+) -> Result<Option<OperationalWebhookSettings>, ConfigError> {
+    const URL: &str = "HERALD_OPERATIONAL_WEBHOOK_URL";
+    const SECRET: &str = "HERALD_OPERATIONAL_WEBHOOK_SECRET";
+    let url = src.get(URL).filter(|u| !u.is_empty());
+    let secret = src.get(SECRET).filter(|s| !s.is_empty());
+    let (url, secret) = match (url, secret) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(invalid(SECRET, "a whsec_ secret beside the URL", "")),
+        (None, Some(_)) => return Err(invalid(URL, "a URL beside the secret", "")),
+        (Some(u), Some(s)) => (u, s),
+    };
+    let parsed = url::Url::parse(url).map_err(|_| invalid(URL, "an http(s):// URL", url))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid(URL, "an http(s):// URL", url));
+    }
+    if crate::signing::SigningKey::parse_strict(secret).is_err() {
+        return Err(invalid(
+            SECRET,
+            "whsec_ and the base64 of 24 or more random bytes",
+            "(hidden)",
+        ));
+    }
+    Ok(Some(OperationalWebhookSettings {
+        url: url.to_string(),
+        secret: secret.to_string().into(),
+    }))
 }
 
 fn archive_settings(src: &Source) -> Result<Option<ArchiveSettings>, ConfigError> {
@@ -336,6 +379,9 @@ pub struct DelivererSettings {
     /// `HERALD_BREAKER_PROBE_TIMEOUT`: a probe that has not reported after this long (its
     /// request hung or its task died) no longer blocks the next one.
     pub breaker_probe_timeout: Duration,
+    /// `HERALD_AUTO_DISABLE_AFTER`: a connection whose every attempt failed for this long is
+    /// disabled (default 5 days, at least 10 s).
+    pub auto_disable_after: Duration,
 }
 
 impl DelivererSettings {
@@ -369,6 +415,11 @@ impl DelivererSettings {
             // Above the longest connection timeout (120 s).
             breaker_probe_timeout: src
                 .duration("HERALD_BREAKER_PROBE_TIMEOUT", Duration::from_secs(150))?,
+            auto_disable_after: src.duration_at_least(
+                "HERALD_AUTO_DISABLE_AFTER",
+                Duration::from_secs(5 * 86_400),
+                MIN_WINDOW,
+            )?,
         })
     }
 }
@@ -510,6 +561,68 @@ mod tests {
             after.secrets.open(&sealed, "con_1").expect("opens"),
             "whsec_x"
         );
+    }
+
+    #[test]
+    fn auto_disable_defaults_to_five_days_and_accepts_ten_seconds_and_no_less() {
+        let s = DelivererSettings::from_source(&Source::default()).expect("defaults");
+        assert_eq!(s.auto_disable_after, Duration::from_secs(5 * 86_400));
+        let src = Source::from_pairs([("HERALD_AUTO_DISABLE_AFTER", "10s")]);
+        let s = DelivererSettings::from_source(&src).expect("10 s is allowed");
+        assert_eq!(s.auto_disable_after, Duration::from_secs(10));
+        let src = Source::from_pairs([("HERALD_AUTO_DISABLE_AFTER", "9s")]);
+        let err = DelivererSettings::from_source(&src).expect_err("under 10 s");
+        assert!(
+            err.to_string().contains("HERALD_AUTO_DISABLE_AFTER"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_operational_webhook_needs_its_url_and_secret_together() {
+        let s = CommonSettings::from_source(&Source::default()).expect("defaults");
+        assert!(s.operational_webhook.is_none());
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let src = Source::from_pairs([
+            (
+                "HERALD_OPERATIONAL_WEBHOOK_URL",
+                "https://ops.example.com/hook",
+            ),
+            ("HERALD_OPERATIONAL_WEBHOOK_SECRET", secret),
+        ]);
+        let s = CommonSettings::from_source(&src).expect("both");
+        assert_eq!(
+            s.operational_webhook.expect("on").url,
+            "https://ops.example.com/hook"
+        );
+        for (pairs, name) in [
+            (
+                vec![("HERALD_OPERATIONAL_WEBHOOK_URL", "https://ops.example.com")],
+                "HERALD_OPERATIONAL_WEBHOOK_SECRET",
+            ),
+            (
+                vec![("HERALD_OPERATIONAL_WEBHOOK_SECRET", secret)],
+                "HERALD_OPERATIONAL_WEBHOOK_URL",
+            ),
+            (
+                vec![
+                    ("HERALD_OPERATIONAL_WEBHOOK_URL", "ftp://ops.example.com"),
+                    ("HERALD_OPERATIONAL_WEBHOOK_SECRET", secret),
+                ],
+                "HERALD_OPERATIONAL_WEBHOOK_URL",
+            ),
+            (
+                vec![
+                    ("HERALD_OPERATIONAL_WEBHOOK_URL", "https://ops.example.com"),
+                    ("HERALD_OPERATIONAL_WEBHOOK_SECRET", "not-a-secret"),
+                ],
+                "HERALD_OPERATIONAL_WEBHOOK_SECRET",
+            ),
+        ] {
+            let err = CommonSettings::from_source(&Source::from_pairs(pairs)).expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(!err.to_string().contains("not-a-secret"), "{err}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum DeliveryStatus {
     Retrying,
     /// The schedule is used up: in the dead-letter queue.
     Dead,
+    /// Not sent: its connection was disabled when the event was routed (final; nothing is
+    /// queued for it).
+    Skipped,
 }
 
 impl DeliveryStatus {
@@ -46,6 +49,7 @@ impl DeliveryStatus {
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Retrying => "retrying",
             DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Skipped => "skipped",
         }
     }
 }

@@ -186,6 +186,13 @@ pub struct Connection {
     pub rate_limit_per_s: Option<u32>,
     /// Disabled connections get no new deliveries.
     pub enabled: bool,
+    /// Why Herald disabled it (`failing`: every attempt failed for `HERALD_AUTO_DISABLE_AFTER`);
+    /// cleared when it is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// When Herald disabled it, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<i64>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds.
@@ -243,6 +250,7 @@ impl std::fmt::Debug for Connection {
             .field("timeout_ms", &self.timeout_ms)
             .field("rate_limit_per_s", &self.rate_limit_per_s)
             .field("enabled", &self.enabled)
+            .field("disabled_reason", &self.disabled_reason)
             .finish_non_exhaustive()
     }
 }
@@ -303,6 +311,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "transfer-encoding",
     "connection",
 ];
+
+/// `disabled_reason` of a connection Herald disabled because every attempt failed for
+/// `HERALD_AUTO_DISABLE_AFTER`.
+pub const DISABLED_FAILING: &str = "failing";
 
 /// Default request timeout.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -520,6 +532,8 @@ mod tests {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             rate_limit_per_s: None,
             enabled: true,
+            disabled_reason: None,
+            disabled_at: None,
             created_at: 0,
             updated_at: 0,
         }

@@ -368,9 +368,12 @@ impl Store {
             let settled = d.event.is_some()
                 && d.routed.is_some()
                 && !dead_alive[i]
-                && d.deliveries
-                    .iter()
-                    .all(|x| matches!(x.status, DeliveryStatus::Delivered | DeliveryStatus::Dead));
+                && d.deliveries.iter().all(|x| {
+                    matches!(
+                        x.status,
+                        DeliveryStatus::Delivered | DeliveryStatus::Dead | DeliveryStatus::Skipped
+                    )
+                });
             let position = super::history::log_position(&entry.id);
             match (settled, position, d.event.as_ref()) {
                 (true, Some((ms, seq)), Some(event)) => {

@@ -19,6 +19,8 @@ pub struct Routed<'a> {
     pub event: &'a Event,
     /// Matched connections (empty: no rule matched).
     pub connection_ids: Vec<String>,
+    /// Matched connections that are disabled: recorded as `skipped`, sent nothing.
+    pub skipped: Vec<String>,
 }
 
 /// An event with its deliveries, as the history API shows it.
@@ -27,7 +29,7 @@ pub struct EventRecord {
     /// The event.
     #[serde(flatten)]
     pub event: Event,
-    /// `pending`, `delivered`, `retrying`, `dead` or `no_match`.
+    /// `pending`, `delivered`, `retrying`, `dead`, `skipped` or `no_match`.
     pub status: &'static str,
     /// One per matched connection.
     pub deliveries: Vec<Delivery>,
@@ -63,10 +65,18 @@ impl EventFilter {
 pub const MAX_SCAN: usize = 5_000;
 
 /// The statuses an event can have.
-pub const EVENT_STATUSES: &[&str] = &["pending", "delivered", "retrying", "dead", "no_match"];
+pub const EVENT_STATUSES: &[&str] = &[
+    "pending",
+    "delivered",
+    "retrying",
+    "dead",
+    "skipped",
+    "no_match",
+];
 
 /// An event's status from its deliveries: the worst of them (`dead` over `retrying` over
-/// `pending` over `delivered`); `no_match` when it was routed to no connection.
+/// `pending` over `delivered`, a skipped delivery counting only when all are); `no_match` when
+/// it was routed to no connection.
 pub fn event_status(routed: Option<usize>, deliveries: &[Delivery]) -> &'static str {
     let has = |s: DeliveryStatus| deliveries.iter().any(|d| d.status == s);
     match routed {
@@ -75,6 +85,12 @@ pub fn event_status(routed: Option<usize>, deliveries: &[Delivery]) -> &'static 
         _ if has(DeliveryStatus::Dead) => "dead",
         _ if has(DeliveryStatus::Retrying) => "retrying",
         _ if has(DeliveryStatus::Pending) || deliveries.is_empty() => "pending",
+        _ if deliveries
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Skipped) =>
+        {
+            "skipped"
+        }
         _ => "delivered",
     }
 }
@@ -227,7 +243,7 @@ impl Store {
                 .key(self.log_key(item.workspace_id))
                 .arg(&e.uuid)
                 .arg(e.time_created)
-                .arg(item.connection_ids.len())
+                .arg(item.connection_ids.len() + item.skipped.len())
                 .arg(record::event_part(e))
                 .arg(now - INDEX_FLOOR_MS);
             for cid in &item.connection_ids {
@@ -241,6 +257,18 @@ impl Store {
                 };
                 call.arg(cid)
                     .arg(record::delivery_body(&e.uuid, e.time_created, &pending));
+            }
+            for cid in &item.skipped {
+                let skipped = Delivery {
+                    connection_id: cid.clone(),
+                    status: DeliveryStatus::Skipped,
+                    attempts: Vec::new(),
+                    next_attempt_at: None,
+                    dead_letter_id: None,
+                    updated_at: now,
+                };
+                call.arg(cid)
+                    .arg(record::delivery_body(&e.uuid, e.time_created, &skipped));
             }
             batch.ws(item.workspace_id).invoke_script(&call).ignore();
             *written.entry(item.workspace_id).or_default() += 1;
@@ -571,5 +599,36 @@ impl Partial {
             event,
             deliveries: self.deliveries,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(status: DeliveryStatus) -> Delivery {
+        Delivery {
+            connection_id: "con".into(),
+            status,
+            attempts: Vec::new(),
+            next_attempt_at: None,
+            dead_letter_id: None,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn skipped_deliveries_make_an_event_skipped_only_when_all_are() {
+        use DeliveryStatus::{Delivered, Pending, Skipped};
+        let of = |s: &[DeliveryStatus]| {
+            let d: Vec<Delivery> = s.iter().copied().map(delivery).collect();
+            event_status(Some(d.len()), &d)
+        };
+        assert_eq!(of(&[Skipped]), "skipped");
+        assert_eq!(of(&[Skipped, Skipped]), "skipped");
+        assert_eq!(of(&[Skipped, Delivered]), "delivered");
+        assert_eq!(of(&[Skipped, Pending]), "pending");
+        assert_eq!(event_status(Some(0), &[]), "no_match");
+        assert!(EVENT_STATUSES.contains(&"skipped"));
     }
 }

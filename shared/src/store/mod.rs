@@ -10,6 +10,8 @@
 //! - [`health`]: each connection's circuit-breaker history.
 //! - [`stats`]: each connection's attempts, failures, dead letters and latencies in 5-minute
 //!   buckets, for the charts.
+//! - [`operational`]: operational webhooks' workspace, dead letters per connection and minute.
+//! - `failing`: each connection's failing clock, and disabling a connection that keeps failing.
 //! - [`routing`]: the claims that keep an event from being expanded twice.
 //! - [`sessions`]: portal sessions and each workspace's portal settings.
 //! - [`locator`]: which workspace an event uuid is in (the console's lookup), in 4,096 small
@@ -49,6 +51,15 @@
 //! {p}:ws:{<ws>}:stats:{conn}:{n} HASH of a connection's counters for the 5 minutes from
 //!                                n x 300 s (see `stats`); written only during those minutes,
 //!                                expires 25 h after its last write
+//! {p}:ws:{<ws>}:failing:{conn}  Unix ms of the connection's first failed attempt since its last
+//!                                success (deleted by a success, on re-enable and when it is
+//!                                disabled; expires twice HERALD_AUTO_DISABLE_AFTER after it was set)
+//! {p}:ws:{<ws>}:opdl:{conn}:{minute}:n / :ids  dead letters of a connection in a minute (count;
+//!                                newest 10 event ids) for `delivery.dead_lettered`: deleted once
+//!                                sent, expire 10 minutes after the minute
+//! {p}:opdl-due                   ZSET due ms -> "ws conn minute": minutes to send (one member
+//!                                per connection and minute; over an hour old are dropped)
+//! {p}:ws:{<ws>}:opsent:{conn}:{type}  a breaker notice went out this minute (expires in 60 s)
 //! {p}:ws:{<ws>}:oauth:{conn}:{fp} a connection's OAuth2 access token, sealed, expiring when it
 //!                                should no longer be used (see `tokens`)
 //! {p}:ws:{<ws>}:dead             ZSET dead_at -> dead-letter id; every write trims by score
@@ -85,10 +96,12 @@ mod archiving;
 pub mod cache;
 mod conn;
 pub mod dead_letters;
+mod failing;
 pub mod health;
 pub mod history;
 pub mod locator;
 mod migrate;
+pub mod operational;
 mod paging;
 pub mod record;
 pub mod replays;

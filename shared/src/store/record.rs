@@ -84,6 +84,7 @@ pub fn delivery_body(uuid: &str, time_created: i64, d: &Delivery) -> String {
         DeliveryStatus::Delivered => "d",
         DeliveryStatus::Retrying => "r",
         DeliveryStatus::Dead => "x",
+        DeliveryStatus::Skipped => "s",
     };
     let mut parts = vec![
         json!(status),
@@ -251,6 +252,7 @@ fn delivery_from(
         Some("d") => DeliveryStatus::Delivered,
         Some("r") => DeliveryStatus::Retrying,
         Some("x") => DeliveryStatus::Dead,
+        Some("s") => DeliveryStatus::Skipped,
         _ => return Err(bad("delivery status")),
     };
     let updated = parts
@@ -496,6 +498,14 @@ mod tests {
                 next_attempt_at: None,
                 dead_letter_id: Some("other".into()),
                 updated_at: t,
+            },
+            Delivery {
+                connection_id: "con_e".into(),
+                status: DeliveryStatus::Skipped,
+                attempts: Vec::new(),
+                next_attempt_at: None,
+                dead_letter_id: None,
+                updated_at: t + 3,
             },
         ]);
     }

@@ -56,6 +56,10 @@ pub struct PortalSettings {
     /// Origins allowed to embed the portal in a frame (`frame-ancestors` of its pages), e.g.
     /// `https://app.example.com`. Empty: the portal cannot be framed.
     pub frame_ancestors: Vec<String>,
+    /// Where the workspace's operational webhooks go (about its own connections only); its
+    /// signing secret is the target connection's in Herald's workspace (see `opwebhooks`).
+    #[serde(default)]
+    pub operational_webhook_url: Option<String>,
 }
 
 /// A session or the portal settings could not be stored or read.

@@ -213,6 +213,7 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hdel(self.ws_key(ws, "conns"), id);
+        pipe.del(self.ws_key(ws, &format!("failing:{id}"))).ignore();
         for r in rules.iter().filter(|r| r.connection_id == id) {
             pipe.hdel(self.ws_key(ws, "rules"), &r.id).ignore();
         }

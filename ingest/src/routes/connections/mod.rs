@@ -15,6 +15,7 @@ use herald_shared::model::connection::{
     is_sensitive_header, validate_url, ShownSecret, SignatureScheme, DEFAULT_TIMEOUT_MS, MASK,
 };
 use herald_shared::model::{Auth, Connection, HttpMethod};
+use herald_shared::opwebhooks;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -119,7 +120,8 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit_per_s: Option<Option<u32>>,
-    /// Disabled connections get no new deliveries.
+    /// Disabled connections get no new deliveries. `true` on a connection Herald disabled
+    /// clears `disabled_reason` and `disabled_at` and restarts its failing clock.
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
@@ -214,6 +216,12 @@ pub struct ConnectionView {
     rate_limit_per_s: Option<u32>,
     /// Disabled connections get no new deliveries.
     enabled: bool,
+    /// `failing` when Herald disabled it because every attempt failed for
+    /// `HERALD_AUTO_DISABLE_AFTER`; `null` otherwise. Cleared by enabling it.
+    #[schema(value_type = Option<String>, example = "failing")]
+    disabled_reason: Option<String>,
+    /// When Herald disabled it, Unix milliseconds; `null` otherwise.
+    disabled_at: Option<i64>,
     /// Unix milliseconds.
     created_at: i64,
     /// Unix milliseconds.
@@ -290,6 +298,8 @@ pub fn view(c: &Connection) -> ConnectionView {
         timeout_ms: c.timeout_ms,
         rate_limit_per_s: c.rate_limit_per_s,
         enabled: c.enabled,
+        disabled_reason: c.disabled_reason.clone(),
+        disabled_at: c.disabled_at,
         created_at: c.created_at,
         updated_at: c.updated_at,
     }
@@ -307,7 +317,7 @@ pub(crate) fn validate(state: &AppState, c: &Connection) -> Result<(), ApiError>
 }
 
 /// Refuses a URL whose host is a literal address the destination policy forbids.
-fn check_literal(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
+pub(crate) fn check_literal(state: &AppState, field: &str, url: &str) -> Result<(), ApiError> {
     let url = validate_url(url, state.settings.allow_http)
         .map_err(|e| ApiError::field(field, e.message))?;
     if let Some(host) = url.host_str() {
@@ -359,6 +369,8 @@ pub async fn create(
         timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         rate_limit_per_s: body.rate_limit_per_s,
         enabled: body.enabled.unwrap_or(true),
+        disabled_reason: None,
+        disabled_at: None,
         created_at: now,
         updated_at: now,
     };
@@ -515,12 +527,32 @@ pub async fn update(
     if let Some(v) = patch.rate_limit_per_s {
         c.rate_limit_per_s = v;
     }
+    let was_enabled = c.enabled;
     if let Some(v) = patch.enabled {
         c.enabled = v;
+        if v {
+            c.disabled_reason = None;
+            c.disabled_at = None;
+        }
     }
     c.updated_at = now;
     validate(&state, &c)?;
+    if c.enabled && !was_enabled {
+        // A fresh start: failures from before it was disabled do not count towards the next.
+        state.store.clear_failing(&ws, &c.id).await?;
+    }
     state.store.put_connection(&c).await?;
+    if c.enabled != was_enabled {
+        let (kind, extra) = if c.enabled {
+            (opwebhooks::CONNECTION_ENABLED, json!({}))
+        } else {
+            (opwebhooks::CONNECTION_DISABLED, json!({"reason": "manual"}))
+        };
+        // The change is made; a notice that cannot be sent is logged, not an error to the caller.
+        if let Err(e) = state.ops.notify(kind, &ws, &c.id, extra).await {
+            tracing::warn!(error = %e, connection_id = %c.id, "cannot send {kind}");
+        }
+    }
     Ok(Json(view(&c)))
 }
 

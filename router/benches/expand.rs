@@ -71,6 +71,7 @@ fn workspace() -> WorkspaceConfig {
                 connection_id: format!("con_{i:02}"),
                 action: "send_webhook".into(),
                 enabled: true,
+                filter: None,
                 created_at: 0,
                 updated_at: 0,
             }

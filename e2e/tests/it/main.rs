@@ -5,6 +5,7 @@ mod archive;
 mod cluster;
 mod consumer;
 mod contract;
+mod filters;
 mod idempotency;
 mod isolation;
 mod metrics;

@@ -328,7 +328,7 @@ async function showRules() {
       h("td", {}, badge(r.enabled ? "enabled" : "disabled")),
       editor() ? h("td", { class: "actions" },
         h("button", { type: "button", onclick: async () => { await call("PATCH", `/v1/rules/${r.id}`, { enabled: !r.enabled }); await showRules(); } }, r.enabled ? "Disable" : "Enable"),
-        h("button", { type: "button", "aria-label": `Edit the filter of the rule for ${r.event}`, onclick: () => { fill($("rule-form-slot"), filterForm(r)); resize(); $("edit-filter-filter").focus(); } }, "Edit filter"),
+        h("button", { type: "button", "aria-label": `Edit filter of the rule for ${r.event}`, onclick: () => { fill($("rule-form-slot"), filterForm(r)); resize(); $("edit-filter-filter").focus(); } }, "Edit filter"),
         confirmButton("Delete", `Delete the rule for ${r.event}`, async () => { await call("DELETE", `/v1/rules/${r.id}`); await showRules(); })) : null)))));
   if (editor()) {
     if (connections.length === 0) fill($("rule-form-slot"), h("p", { class: "notice" }, "Add a connection first."));

@@ -155,10 +155,28 @@ try {
   const ruleForm = portal.locator("form#new-rule");
   await ruleForm.getByLabel("Event type").fill("order.*");
   await ruleForm.getByLabel("Resource").fill("order");
+  // A filter: JSON checked while typing, then the server's 400 names the part at fault.
+  const filterBox = ruleForm.getByLabel("Filter (JSON, optional)");
+  await filterBox.fill('{"payload.total_cents": ');
+  await ruleForm.locator('[data-error-for="filter"]').filter({ hasText: /not valid JSON/ }).waitFor();
+  await filterBox.fill('{"payload.total_cents": {"$gte": 1000}, "payload.plan": {"$regex": "^p"}}');
+  await ruleForm.getByRole("button", { name: "Create rule" }).click();
+  await ruleForm.locator('[data-error-for="filter"]').filter({ hasText: "filter.payload.plan.$regex" }).waitFor();
+  await filterBox.fill('{"payload.total_cents": {"$gte": 100}}');
   await ruleForm.getByRole("button", { name: "Create rule" }).click();
   await portal.locator("#rules-table").getByText("order.*").waitFor();
+  await portal.locator("#rules-table").getByText('{"payload.total_cents":{"$gte":100}}').waitFor();
+  step("rule created with a filter; an unknown operator was refused naming its path");
+  await portal.locator("#rules-table").getByRole("button", { name: "Edit filter" }).click();
+  const filterForm = portal.locator("form#edit-filter");
+  await filterForm.getByLabel("Filter (JSON)").fill('{"payload.total_cents": {"$in": 1000}}');
+  await filterForm.getByRole("button", { name: "Save filter" }).click();
+  await filterForm.locator('[data-error-for="filter"]').filter({ hasText: "filter.payload.total_cents.$in" }).waitFor();
+  await filterForm.getByLabel("Filter (JSON)").fill('{"payload.total_cents": {"$gte": 1000}}');
+  await filterForm.getByRole("button", { name: "Save filter" }).click();
+  await portal.locator("#rules-table").getByText('{"payload.total_cents":{"$gte":1000}}').waitFor();
   await shot(page, "portal-rules");
-  step("rule created");
+  step("the rule's filter edited");
 
   // A test event with a payload typed in the editor.
   await portal.getByRole("tab", { name: "Send test event" }).click();
@@ -181,6 +199,13 @@ try {
   await portal.locator("#event td", { hasText: "200" }).first().waitFor();
   await shot(page, "portal-history");
   step("the history shows it delivered");
+
+  // A test event the rule's filter rejects is recorded, not sent, and the portal says so.
+  await portal.getByRole("tab", { name: "Send test event" }).click();
+  await testForm.getByLabel("Payload (JSON)").fill('{"order_id": "ord_78", "total_cents": 5}');
+  await testForm.getByRole("button", { name: "Send test event" }).click();
+  await portal.locator("#test-filtered").filter({ hasText: "payload.total_cents" }).waitFor();
+  step("a test event the filter rejects is reported as filtered");
 
   await portal.getByRole("tab", { name: "Dead letters" }).click();
   await portal.locator("#dead-slot").getByText(/No dead letter|Dead since/).first().waitFor();

@@ -1,5 +1,6 @@
 //! Routing one event: matching it against a workspace's 50 rules, and packing the jobs of a bulk
-//! of 500 events into broker messages.
+//! of 500 events into broker messages; and payload filters: one filter on its own (filters per
+//! second), with the payload's parse, and 50 filtered rules.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use herald_router::expand::{connections_for, group, pack};
+use herald_shared::filter::{parse_payload, Filter};
 use herald_shared::model::{Connection, Event, Rule};
 use herald_shared::store::WorkspaceConfig;
 use serde_json::value::RawValue;
@@ -73,6 +75,7 @@ fn workspace() -> WorkspaceConfig {
                 connection_id: format!("con_{i:02}"),
                 action: "send_webhook".into(),
                 enabled: true,
+                filter: None,
                 created_at: 0,
                 updated_at: 0,
             }
@@ -132,12 +135,60 @@ fn expand(c: &mut Criterion) {
     g.finish();
 }
 
+/// A filter of the kind a SaaS team writes: the contract's example, an `$or` over an array
+/// element and the resource id, and a `$not`.
+fn typical_filter() -> Filter {
+    Filter::compile(serde_json::json!({
+        "payload.plan": {"$in": ["pro", "team", "enterprise"]},
+        "payload.total_cents": {"$gte": 1000},
+        "$or": [{"payload.items.0.sku": "SKU-1"}, {"resource_id": {"$ne": "ord_0"}}],
+        "$not": {"payload.country": {"$in": ["XX", "YY"]}}
+    }))
+    .expect("valid filter")
+}
+
+fn filters(c: &mut Criterion) {
+    let filter = typical_filter();
+    let mut passing = event("order.completed");
+    passing.payload = RawValue::from_string(
+        r#"{"order_id":"ord_77","plan":"team","total_cents":12900,"country":"FR","items":[{"sku":"SKU-1","qty":2},{"sku":"SKU-9","qty":1}],"customer":{"id":"cus_1","email":"a@example.com"}}"#
+            .into(),
+    )
+    .expect("json");
+    let parsed = parse_payload(&passing);
+    assert!(filter.matches(&passing, parsed.as_ref()));
+    let mut g = c.benchmark_group("filter");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("evaluate one filter (7 conditions, payload parsed)", |b| {
+        b.iter(|| black_box(&filter).matches(black_box(&passing), black_box(parsed.as_ref())))
+    });
+    g.bench_function("parse a 200-byte payload and evaluate one filter", |b| {
+        b.iter(|| {
+            let parsed = parse_payload(black_box(&passing));
+            black_box(&filter).matches(&passing, parsed.as_ref())
+        })
+    });
+    let mut config = workspace();
+    for rule in &mut config.rules {
+        rule.filter = Some(typical_filter());
+    }
+    let matched = connections_for(&config, &passing);
+    g.bench_function(
+        format!(
+            "match one event against 50 filtered rules ({} pass)",
+            matched.len()
+        ),
+        |b| b.iter(|| connections_for(black_box(&config), black_box(&passing))),
+    );
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = expand
+    targets = expand, filters
 }
 criterion_main!(benches);

@@ -145,11 +145,14 @@ impl Router {
             .map_err(store_error("claiming events"))?;
         let routed: Vec<Routed> = events
             .iter()
-            .map(|event| Routed {
-                workspace_id: ws,
-                event,
-                connection_ids: expand::connections_for(&config, event),
-                skipped: expand::disabled_for(&config, event),
+            .map(|event| {
+                let (connection_ids, skipped) = expand::route(&config, event);
+                Routed {
+                    workspace_id: ws,
+                    event,
+                    connection_ids,
+                    skipped,
+                }
             })
             .collect();
         self.store

@@ -1,13 +1,33 @@
 //! Rule matching and job expansion: pure functions, no I/O.
 
+use std::cell::OnceCell;
+
+use herald_shared::filter::parse_payload;
 use herald_shared::model::{Event, JobGroup, JobItem, Rule};
 use herald_shared::store::WorkspaceConfig;
+use serde_json::Value;
 
-/// Whether an enabled rule's event pattern and resource match the event.
+/// Whether an enabled rule's event pattern and resource match the event (its filter aside:
+/// see [`filter_passes`]).
 pub fn rule_matches(rule: &Rule, event: &Event) -> bool {
     rule.enabled
         && event_matches(&rule.event, &event.event)
         && resource_matches(&rule.resource, &event.resource)
+}
+
+/// Whether the event passes the rule's filter (a rule without one takes every event). The
+/// payload is parsed into `payload` the first time a filter looks into it, so an event is
+/// parsed at most once however many rules filter it, and never when no filter needs it.
+pub fn filter_passes(rule: &Rule, event: &Event, payload: &OnceCell<Option<Value>>) -> bool {
+    let Some(filter) = &rule.filter else {
+        return true;
+    };
+    let parsed = if filter.needs_payload() {
+        payload.get_or_init(|| parse_payload(event)).as_ref()
+    } else {
+        None
+    };
+    filter.matches(event, parsed)
 }
 
 /// `*` matches everything; `order.*` matches `order.completed` and `order.item.added` (not
@@ -28,44 +48,37 @@ fn resource_matches(pattern: &str, resource: &str) -> bool {
     pattern == "*" || pattern == resource
 }
 
-/// The connections an event goes to: those of matching rules that exist and are enabled, each
-/// once however many rules point at it, in a stable order.
+/// The connections an event goes to: those of matching rules (their filters passed) that exist
+/// and are enabled, each once however many rules point at it, in a stable order.
 pub fn connections_for(config: &WorkspaceConfig, event: &Event) -> Vec<String> {
-    let mut ids: Vec<String> = config
-        .rules
-        .iter()
-        .filter(|r| rule_matches(r, event))
-        .filter(|r| {
-            config
-                .connections
-                .get(&r.connection_id)
-                .is_some_and(|c| c.enabled)
-        })
-        .map(|r| r.connection_id.clone())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
+    route(config, event).0
 }
 
-/// The disabled connections an event's matching rules point at: it is recorded as skipped for
-/// each (nothing is queued for them), in a stable order.
+/// The disabled connections an event's matching rules (their filters passed) point at: it is
+/// recorded as skipped for each (nothing is queued for them), in a stable order.
 pub fn disabled_for(config: &WorkspaceConfig, event: &Event) -> Vec<String> {
-    let mut ids: Vec<String> = config
-        .rules
-        .iter()
-        .filter(|r| rule_matches(r, event))
-        .filter(|r| {
-            config
-                .connections
-                .get(&r.connection_id)
-                .is_some_and(|c| !c.enabled)
-        })
-        .map(|r| r.connection_id.clone())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
+    route(config, event).1
+}
+
+/// Both at once, in one walk of the rules and at most one parse of the payload: the enabled
+/// connections the event goes to and the disabled ones it is skipped for.
+pub fn route(config: &WorkspaceConfig, event: &Event) -> (Vec<String>, Vec<String>) {
+    let payload = OnceCell::new();
+    let (mut send, mut skip) = (Vec::new(), Vec::new());
+    for rule in config.rules.iter().filter(|r| rule_matches(r, event)) {
+        let Some(conn) = config.connections.get(&rule.connection_id) else {
+            continue;
+        };
+        if filter_passes(rule, event, &payload) {
+            let to = if conn.enabled { &mut send } else { &mut skip };
+            to.push(rule.connection_id.clone());
+        }
+    }
+    for ids in [&mut send, &mut skip] {
+        ids.sort();
+        ids.dedup();
+    }
+    (send, skip)
 }
 
 /// Packs groups into broker messages of at most `max_jobs` jobs each. A group bigger than that
@@ -152,6 +165,7 @@ mod tests {
             connection_id: conn.into(),
             action: "send_webhook".into(),
             enabled: true,
+            filter: None,
             created_at: 0,
             updated_at: 0,
         }
@@ -236,6 +250,55 @@ mod tests {
             &[("con_a", true), ("con_off", false)],
         );
         assert!(connections_for(&c, &event("a", "b")).is_empty());
+    }
+
+    #[test]
+    fn filters_narrow_a_rule_and_rejected_events_match_nothing() {
+        let mut paid = rule("r1", "order.*", "order", "con_paid");
+        paid.filter = Some(
+            herald_shared::filter::Filter::compile(serde_json::json!({
+                "payload.plan": {"$in": ["pro", "team"]}, "resource_id": {"$ne": "r_skip"}
+            }))
+            .expect("valid filter"),
+        );
+        let c = config(
+            vec![paid, rule("r2", "user.*", "*", "con_users")],
+            &[("con_paid", true), ("con_users", true)],
+        );
+        let with = |payload: &str, resource_id: &str| {
+            let mut e = event("order.completed", "order");
+            e.payload = serde_json::value::RawValue::from_string(payload.into()).expect("json");
+            e.resource_id = resource_id.into();
+            e
+        };
+        assert_eq!(
+            connections_for(&c, &with(r#"{"plan":"pro"}"#, "r1")),
+            vec!["con_paid"]
+        );
+        assert!(connections_for(&c, &with(r#"{"plan":"free"}"#, "r1")).is_empty());
+        assert!(connections_for(&c, &with(r#"{"plan":"team"}"#, "r_skip")).is_empty());
+        assert!(connections_for(&c, &with("[1]", "r1")).is_empty());
+    }
+
+    #[test]
+    fn a_disabled_connection_skips_only_the_events_its_filter_takes() {
+        let mut paid = rule("r1", "order.*", "order", "con_paid");
+        paid.filter = Some(
+            herald_shared::filter::Filter::compile(serde_json::json!({"payload.plan": "pro"}))
+                .expect("valid filter"),
+        );
+        let c = config(vec![paid], &[("con_paid", false)]);
+        let with = |payload: &str| {
+            let mut e = event("order.completed", "order");
+            e.payload = serde_json::value::RawValue::from_string(payload.into()).expect("json");
+            e
+        };
+        assert_eq!(
+            disabled_for(&c, &with(r#"{"plan":"pro"}"#)),
+            vec!["con_paid"]
+        );
+        assert!(disabled_for(&c, &with(r#"{"plan":"free"}"#)).is_empty());
+        assert!(connections_for(&c, &with(r#"{"plan":"pro"}"#)).is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`shutdown`]: SIGINT/SIGTERM into a `CancellationToken`.
 //! - [`service`]: named tasks under one cancellation, and the start-up router and deliverer share.
 //! - [`duration`]: durations as settings spell them (`500ms`, `30s`, `5m`, `2h`, `7d`).
+//! - [`filter`]: payload filters on rules: validated and compiled once, evaluated per event.
 //! - [`model`]: the domain types: envelope and event, workspace, connection, rule, job, attempt.
 //! - [`signing`]: Standard Webhooks signatures (sign and verify), `v1` HMAC and `v1a` Ed25519.
 //! - [`retry`]: the retry schedule, its jitter, and the broker delay ladder it maps onto.
@@ -24,6 +25,7 @@ pub mod amqp;
 pub mod archive;
 pub mod config;
 pub mod duration;
+pub mod filter;
 pub mod ids;
 pub mod model;
 pub mod netguard;

@@ -6,6 +6,7 @@ mod autodisable;
 mod cluster;
 mod consumer;
 mod contract;
+mod filters;
 mod idempotency;
 mod isolation;
 mod metrics;

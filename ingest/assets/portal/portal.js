@@ -341,14 +341,16 @@ async function showRules() {
   const list = $("rules-list");
   if (rules.length === 0) fill(list, h("p", { class: "empty" }, "No rule yet: events go nowhere until a rule sends them to a connection."));
   else fill(list, h("table", { id: "rules-table" },
-    h("thead", {}, h("tr", {}, ["Event", "Resource", "Connection", "State", editor() ? "Actions" : null].filter(Boolean).map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, ["Event", "Resource", "Filter", "Connection", "State", editor() ? "Actions" : null].filter(Boolean).map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, rules.map((r) => h("tr", { "data-id": r.id },
       h("td", { class: "mono" }, r.event),
       h("td", { class: "mono" }, r.resource),
+      h("td", { class: "filter" }, r.filter ? h("code", {}, JSON.stringify(r.filter)) : "every event"),
       h("td", {}, nameOf(r.connection_id)),
       h("td", {}, badge(r.enabled ? "enabled" : "disabled")),
       editor() ? h("td", { class: "actions" },
         h("button", { type: "button", onclick: async () => { await call("PATCH", `/v1/rules/${r.id}`, { enabled: !r.enabled }); await showRules(); } }, r.enabled ? "Disable" : "Enable"),
+        h("button", { type: "button", "aria-label": `Edit filter of the rule for ${r.event}`, onclick: () => { fill($("rule-form-slot"), filterForm(r)); resize(); $("edit-filter-filter").focus(); } }, "Edit filter"),
         confirmButton("Delete", `Delete the rule for ${r.event}`, async () => { await call("DELETE", `/v1/rules/${r.id}`); await showRules(); })) : null)))));
   if (editor()) {
     if (connections.length === 0) fill($("rule-form-slot"), h("p", { class: "notice" }, "Add a connection first."));
@@ -364,14 +366,66 @@ function newRuleForm() {
       field("new-rule", "event", "Event type", h("input", { type: "text", value: "*" }), "order.completed, order.* or *"),
       field("new-rule", "resource", "Resource", h("input", { type: "text", value: "*" }), "order or *"),
       field("new-rule", "connection_id", "Send to", connectionSelect())),
+    field("new-rule", "filter", "Filter (JSON, optional)", filterInput(null), FILTER_HINT),
     h("p", { class: "error", "data-error-for": "form", role: "alert" }),
     h("button", { type: "submit", class: "primary" }, "Create rule"));
+  watchFilter(form);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors(form);
     const f = form.elements;
     try {
-      await call("POST", "/v1/rules", { event: f.event.value.trim(), resource: f.resource.value.trim(), connection_id: f.connection_id.value, action: "send_webhook" });
+      const body = { event: f.event.value.trim(), resource: f.resource.value.trim(), connection_id: f.connection_id.value, action: "send_webhook" };
+      const filter = parseFilter(f.filter.value);
+      if (filter !== null) body.filter = filter;
+      await call("POST", "/v1/rules", body);
+      await showRules();
+    } catch (err) { showError(form, err); resize(); }
+  });
+  return form;
+}
+
+// A rule's filter is edited as JSON; the server checks it and names the part at fault
+// (`filter.payload.plan.$in`), which shows under the text area.
+const FILTER_HINT = 'Only events that pass it match, e.g. {"payload.plan": {"$in": ["pro", "team"]}, "payload.total_cents": {"$gte": 1000}}. Empty: every event.';
+
+function filterInput(filter) {
+  const input = h("textarea", { rows: 4, spellcheck: "false" });
+  input.value = filter ? JSON.stringify(filter, null, 2) : "";
+  return input;
+}
+
+/** The filter typed in a form: `null` when empty, else its JSON (a 400-like error if not JSON). */
+function parseFilter(text) {
+  const t = text.trim();
+  if (!t) return null;
+  try { return JSON.parse(t); } catch (e) { throw new ApiError(400, { field: "filter", message: `not valid JSON: ${e.message}` }); }
+}
+
+/** Says while typing when the filter is not JSON yet. */
+function watchFilter(form) {
+  const input = form.elements.filter;
+  input.addEventListener("input", () => {
+    const slot = form.querySelector('[data-error-for="filter"]');
+    try { parseFilter(input.value); slot.textContent = ""; input.removeAttribute("aria-invalid"); } catch (err) { slot.textContent = err.message; }
+    resize();
+  });
+}
+
+function filterForm(rule) {
+  const form = h("form", { class: "panel", id: "edit-filter", "aria-labelledby": "edit-filter-title", novalidate: true },
+    h("h3", { id: "edit-filter-title" }, `Filter of the rule for ${rule.event} / ${rule.resource} → ${nameOf(rule.connection_id)}`),
+    field("edit-filter", "filter", "Filter (JSON)", filterInput(rule.filter), FILTER_HINT),
+    h("p", { class: "error", "data-error-for": "form", role: "alert" }),
+    h("div", { class: "inline" },
+      h("button", { type: "submit", class: "primary" }, "Save filter"),
+      h("button", { type: "button", onclick: () => showRules() }, "Cancel")));
+  watchFilter(form);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearErrors(form);
+    try {
+      await call("PATCH", `/v1/rules/${rule.id}`, { filter: parseFilter(form.elements.filter.value) });
       await showRules();
     } catch (err) { showError(form, err); resize(); }
   });
@@ -403,8 +457,11 @@ async function showTest() {
     try {
       try { JSON.parse(payload.value); } catch (e2) { throw new ApiError(400, { field: "body", message: `the payload is not valid JSON: ${e2.message}` }); }
       const sent = await call("POST", `/v1/rules/${form.elements.rule.value}/test`, undefined, payload.value);
-      fill($("test-result"), h("p", { class: "notice ok" }, "Sent test event ", h("code", {}, sent.uuid), ". ",
-        h("button", { type: "button", onclick: () => { openEvent = sent.uuid; show("history"); } }, "See it in the history")));
+      const see = h("button", { type: "button", onclick: () => { openEvent = sent.uuid; show("history"); } }, "See it in the history");
+      fill($("test-result"), sent.filtered
+        ? h("p", { class: "notice", id: "test-filtered" }, "The rule's filter rejected test event ", h("code", {}, sent.uuid),
+          " (at ", h("code", {}, sent.rejected_by), "): it was recorded, not sent. ", see)
+        : h("p", { class: "notice ok" }, "Sent test event ", h("code", {}, sent.uuid), ". ", see));
       resize();
     } catch (err) { showError(form, err); resize(); }
   });

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_shared::amqp::JobsSource;
+use herald_shared::filter::{parse_payload, Filter};
 use herald_shared::model::rule::SEND_WEBHOOK;
 use herald_shared::model::{Event, JobGroup, JobItem, Rule};
 use herald_shared::store::history::Routed;
@@ -15,7 +16,9 @@ use crate::auth::{Editor, Reader};
 use crate::error::ApiError;
 use crate::extract::{is_blank, not_null, ApiJson, ApiQuery, NoQuery, RawBody};
 use crate::openapi::{ListOf, Refused};
-use crate::schemas::{EventPattern, Payload, ResourcePattern, RuleAction, RuleSchema, Token};
+use crate::schemas::{
+    EventPattern, Payload, ResourcePattern, RuleAction, RuleFilter, RuleSchema, Token,
+};
 use crate::state::AppState;
 
 /// `POST /v1/rules` body.
@@ -36,6 +39,9 @@ pub struct NewRule {
     action: String,
     /// Disabled rules match nothing; `true` by default.
     enabled: Option<bool>,
+    /// Only events that pass this filter match; absent or `null` for every event.
+    #[schema(value_type = Option<RuleFilter>)]
+    filter: Option<Value>,
 }
 
 /// `PATCH /v1/rules/{id}` body.
@@ -62,15 +68,38 @@ pub struct RulePatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
+    /// A new filter; `null` removes it (every event of the rule's type matches again).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RuleFilter>, required = false)]
+    filter: Option<Option<Value>>,
 }
 
-/// A test event on its way.
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
+    Option::<Value>::deserialize(d).map(Some)
+}
+
+/// Compiles a filter from a request, refusing it with the part at fault (`filter.<path>`).
+fn compile_filter(filter: Option<Value>) -> Result<Option<Filter>, ApiError> {
+    match filter {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(Filter::compile(v)?)),
+    }
+}
+
+/// A test event: on its way (202), or rejected by the rule's filter and sent nowhere (200).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TestSent {
-    /// The test event's uuid: its history shows the outcome.
+    /// The test event's uuid: its history shows the outcome (`no_match` when filtered).
     uuid: String,
     /// Its type.
     event: String,
+    /// True when the rule's filter rejected the test event: it was recorded, not sent.
+    filtered: bool,
+    /// When filtered: the first top-level key of the filter (a path, `$and`, `$or` or `$not`)
+    /// the event failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_by: Option<String>,
 }
 
 async fn check_connection(state: &AppState, ws: &str, id: &str) -> Result<(), ApiError> {
@@ -107,6 +136,7 @@ pub async fn create(
         connection_id: body.connection_id,
         action: body.action,
         enabled: body.enabled.unwrap_or(true),
+        filter: compile_filter(body.filter)?,
         created_at: now,
         updated_at: now,
     };
@@ -158,6 +188,9 @@ pub async fn update(
     if let Some(v) = patch.enabled {
         rule.enabled = v;
     }
+    if let Some(v) = patch.filter {
+        rule.filter = compile_filter(v)?;
+    }
     if let Some(v) = patch.connection_id {
         check_connection(&state, &ws, &v).await?;
         rule.connection_id = v;
@@ -196,8 +229,11 @@ fn test_event_type(pattern: &str) -> String {
 
 /// `POST /v1/rules/{id}/test`: sends the body (any JSON; `{}` when empty) as the payload of a
 /// test event to this rule's connection only, through the broker and a deliverer like any
-/// other delivery. Answers 202 with the event's uuid, whose history shows the outcome.
-#[utoipa::path(post, path = "/v1/rules/{id}/test", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = Option<Payload>, responses((status = 202, description = "The test event", body = TestSent), Refused))]
+/// other delivery. Answers 202 with the event's uuid, whose history shows the outcome. The
+/// event (type as below, resource the rule's or `test`, `resource_id` `test`) goes through
+/// the rule's filter first: one it rejects is recorded as `no_match` and not sent, and the
+/// answer is 200 with `"filtered": true` and the part of the filter it failed.
+#[utoipa::path(post, path = "/v1/rules/{id}/test", tag = "rules", params(("id" = String, Path, description = "Rule id")), request_body = Option<Payload>, responses((status = 202, description = "The test event, on its way", body = TestSent), (status = 200, description = "The test event, rejected by the rule's filter: recorded as `no_match`, not sent", body = TestSent), Refused))]
 pub async fn test(
     State(state): State<AppState>,
     Editor(ws): Editor,
@@ -225,6 +261,33 @@ pub async fn test(
         time_created: herald_shared::now_ms(),
     };
     debug_assert_eq!(rule.action, SEND_WEBHOOK);
+    if let Some(filter) = &rule.filter {
+        let payload = filter
+            .needs_payload()
+            .then(|| parse_payload(&event))
+            .flatten();
+        if let Some(key) = filter.rejected_by(&event, payload.as_ref()) {
+            let rejected_by = Some(key.to_string());
+            state
+                .store
+                .record_routed(&[Routed {
+                    workspace_id: &ws,
+                    event: &event,
+                    connection_ids: Vec::new(),
+                    skipped: Vec::new(),
+                }])
+                .await?;
+            return Ok((
+                StatusCode::OK,
+                Json(TestSent {
+                    uuid: event.uuid,
+                    event: event.event,
+                    filtered: true,
+                    rejected_by,
+                }),
+            ));
+        }
+    }
     let group = JobGroup {
         workspace_id: ws.clone(),
         event: event.clone(),
@@ -247,6 +310,8 @@ pub async fn test(
         Json(TestSent {
             uuid: event.uuid,
             event: event.event,
+            filtered: false,
+            rejected_by: None,
         }),
     ))
 }

@@ -141,6 +141,32 @@ impl utoipa::PartialSchema for Payload {
 
 impl ToSchema for Payload {}
 
+/// A rule's payload filter (see the README, "Payload filters").
+pub struct RuleFilter;
+
+impl utoipa::PartialSchema for RuleFilter {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Only events that pass match the rule. Keys are dotted envelope paths (`payload.plan`, \
+                 `payload.items.0.sku`, `resource_id`, `event`, `resource`, `uuid`, `time_created`) or \
+                 `$and`/`$or` (non-empty arrays of filters) and `$not` (a filter). A path's value is a \
+                 literal (equality) or an object of operators: `$eq`, `$ne` (any JSON), `$in`, `$nin` \
+                 (arrays), `$gt`, `$gte`, `$lt`, `$lte` (a number or a string), `$exists` (a boolean). \
+                 Numbers compare by value, strings by code point, never a string with a number; a \
+                 missing field counts as `null` for `$eq $ne $in $nin`, and never satisfies \
+                 `$gt $gte $lt $lte`. At most 4096 bytes as compact JSON and 8 levels of nested \
+                 objects and arrays. Refused with 400 whose `field` names the part at fault, e.g. \
+                 `filter.payload.plan.$in`. Example: `{\"payload.plan\": {\"$in\": [\"pro\", \"team\"]}, \
+                 \"payload.total_cents\": {\"$gte\": 1000}}`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for RuleFilter {}
+
 /// The HTTP method a connection is called with.
 #[derive(ToSchema)]
 #[schema(as = HttpMethod, rename_all = "UPPERCASE")]

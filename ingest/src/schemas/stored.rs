@@ -38,6 +38,9 @@ pub struct RuleSchema {
     pub action: String,
     /// Disabled rules match nothing.
     pub enabled: bool,
+    /// Only events that pass it match; `null` when the rule has none.
+    #[schema(value_type = Option<super::RuleFilter>)]
+    pub filter: Option<serde_json::Value>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds.

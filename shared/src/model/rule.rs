@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{check_event_type, check_token, FieldError};
+use crate::filter::Filter;
 
 /// The only action a rule has today.
 pub const SEND_WEBHOOK: &str = "send_webhook";
@@ -24,6 +25,10 @@ pub struct Rule {
     pub action: String,
     /// Disabled rules match nothing.
     pub enabled: bool,
+    /// Only events that pass it match; `None` (`null`) lets every event of the type through.
+    /// Rules stored before filters existed read as `None`.
+    #[serde(default)]
+    pub filter: Option<Filter>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds.

@@ -87,7 +87,12 @@ async fn each_attempt_and_dead_letter_is_counted_once_however_often_it_is_writte
         reason: "gave up".into(),
         dead_at: dead.updated_at,
     };
-    for _ in 0..2 {
+    // A settle retry builds its rows again: the same outcome with a later update time.
+    for later in [0, 1_000] {
+        let dead = Delivery {
+            updated_at: dead.updated_at + later,
+            ..dead.clone()
+        };
         store
             .record_outcomes(&[row("evt_s", &dead)], std::slice::from_ref(&letter))
             .await

@@ -65,8 +65,9 @@ return 0
 /// `stats`). KEYS: history, log, stats bucket. ARGV: uuid, time_created, connection, attempts,
 /// delivery, floor, bucket ttl s, latency field of the newest attempt (`-` none, empty when
 /// no attempt), `1` if it failed, `1` if dead. The newest attempt is counted only when the
-/// record had fewer attempts, the dead letter only when the delivery was not already this one:
-/// the same write run again counts nothing. Returns 1 when the record did not exist (it is
+/// record had fewer attempts, the dead letter only when the delivery was not already dead with
+/// as many attempts: the same write run again (also rebuilt with a later update time, as a
+/// settle retry does) counts nothing. Returns 1 when the record did not exist (it is
 /// created, so an outcome is never lost, and indexed so that it is trimmed too).
 pub const OUTCOME: &str = r"
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
@@ -86,7 +87,10 @@ if was ~= ARGV[5] then
     if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[3], 'f', 1) end
     counted = true
   end
-  if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[3], 'd', 1); counted = true end
+  local dead_already = was and string.sub(was, 1, 4) == '[\34x\34' and had == tonumber(ARGV[4])
+  if ARGV[10] == '1' and not dead_already then
+    redis.call('HINCRBY', KEYS[3], 'd', 1); counted = true
+  end
   if counted then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
 end
 if not rec then index(KEYS[2], ARGV[2], ARGV[6], ARGV[1]); return 1 end

@@ -81,7 +81,7 @@ impl FailingClock {
         if now - since < self.window.as_millis() as i64 {
             return Ok(None);
         }
-        let disabled = self.store.disable_failing(ws, conn, now).await?;
+        let disabled = self.store.disable_failing(ws, conn, since, now).await?;
         if disabled.is_some() {
             metrics::counter!("herald_connections_auto_disabled_total").increment(1);
             tracing::warn!(

@@ -48,23 +48,26 @@ impl Store {
         Ok(())
     }
 
-    /// Disables a connection whose every attempt failed since `since`, at `now_ms`: one
-    /// caller of all the deliverers that see it wins (the one that stops the clock). Answers
-    /// the connection as disabled, or None when another caller won, it is gone, or it was
-    /// disabled already.
+    /// Disables a connection whose every attempt failed since `since` (the clock as the caller
+    /// read it), at `now_ms`. One caller of all the deliverers that see it wins: the one whose
+    /// clock is still the one running, which it stops. Nothing happens when the clock was
+    /// stopped or restarted since it was read (a success, the connection enabled again or
+    /// deleted), nor when the connection changed between its read here and the write (a PATCH
+    /// is never undone, a deleted connection never brought back). Answers the connection as
+    /// disabled, or None.
     pub async fn disable_failing(
         &self,
         ws: &str,
         connection_id: &str,
+        since: i64,
         now_ms: i64,
     ) -> Result<Option<Connection>, StoreError> {
-        let stopped: i64 = self.conn().del(self.failing_key(ws, connection_id)).await?;
-        if stopped == 0 {
-            return Ok(None);
-        }
-        let Some(mut c) = self.get_connection(ws, connection_id).await? else {
+        let conns = self.ws_key(ws, "conns");
+        let raw: Option<String> = self.conn().hget(&conns, connection_id).await?;
+        let Some(raw) = raw else {
             return Ok(None);
         };
+        let mut c = self.open_connection(&conns, &raw)?;
         if !c.enabled {
             return Ok(None);
         }
@@ -72,7 +75,33 @@ impl Store {
         c.disabled_reason = Some(DISABLED_FAILING.to_string());
         c.disabled_at = Some(now_ms);
         c.updated_at = now_ms;
-        self.put_connection(&c).await?;
+        let won: i64 = DISABLE_SCRIPT
+            .key(self.failing_key(ws, connection_id))
+            .key(&conns)
+            .arg(since)
+            .arg(connection_id)
+            .arg(&raw)
+            .arg(self.seal_connection(&c))
+            .invoke_async(&mut self.conn())
+            .await?;
+        if won == 0 {
+            return Ok(None);
+        }
+        self.bump_version().await?;
         Ok(Some(c))
     }
 }
+
+/// Stops the clock and writes the disabled connection, only if the clock is the one read and
+/// the connection is as read. KEYS: the clock, the workspace's connections. ARGV: since,
+/// connection id, its stored value as read, its new value. Returns 1 when it was written.
+const DISABLE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+static DISABLE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(DISABLE));

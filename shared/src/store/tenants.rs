@@ -25,7 +25,7 @@ impl Store {
     /// Tells the caches that configuration changed. Always after the change is written (a
     /// cache that reloads on the new version must find it), and as a command of its own: the
     /// version key and a workspace's keys are in different slots of a cluster.
-    async fn bump_version(&self) -> Result<(), StoreError> {
+    pub(super) async fn bump_version(&self) -> Result<(), StoreError> {
         let _: i64 = self.conn().incr(self.key("config:ver"), 1).await?;
         Ok(())
     }

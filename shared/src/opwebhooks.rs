@@ -237,8 +237,20 @@ impl Notifier {
             } = m;
             let extra =
                 json!({"count": count, "event_ids": event_ids, "minute": rfc3339(*minute_ms)});
-            self.notify(DEAD_LETTERED, workspace_id, connection_id, extra)
-                .await?;
+            // A minute whose notice cannot go out now stays taken for a while, then is due
+            // again; the other minutes are still sent.
+            match self
+                .notify(DEAD_LETTERED, workspace_id, connection_id, extra)
+                .await
+            {
+                Ok(()) => self.store.dead_letter_minute_sent(m).await?,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    workspace_id,
+                    connection_id,
+                    "cannot send a delivery.dead_lettered notice; it is due again shortly"
+                ),
+            }
         }
         Ok(minutes.len())
     }

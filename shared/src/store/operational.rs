@@ -34,6 +34,27 @@ const GIVE_UP_MS: i64 = 3_600_000;
 /// Counts and ids of a minute outlive it by this much (they are deleted once sent).
 const MINUTE_TTL_S: i64 = 600;
 
+/// A minute taken by a deliverer is due again this long after, unless its notice was sent
+/// ([`Store::dead_letter_minute_sent`]): a deliverer that dies or fails to send does not lose
+/// it.
+pub const TAKEN_FOR_MS: i64 = 30_000;
+
+/// Takes a minute on the due list if it is due. KEYS: due list. ARGV: member, now ms, due
+/// again at (ms). Returns 1 when taken.
+const TAKE: &str = r"
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+";
+
+static TAKE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(TAKE));
+
+fn due_member(ws: &str, connection_id: &str, minute: i64) -> String {
+    format!("{ws} {connection_id} {minute}")
+}
+
 impl Store {
     /// Creates the workspace `id` unless it exists (a workspace of Herald's own, without keys).
     pub async fn ensure_workspace(&self, id: &str, name: &str) -> Result<(), StoreError> {
@@ -68,7 +89,7 @@ impl Store {
     }
 
     /// Adds dead letters of one connection (event ids, oldest first) to the current minute's
-    /// count; the first of a minute puts the minute on the due list.
+    /// count and puts the minute on the due list.
     ///
     /// Bounds: per connection and minute one counter and a list of at most 10 ids, deleted
     /// when the minute is sent and expiring 10 minutes after it anyway; the due list holds one
@@ -95,23 +116,22 @@ impl Store {
             .ignore()
             .expire(&ids_key, MINUTE_TTL_S)
             .ignore();
-        let (total,): (u64,) = self.query(&pipe).await?;
-        if total == event_ids.len() as u64 {
-            let due = (minute + 1) * 60_000 + GRACE_MS;
-            let _: () = self
-                .conn()
-                .zadd(
-                    self.key("opdl-due"),
-                    format!("{ws} {connection_id} {minute}"),
-                    due,
-                )
-                .await?;
-        }
+        let _: (u64,) = self.query(&pipe).await?;
+        // Every write puts the minute on the due list (NX: its time stays), so a write whose
+        // due-list step failed is made good by the next one.
+        let _: () = redis::cmd("ZADD")
+            .arg(self.key("opdl-due"))
+            .arg("NX")
+            .arg((minute + 1) * 60_000 + GRACE_MS)
+            .arg(due_member(ws, connection_id, minute))
+            .query_async(&mut self.conn())
+            .await?;
         Ok(())
     }
 
-    /// Takes the minutes that are over (at most `most`): each is taken by one caller only,
-    /// whichever deliverer asks first, and its count and ids are deleted.
+    /// Takes the minutes that are over (at most `most`): each is taken by one caller at a
+    /// time, whichever deliverer asks first, for [`TAKEN_FOR_MS`]. Its count and ids stay
+    /// until [`Store::dead_letter_minute_sent`]; a minute not marked sent by then is due again.
     pub async fn take_dead_letter_minutes(
         &self,
         now_ms: i64,
@@ -128,7 +148,13 @@ impl Store {
             .await?;
         let mut out = Vec::new();
         for member in members {
-            let taken: i64 = self.conn().zrem(&due_key, &member).await?;
+            let taken: i64 = TAKE_SCRIPT
+                .key(&due_key)
+                .arg(&member)
+                .arg(now_ms)
+                .arg(now_ms + TAKEN_FOR_MS)
+                .invoke_async(&mut self.conn())
+                .await?;
             if taken == 0 {
                 continue;
             }
@@ -138,18 +164,16 @@ impl Store {
                 parts.next(),
                 parts.next().and_then(|m| m.parse::<i64>().ok()),
             ) else {
+                let _: i64 = self.conn().zrem(&due_key, &member).await?;
                 continue;
             };
             let (n_key, ids_key) = self.dead_minute_keys(ws, conn, minute);
             let mut pipe = redis::pipe();
-            pipe.get(&n_key)
-                .lrange(&ids_key, 0, KEPT_IDS - 1)
-                .del(&n_key)
-                .ignore()
-                .del(&ids_key)
-                .ignore();
+            pipe.get(&n_key).lrange(&ids_key, 0, KEPT_IDS - 1);
             let (count, event_ids): (Option<u64>, Vec<String>) = self.query(&pipe).await?;
             let Some(count) = count.filter(|c| *c > 0) else {
+                // Nothing left to say (its keys expired): off the list.
+                let _: i64 = self.conn().zrem(&due_key, &member).await?;
                 continue;
             };
             out.push(DeadLetterMinute {
@@ -161,6 +185,23 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// The notice of a minute went out: its count, ids and place on the due list go.
+    pub async fn dead_letter_minute_sent(&self, m: &DeadLetterMinute) -> Result<(), StoreError> {
+        let minute = m.minute_ms.div_euclid(60_000);
+        let (n_key, ids_key) = self.dead_minute_keys(&m.workspace_id, &m.connection_id, minute);
+        let mut pipe = redis::pipe();
+        pipe.del(&n_key).ignore().del(&ids_key).ignore();
+        let _: () = self.query(&pipe).await?;
+        let _: i64 = self
+            .conn()
+            .zrem(
+                self.key("opdl-due"),
+                due_member(&m.workspace_id, &m.connection_id, minute),
+            )
+            .await?;
+        Ok(())
     }
 
     /// True for the first caller this minute for this connection and notice (`kind`): several

@@ -2,14 +2,12 @@
 //! proxy resolves the destination itself, so the guard would check nothing. This binary holds
 //! one test because it sets process-wide variables.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_deliverer::dispatch::Dispatcher;
 use herald_deliverer::outcome::Verdict;
-use herald_shared::model::connection::HttpMethod;
 use herald_shared::model::{Connection, Event};
 use herald_shared::netguard::DestinationPolicy;
 
@@ -37,24 +35,15 @@ async fn listener(count: Arc<AtomicUsize>) -> std::net::SocketAddr {
 
 fn connection(url: String) -> Connection {
     Connection {
-        id: "con_proxy".into(),
-        workspace_id: "ws_proxy".into(),
-        kind: "webhook".into(),
         name: "proxy test".into(),
-        url,
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        previous_secrets: Vec::new(),
-        method: HttpMethod::Post,
-        headers: BTreeMap::new(),
-        auth: None,
-        tls: None,
         timeout_ms: 5_000,
-        rate_limit_per_s: None,
-        enabled: true,
-        disabled_reason: None,
-        disabled_at: None,
-        created_at: 0,
-        updated_at: 0,
+        ..Connection::new(
+            "ws_proxy",
+            "con_proxy",
+            &url,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            0,
+        )
     }
 }
 

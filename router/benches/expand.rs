@@ -28,24 +28,14 @@ fn event(kind: &str) -> Event {
 
 fn connection(id: &str) -> Connection {
     Connection {
-        id: id.into(),
-        workspace_id: "wrk_1".into(),
-        kind: "webhook".into(),
-        name: id.into(),
-        url: "https://example.com/hook".into(),
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        previous_secrets: vec![],
-        method: Default::default(),
-        headers: Default::default(),
-        auth: None,
-        tls: None,
         timeout_ms: 10_000,
-        rate_limit_per_s: None,
-        enabled: true,
-        disabled_reason: None,
-        disabled_at: None,
-        created_at: 0,
-        updated_at: 0,
+        ..Connection::new(
+            "wrk_1",
+            id,
+            "https://example.com/hook",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            0,
+        )
     }
 }
 

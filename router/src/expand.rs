@@ -176,24 +176,16 @@ mod tests {
             .iter()
             .map(|(id, enabled)| {
                 let c = herald_shared::model::Connection {
-                    id: id.to_string(),
-                    workspace_id: "ws".into(),
-                    kind: "webhook".into(),
                     name: "n".into(),
-                    url: "https://example.com".into(),
-                    secret: "whsec_x".into(),
-                    previous_secrets: vec![],
-                    method: Default::default(),
-                    headers: Default::default(),
-                    auth: None,
-                    tls: None,
                     timeout_ms: 1000,
-                    rate_limit_per_s: None,
                     enabled: *enabled,
-                    disabled_reason: None,
-                    disabled_at: None,
-                    created_at: 0,
-                    updated_at: 0,
+                    ..herald_shared::model::Connection::new(
+                        "ws",
+                        id,
+                        "https://example.com",
+                        "whsec_x".into(),
+                        0,
+                    )
                 };
                 (id.to_string(), Arc::new(c))
             })

@@ -14,7 +14,6 @@ use serde_json::{json, Map, Value};
 
 use crate::amqp::{JobsSource, PublishError, Publisher};
 use crate::config::OperationalWebhookSettings;
-use crate::model::connection::DEFAULT_TIMEOUT_MS;
 use crate::model::{Connection, Event, JobGroup, JobItem};
 use crate::store::history::Routed;
 use crate::store::operational::DeadLetterMinute;
@@ -297,26 +296,9 @@ pub async fn ensure_operator(
 
 /// A target connection in [`WORKSPACE`].
 pub fn target(id: &str, url: &str, secret: &str) -> Connection {
-    let now = crate::now_ms();
     Connection {
-        id: id.to_string(),
-        workspace_id: WORKSPACE.to_string(),
         kind: KIND.to_string(),
-        name: id.to_string(),
-        url: url.to_string(),
-        secret: secret.to_string(),
-        previous_secrets: Vec::new(),
-        method: Default::default(),
-        headers: Default::default(),
-        auth: None,
-        tls: None,
-        timeout_ms: DEFAULT_TIMEOUT_MS,
-        rate_limit_per_s: None,
-        enabled: true,
-        disabled_reason: None,
-        disabled_at: None,
-        created_at: now,
-        updated_at: now,
+        ..Connection::new(WORKSPACE, id, url, secret.to_string(), crate::now_ms())
     }
 }
 

@@ -3,35 +3,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use herald_shared::model::connection::{HttpMethod, DEFAULT_TIMEOUT_MS};
 use herald_shared::model::Connection;
 
 use common::TestStore;
 
 fn connection() -> Connection {
-    Connection {
-        id: "con_1".into(),
-        workspace_id: "ws_a".into(),
-        kind: "webhook".into(),
-        name: "n".into(),
-        url: "https://example.com/hook".into(),
-        secret: herald_shared::signing::generate_secret(),
-        previous_secrets: vec![],
-        method: HttpMethod::Post,
-        headers: BTreeMap::new(),
-        auth: None,
-        tls: None,
-        timeout_ms: DEFAULT_TIMEOUT_MS,
-        rate_limit_per_s: None,
-        enabled: true,
-        disabled_reason: None,
-        disabled_at: None,
-        created_at: 1,
-        updated_at: 1,
-    }
+    Connection::new(
+        "ws_a",
+        "con_1",
+        "https://example.com/hook",
+        herald_shared::signing::generate_secret(),
+        1,
+    )
 }
 
 const TTL: Duration = Duration::from_secs(60);

@@ -320,6 +320,33 @@ pub const DISABLED_FAILING: &str = "failing";
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 
 impl Connection {
+    /// A connection of `workspace_id` to `url`, signed with `secret`, with every optional part
+    /// at its default: kind `webhook`, named after its id, POST, no headers, auth or client
+    /// certificate, the default timeout, no rate limit, enabled, created at `now_ms`. Callers
+    /// set the rest with struct update syntax.
+    pub fn new(workspace_id: &str, id: &str, url: &str, secret: String, now_ms: i64) -> Self {
+        Self {
+            id: id.to_string(),
+            workspace_id: workspace_id.to_string(),
+            kind: "webhook".into(),
+            name: id.to_string(),
+            url: url.to_string(),
+            secret,
+            previous_secrets: Vec::new(),
+            method: HttpMethod::default(),
+            headers: BTreeMap::new(),
+            auth: None,
+            tls: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            rate_limit_per_s: None,
+            enabled: true,
+            disabled_reason: None,
+            disabled_at: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+        }
+    }
+
     /// A fingerprint of what decides whether a delivery can succeed: URL, method, credentials,
     /// headers and whether it is enabled. It changes when a customer fixes their endpoint.
     pub fn delivery_fingerprint(&self) -> u64 {
@@ -518,24 +545,14 @@ mod tests {
 
     fn conn() -> Connection {
         Connection {
-            id: "con_1".into(),
-            workspace_id: "ws_1".into(),
-            kind: "webhook".into(),
             name: "n".into(),
-            url: "https://example.com/hook".into(),
-            secret: crate::signing::generate_secret(),
-            previous_secrets: vec![],
-            method: HttpMethod::Post,
-            headers: BTreeMap::new(),
-            auth: None,
-            tls: None,
-            timeout_ms: DEFAULT_TIMEOUT_MS,
-            rate_limit_per_s: None,
-            enabled: true,
-            disabled_reason: None,
-            disabled_at: None,
-            created_at: 0,
-            updated_at: 0,
+            ..Connection::new(
+                "ws_1",
+                "con_1",
+                "https://example.com/hook",
+                crate::signing::generate_secret(),
+                0,
+            )
         }
     }
 

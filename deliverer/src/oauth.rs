@@ -207,6 +207,22 @@ impl Tokens {
                 }
             }
         }
+        // The deliverer that held the lock a moment ago may have shared its token just before
+        // this one took it (after this one last looked): look once more before asking for
+        // another.
+        let shared = if locked {
+            self.cached(req, &fp).await.filter(|(t, _)| fresh(t))
+        } else {
+            None
+        };
+        if let Some((t, left)) = shared {
+            held.token = Some((t.clone(), Instant::now() + left));
+            let _ = self
+                .store
+                .unlock_token_fetch(req.workspace_id, req.connection_id, &fp)
+                .await;
+            return Ok(t);
+        }
         let fetched = fetch(req).await;
         if let Ok((token, expires_in)) = &fetched {
             let usable = usable_for(*expires_in);

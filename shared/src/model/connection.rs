@@ -61,6 +61,45 @@ impl SignatureScheme {
     }
 }
 
+/// In what order a connection's deliveries go out (`"ordering"`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOrder {
+    /// As fast as they come, many at once (the default).
+    #[default]
+    None,
+    /// One at a time per `resource` and `resource_id`, in the order intake accepted them.
+    PerResource,
+    /// One at a time for the whole connection, in the order intake accepted them.
+    PerConnection,
+}
+
+impl DeliveryOrder {
+    /// The setting as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::PerResource => "per_resource",
+            Self::PerConnection => "per_connection",
+        }
+    }
+
+    /// Whether deliveries go out one at a time per key.
+    pub fn is_ordered(self) -> bool {
+        self != Self::None
+    }
+
+    /// The key an event's deliveries are ordered by (`None` when they are not ordered): the
+    /// resource type and id, or one key for the whole connection.
+    pub fn key_of(self, event: &super::Event) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::PerResource => Some(format!("r:{}:{}", event.resource, event.resource_id)),
+            Self::PerConnection => Some("c".to_string()),
+        }
+    }
+}
+
 /// What a signing secret shows to its owner: a `whsec_` secret itself, or the `whpk_` public
 /// key of a `whsk_` private key (which is never shown).
 pub enum ShownSecret {
@@ -184,6 +223,9 @@ pub struct Connection {
     pub timeout_ms: u64,
     /// Most requests per second to this destination, if limited.
     pub rate_limit_per_s: Option<u32>,
+    /// In what order its deliveries go out.
+    #[serde(default, skip_serializing_if = "is_unordered")]
+    pub ordering: DeliveryOrder,
     /// Disabled connections get no new deliveries.
     pub enabled: bool,
     /// Why Herald disabled it (`failing`: every attempt failed for `HERALD_AUTO_DISABLE_AFTER`);
@@ -197,6 +239,10 @@ pub struct Connection {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+}
+
+fn is_unordered(order: &DeliveryOrder) -> bool {
+    !order.is_ordered()
 }
 
 /// What is shown in place of a secret.
@@ -249,6 +295,7 @@ impl std::fmt::Debug for Connection {
             .field("tls", &self.tls)
             .field("timeout_ms", &self.timeout_ms)
             .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .field("ordering", &self.ordering)
             .field("enabled", &self.enabled)
             .field("disabled_reason", &self.disabled_reason)
             .finish_non_exhaustive()
@@ -339,6 +386,7 @@ impl Connection {
             tls: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             rate_limit_per_s: None,
+            ordering: DeliveryOrder::None,
             enabled: true,
             disabled_reason: None,
             disabled_at: None,

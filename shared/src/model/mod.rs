@@ -8,7 +8,7 @@ pub mod rule;
 pub mod workspace;
 
 pub use attempt::{Attempt, Delivery, DeliveryStatus};
-pub use connection::{Auth, Connection, HttpMethod};
+pub use connection::{Auth, Connection, DeliveryOrder, HttpMethod};
 pub use envelope::{Envelope, Event};
 pub use job::{JobGroup, JobItem};
 pub use rule::Rule;

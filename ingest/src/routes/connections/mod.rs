@@ -14,7 +14,7 @@ use axum::Json;
 use herald_shared::model::connection::{
     is_sensitive_header, validate_url, ShownSecret, SignatureScheme, DEFAULT_TIMEOUT_MS, MASK,
 };
-use herald_shared::model::{Auth, Connection, HttpMethod};
+use herald_shared::model::{Auth, Connection, DeliveryOrder, HttpMethod};
 use herald_shared::opwebhooks;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -368,6 +368,7 @@ pub async fn create(
         tls,
         timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         rate_limit_per_s: body.rate_limit_per_s,
+        ordering: DeliveryOrder::None,
         enabled: body.enabled.unwrap_or(true),
         disabled_reason: None,
         disabled_at: None,

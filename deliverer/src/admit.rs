@@ -29,6 +29,8 @@ pub enum DeferReason {
     RateLimited,
     /// Every slot of this deliverer busy past the wait.
     DelivererBusy,
+    /// An ordered job whose other copy is being sent (a redelivery, a stand-in).
+    OrderBusy,
 }
 
 impl DeferReason {
@@ -39,6 +41,7 @@ impl DeferReason {
             DeferReason::ConnectionBusy => "connection_busy",
             DeferReason::RateLimited => "rate_limited",
             DeferReason::DelivererBusy => "deliverer_busy",
+            DeferReason::OrderBusy => "order_busy",
         }
     }
 }

@@ -35,6 +35,7 @@ pub async fn start(
         addr_setting: "HERALD_DELIVERER_ADDR",
         queue: JOBS_QUEUE,
         prefetch: settings.prefetch,
+        serial_queue: None,
         // A jobs message is bounded by HERALD_ROUTER_JOBS_PER_MESSAGE, so the prefetch bounds
         // its bytes too.
         budget: None,

@@ -51,6 +51,8 @@ pub struct Done {
     /// An attempt was made (a request, or a refusal by the breaker): it moves the
     /// connection's failing clock.
     pub attempted: bool,
+    /// An ordered job whose key's sequence moves on once it is settled (see `worker`).
+    pub leased: bool,
     /// Its retry, deferral, dead letter or hand-back is confirmed by the broker.
     published: AtomicBool,
 }
@@ -63,6 +65,7 @@ impl Done {
             job,
             next,
             attempted: false,
+            leased: false,
             published: AtomicBool::new(false),
         }
     }
@@ -339,7 +342,61 @@ impl Settler {
             metrics::counter!("herald_jobs_handed_back_total")
                 .increment(plan.hand_back.len() as u64);
         }
+        self.move_sequences(batch).await;
         Ok(())
+    }
+
+    /// Once a batch's outcomes are written and what follows them confirmed: an ordered job that
+    /// is final lets the next of its key go (published here), one that comes back later lets
+    /// go of its key until then. Redis trouble is waited out, as for outcomes: a final head
+    /// left holding its key would be sent again when its lease ran out.
+    async fn move_sequences(&self, batch: &[Done]) {
+        let now = herald_shared::now_ms();
+        for d in batch.iter().filter(|d| d.leased) {
+            let Some(order) = &d.job.order else { continue };
+            let (ws, conn, uuid) = (
+                d.group.workspace_id.as_str(),
+                d.job.connection_id.as_str(),
+                d.group.event.uuid.as_str(),
+            );
+            let back_at = match &d.next {
+                Next::Attempted(Outcome::Delivered | Outcome::DeadLetter { .. }) => None,
+                Next::Attempted(Outcome::Retry { after }) | Next::Deferred { after } => {
+                    Some(now + after.as_millis() as i64)
+                }
+                Next::HandBack => Some(now),
+                Next::Superseded => continue,
+            };
+            let mut wait = Duration::from_millis(100);
+            loop {
+                let moved = match back_at {
+                    None => self
+                        .store
+                        .finish_ordered(ws, conn, &order.key, uuid, now)
+                        .await
+                        .map(|next| next.into_iter().collect::<Vec<_>>()),
+                    Some(at) => self
+                        .store
+                        .release_ordered(ws, conn, &order.key, uuid, at)
+                        .await
+                        .map(|()| Vec::new()),
+                };
+                match moved {
+                    Ok(next) => {
+                        // Not confirmed: the routers' sweep publishes the head once it is overdue.
+                        if let Err(e) = self.publisher.ordered_heads(&next).await {
+                            tracing::warn!(error = %e, connection_id = conn, "cannot publish the next ordered job; the sweep will");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot move an ordered key on; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
     }
 }
 

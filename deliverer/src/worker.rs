@@ -11,6 +11,7 @@ use tracing::Instrument;
 use herald_shared::model::{Connection, JobGroup, JobItem};
 use herald_shared::opwebhooks;
 use herald_shared::store::health::BreakerChange;
+use herald_shared::store::ordering::{Take, BACKLOG};
 use herald_shared::store::{StoreError, WorkspaceConfig};
 
 use crate::admit::{deferral_delay, Admission, DeferReason};
@@ -20,6 +21,9 @@ use crate::outcome::{
 };
 use crate::settle::{Done, Next};
 use crate::state::Deliverer;
+
+/// How much longer than its admission wait and request timeout an ordered job holds its key.
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
 
 /// Where one job of a flight stands, shared between the flight and the job's turn.
 #[derive(Default)]
@@ -31,6 +35,9 @@ pub struct JobState {
     pub sending: AtomicBool,
     /// The request's timeout in ms, once it is being sent: its stand-in waits a little longer.
     pub timeout_ms: AtomicU64,
+    /// An ordered job whose sequence settling moves on (it took its key's lease, or its
+    /// connection is gone and every job of the key is dead-lettered in turn).
+    pub leased: AtomicBool,
 }
 
 impl Deliverer {
@@ -47,6 +54,7 @@ impl Deliverer {
         let attempted = job.attempts.len() > before;
         let mut done = Done::new(group, job, next);
         done.attempted = attempted;
+        done.leased = state.leased.load(Ordering::SeqCst);
         done
     }
 
@@ -77,10 +85,18 @@ impl Deliverer {
                 }
             }
         }
+        if job.order.as_ref().is_some_and(|o| o.overflow) {
+            metrics::counter!("herald_ordered_overflows_total").increment(1);
+            return Next::Attempted(Outcome::DeadLetter {
+                reason: format!("the ordered backlog of its key was full ({BACKLOG} jobs waiting)"),
+            });
+        }
         let conn = match self.connection(group, job).await {
             Ok(Lookup::Found(conn)) => conn,
             Ok(Lookup::Stop(reason)) => {
                 tracing::warn!(reason, "dead-lettering");
+                // Its key's next job comes once this one is final, and goes the same way.
+                state.leased.store(job.order.is_some(), Ordering::SeqCst);
                 return Next::Attempted(Outcome::DeadLetter {
                     reason: reason.to_string(),
                 });
@@ -91,6 +107,38 @@ impl Deliverer {
                 return self.defer(job, DeferReason::ConfigUnavailable);
             }
         };
+
+        if let Some(order) = &job.order {
+            // Only the head of its key goes out, one copy at a time, for as long as its
+            // admission and request can take.
+            let lease = self.settings.connection_wait
+                + Duration::from_millis(conn.timeout_ms)
+                + LEASE_MARGIN;
+            let taken = self
+                .settler
+                .store
+                .take_ordered(
+                    &group.workspace_id,
+                    &conn.id,
+                    &order.key,
+                    &group.event.uuid,
+                    herald_shared::now_ms(),
+                    lease,
+                )
+                .await;
+            match taken {
+                Ok(Take::Send) => state.leased.store(true, Ordering::SeqCst),
+                Ok(Take::Busy) => return self.defer(job, DeferReason::OrderBusy),
+                Ok(Take::Stale) => {
+                    metrics::counter!("herald_ordered_stale_total").increment(1);
+                    return Next::Superseded;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take an ordered job's turn; deferring");
+                    return self.defer(job, DeferReason::ConfigUnavailable);
+                }
+            }
+        }
 
         let (admission, transition) = self
             .gate

@@ -22,6 +22,7 @@ pub mod api;
 pub mod cluster;
 pub mod cut;
 pub mod oauth;
+pub mod ordered;
 pub mod pg;
 pub mod prefix;
 pub mod procs;

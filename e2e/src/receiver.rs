@@ -31,6 +31,10 @@ pub enum Behaviour {
     Slow(Duration),
     /// This status after this long, every time (a slow, failing receiver).
     SlowFail(Duration, u16),
+    /// This status for every n-th request (the n-th, the 2n-th ...), 200 for the others.
+    FailEvery(usize, u16),
+    /// This status for every request whose body contains the text, 200 for the others.
+    FailWhen(String, u16),
 }
 
 /// A request as it arrived.
@@ -125,6 +129,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let bytes = body.clone();
     let (n, behaviour) = {
         let mut inner = inner.lock().expect("lock");
         inner.received.push(Received {
@@ -169,6 +174,23 @@ async fn receive(
                 "broken, slowly",
             )
                 .into_response()
+        }
+        Behaviour::FailEvery(k, status) if n % k.max(1) == 0 => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "not this one",
+        )
+            .into_response(),
+        Behaviour::FailWhen(needle, status)
+            if std::str::from_utf8(&bytes).is_ok_and(|b| b.contains(&needle)) =>
+        {
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "not this one",
+            )
+                .into_response()
+        }
+        Behaviour::FailEvery(..) | Behaviour::FailWhen(..) => {
+            (StatusCode::OK, "ok").into_response()
         }
         Behaviour::RedirectTo(to) => {
             (StatusCode::FOUND, [("location", format!("/{to}"))], "moved").into_response()

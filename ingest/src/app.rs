@@ -52,7 +52,14 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
             .await
             .context("writing the operational webhook endpoint (HERALD_OPERATIONAL_WEBHOOK_URL)")?;
     }
+    let config = herald_shared::store::ConfigCache::new(store.clone());
+    let refresh = tokio::spawn(
+        config
+            .clone()
+            .refresh(settings.common.config_refresh, cancel.clone()),
+    );
     let state = AppState {
+        config,
         ops: herald_shared::opwebhooks::Notifier::new(
             store.clone(),
             Publisher::new(broker.clone()),
@@ -91,6 +98,7 @@ pub async fn start(settings: IngestSettings, cancel: CancellationToken) -> anyho
         ("HTTP server", server),
         ("broker supervisor", supervise),
         ("connection watch", watch),
+        ("configuration refresh", refresh),
     ];
     tasks.extend(metrics);
     Ok(Running::new(addr, cancel_all, tasks))

@@ -25,6 +25,8 @@ const IN_FLIGHT: usize = 1;
 
 struct Item {
     workspace_id: String,
+    /// Whether it goes to the ordered events queue.
+    ordered: bool,
     event: Event,
     done: oneshot::Sender<Result<(), String>>,
 }
@@ -43,12 +45,19 @@ impl Batcher {
         Self { tx }
     }
 
-    /// Publishes one event and waits for the broker's confirm of the message that holds it.
-    pub async fn publish(&self, workspace_id: &str, event: Event) -> Result<(), BrokerError> {
+    /// Publishes one event (to the ordered events queue when `ordered`) and waits for the
+    /// broker's confirm of the message that holds it.
+    pub async fn publish(
+        &self,
+        workspace_id: &str,
+        event: Event,
+        ordered: bool,
+    ) -> Result<(), BrokerError> {
         // Fail at once while the broker is away, as a direct publish would.
         let (done, confirmed) = oneshot::channel();
         let item = Item {
             workspace_id: workspace_id.to_string(),
+            ordered,
             event,
             done,
         };
@@ -87,30 +96,32 @@ async fn run(publisher: Publisher, mut rx: mpsc::Receiver<Item>) {
         let publisher = publisher.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let mut by_workspace: HashMap<String, Vec<Item>> = HashMap::new();
+            let mut by_workspace: HashMap<(String, bool), Vec<Item>> = HashMap::new();
             for item in batch {
                 by_workspace
-                    .entry(item.workspace_id.clone())
+                    .entry((item.workspace_id.clone(), item.ordered))
                     .or_default()
                     .push(item);
             }
             futures::future::join_all(
                 by_workspace
                     .into_iter()
-                    .map(|(ws, items)| publish(&publisher, ws, items)),
+                    .map(|((ws, ordered), items)| publish(&publisher, ws, ordered, items)),
             )
             .await;
         });
     }
 }
 
-async fn publish(publisher: &Publisher, workspace_id: String, items: Vec<Item>) {
+async fn publish(publisher: &Publisher, workspace_id: String, ordered: bool, items: Vec<Item>) {
     let events: Vec<&Event> = items.iter().map(|i| &i.event).collect();
     let started = std::time::Instant::now();
-    let result = publisher
-        .events(&workspace_id, &events)
-        .await
-        .map_err(|e| e.to_string());
+    let result = if ordered {
+        publisher.events_ordered(&workspace_id, &events).await
+    } else {
+        publisher.events(&workspace_id, &events).await
+    };
+    let result = result.map_err(|e| e.to_string());
     metrics::histogram!("herald_intake_confirm_seconds").record(started.elapsed().as_secs_f64());
     for item in items {
         let _ = item.done.send(result.clone());

@@ -85,6 +85,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
+            // serde_json calls a number or an object where a word of an enum belongs a syntax
+            // error; the body is valid JSON then, and the field is named.
+            if path != "." && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+                return ApiError::field(path, "is not one of the accepted values");
+            }
             return ApiError::BadJson(format!("the body is not valid JSON: {inner}"));
         }
         let message = strip_position(&inner.to_string());

@@ -86,6 +86,8 @@ fn group(d: &DeadLetter) -> JobGroup {
             deferrals: 0,
             replay: true,
             stand_in: false,
+            // A replay is a person's decision: it goes out at once, outside the order.
+            order: None,
         }],
     }
 }

@@ -28,4 +28,18 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Operational webhooks (a connection enabled or disabled by hand).
     pub ops: herald_shared::opwebhooks::Notifier,
+    /// Workspaces' connections, cached: whether a workspace's events must keep their order.
+    pub config: Arc<herald_shared::store::ConfigCache>,
+}
+
+impl AppState {
+    /// Whether the workspace's events go through the ordered events queue: it has a connection
+    /// that delivers in order. When its configuration cannot be read they do (the ordered path
+    /// is only slower, the other could reorder).
+    pub async fn ordered(&self, ws: &str) -> bool {
+        match self.config.workspace(ws).await {
+            Ok(config) => config.connections.values().any(|c| c.ordering.is_ordered()),
+            Err(_) => true,
+        }
+    }
 }

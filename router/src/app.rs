@@ -8,14 +8,16 @@ use futures::future::try_join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use herald_shared::amqp::topology::EVENTS_QUEUE;
+use herald_shared::amqp::topology::{EVENTS_ORDERED_QUEUE, EVENTS_QUEUE};
 use herald_shared::amqp::{
     self, ByteBudget, Handled, JobsSource, Message, Origin, PublishError, Publisher,
 };
 use herald_shared::config::RouterSettings;
+use herald_shared::model::{JobGroup, JobItem, OrderSlot};
 use herald_shared::ops::QueueDepths;
 use herald_shared::service::{start_worker, Running, WorkerSpec};
 use herald_shared::store::history::Routed;
+use herald_shared::store::ordering::{Added, Sequenced, BACKLOG};
 use herald_shared::store::routing::Claim;
 use herald_shared::store::{ConfigCache, Store, StoreError};
 
@@ -40,6 +42,9 @@ pub enum RouteError {
         /// Why.
         source: StoreError,
     },
+    /// An ordered job could not be written as JSON.
+    #[error("encoding an ordered job: {0}")]
+    Encode(#[source] serde_json::Error),
     /// The broker did not take jobs, a quarantined part or events to look at again.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -49,11 +54,16 @@ fn store_error(what: &'static str) -> impl FnOnce(StoreError) -> RouteError {
     move |source| RouteError::Store { what, source }
 }
 
+/// How often a router looks for ordered jobs whose turn came and that nobody took.
+const ORDER_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Router {
     settings: RouterSettings,
     publisher: Publisher,
     store: Store,
     cache: Arc<ConfigCache>,
+    /// Workspaces noted as having ordered sequences (see [`Store::note_ordered_workspace`]).
+    ordered_noted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Connects to Redis and the broker, serves ops endpoints and starts consuming events.
@@ -64,6 +74,7 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         addr_setting: "HERALD_ROUTER_ADDR",
         queue: EVENTS_QUEUE,
         prefetch: settings.prefetch,
+        serial_queue: Some(EVENTS_ORDERED_QUEUE),
         // A bulk message of 500 events takes what a few hundred single ones do: the bytes
         // handled at once are bounded, not only their count.
         budget: Some(ByteBudget::new(settings.inflight_bytes)),
@@ -72,12 +83,19 @@ pub async fn start(settings: RouterSettings, cancel: CancellationToken) -> anyho
         sweeps_history: true,
     };
     let common = settings.common.clone();
+    let sweep_cancel = cancel.clone();
     start_worker(&common, spec, cancel, move |worker| {
+        tokio::spawn(sweep_ordered(
+            worker.store.clone(),
+            worker.publisher.clone(),
+            sweep_cancel,
+        ));
         let router = Arc::new(Router {
             settings,
             publisher: worker.publisher,
             store: worker.store,
             cache: worker.cache,
+            ordered_noted: Default::default(),
         });
         move |message: Arc<Message>| {
             let router = router.clone();
@@ -143,6 +161,15 @@ impl Router {
             .claim_for_routing(ws, &uuids, ROUTING_LEASE)
             .await
             .map_err(store_error("claiming events"))?;
+        let serial = message.queue == EVENTS_ORDERED_QUEUE;
+        if serial && claims.contains(&Claim::Contested) {
+            // Ordered events never go round the waiting queue (they would come back behind
+            // later ones): this message waits at the head of its queue until the router that
+            // holds them finished, or its lease ran out.
+            return Ok(Handled::Requeue {
+                reason: "an ordered event is being routed by another router".into(),
+            });
+        }
         let routed: Vec<Routed> = events
             .iter()
             .map(|event| {
@@ -167,6 +194,7 @@ impl Router {
         // The events move into their jobs (and the contested into their message) from here on:
         // a bulk message's events exist once while its jobs are published.
         let mut groups = Vec::new();
+        let mut sequenced = Vec::new();
         let mut fresh = Vec::new();
         let mut no_match = 0u64;
         let mut disabled = 0u64;
@@ -200,8 +228,33 @@ impl Router {
                 tracing::info!(event_id = %event.uuid, event = %event.event, "no rule matched");
                 continue;
             }
-            groups.push(expand::group(ws, event, connection_ids));
+            let (ordered, plain): (Vec<String>, Vec<String>) =
+                connection_ids.into_iter().partition(|c| {
+                    config
+                        .connections
+                        .get(c)
+                        .is_some_and(|c| c.ordering.is_ordered())
+                });
+            for connection_id in ordered {
+                let Some(key) = config.connections[&connection_id].ordering.key_of(&event) else {
+                    continue;
+                };
+                let mut job = JobItem::new(connection_id);
+                job.order = Some(OrderSlot {
+                    key,
+                    overflow: false,
+                });
+                sequenced.push(JobGroup {
+                    workspace_id: ws.to_string(),
+                    event: event.clone(),
+                    jobs: vec![job],
+                });
+            }
+            if !plain.is_empty() {
+                groups.push(expand::group(ws, event, plain));
+            }
         }
+        groups.extend(self.sequence(ws, sequenced).await?);
         let jobs: usize = groups.iter().map(|g| g.jobs.len()).sum();
         let messages = expand::pack(groups, self.settings.jobs_per_message);
         try_join_all(
@@ -230,5 +283,105 @@ impl Router {
             self.publisher.events_later(ws, &contested).await?;
         }
         Ok(Handled::Ack)
+    }
+
+    /// Adds ordered jobs to their keys' sequences, in the order given, and answers those to
+    /// publish now: the new heads, and those whose key is full (dead-lettered by the deliverer).
+    async fn sequence(
+        &self,
+        ws: &str,
+        mut sequenced: Vec<JobGroup>,
+    ) -> Result<Vec<JobGroup>, RouteError> {
+        if sequenced.is_empty() {
+            return Ok(sequenced);
+        }
+        let noted = self
+            .ordered_noted
+            .lock()
+            .map(|n| n.contains(ws))
+            .unwrap_or(false);
+        if !noted {
+            self.store
+                .note_ordered_workspace(ws)
+                .await
+                .map_err(store_error("noting an ordered workspace"))?;
+            if let Ok(mut n) = self.ordered_noted.lock() {
+                n.insert(ws.to_string());
+            }
+        }
+        let mut jobs = Vec::with_capacity(sequenced.len());
+        for g in &sequenced {
+            let body = serde_json::to_string(g).map_err(RouteError::Encode)?;
+            let job = &g.jobs[0];
+            let key = job.order.as_ref().map_or("", |o| o.key.as_str());
+            jobs.push((job.connection_id.as_str(), key, g.event.uuid.as_str(), body));
+        }
+        let jobs: Vec<Sequenced> = jobs
+            .into_iter()
+            .map(|(connection_id, key, uuid, body)| Sequenced {
+                connection_id,
+                key,
+                uuid,
+                body,
+            })
+            .collect();
+        let added = self
+            .store
+            .add_ordered(ws, &jobs, herald_shared::now_ms(), BACKLOG)
+            .await
+            .map_err(store_error("sequencing ordered jobs"))?;
+        drop(jobs);
+        let mut out = Vec::new();
+        for (mut g, added) in sequenced.drain(..).zip(added) {
+            match added {
+                Added::Publish => out.push(g),
+                Added::Full => {
+                    if let Some(o) = g.jobs[0].order.as_mut() {
+                        o.overflow = true;
+                    }
+                    out.push(g);
+                }
+                Added::Queued | Added::Finished => {}
+            }
+        }
+        metrics::counter!("herald_router_ordered_jobs_total").increment(out.len() as u64);
+        Ok(out)
+    }
+}
+
+/// Publishes again the heads of ordered sequences whose turn came and that no deliverer took
+/// in time (their publisher died between the two, or a retry's message was lost with a
+/// broker). Every router sweeps; each overdue head is handed to one of them.
+async fn sweep_ordered(store: Store, publisher: Publisher, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(ORDER_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let workspaces = match store.ordered_workspaces().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list ordered workspaces");
+                continue;
+            }
+        };
+        for ws in workspaces {
+            match store
+                .overdue_ordered(&ws, herald_shared::now_ms(), 500)
+                .await
+            {
+                Ok(heads) if heads.is_empty() => {}
+                Ok(heads) => {
+                    tracing::info!(workspace_id = %ws, count = heads.len(), "publishing overdue ordered jobs again");
+                    metrics::counter!("herald_ordered_resent_total").increment(heads.len() as u64);
+                    if let Err(e) = publisher.ordered_heads(&heads).await {
+                        tracing::warn!(error = %e, "cannot publish overdue ordered jobs; next sweep");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot sweep ordered jobs"),
+            }
+        }
     }
 }

@@ -98,6 +98,9 @@ pub struct WorkerSpec {
     pub queue: &'static str,
     /// Unacknowledged messages held at once.
     pub prefetch: u16,
+    /// A second queue consumed with the same handler, one message at a time (the router's
+    /// ordered events: handled strictly one after the other).
+    pub serial_queue: Option<&'static str>,
     /// Bytes of message bodies handled at once, when bounded.
     pub budget: Option<ByteBudget>,
     /// Whether this worker samples every queue's depth into metrics.
@@ -156,6 +159,19 @@ where
         publisher: publisher.clone(),
         cache,
     });
+    let handler = Arc::new(handler);
+    let serial = spec.serial_queue.map(|queue| {
+        let handler = handler.clone();
+        consume(
+            publisher.clone(),
+            queue,
+            1,
+            None,
+            cancel.clone(),
+            common.drain_timeout,
+            move |m| handler(m),
+        )
+    });
     let consuming = consume(
         publisher,
         spec.queue,
@@ -163,8 +179,16 @@ where
         spec.budget,
         cancel.clone(),
         common.drain_timeout,
-        handler,
+        move |m| handler(m),
     );
+    let consuming = async move {
+        match serial {
+            Some(serial) => {
+                futures::future::join(consuming, serial).await;
+            }
+            None => consuming.await,
+        }
+    };
     let background = spec.background;
     let drain = common.drain_timeout;
     let consume = tokio::spawn(async move {

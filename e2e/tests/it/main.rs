@@ -11,6 +11,7 @@ mod idempotency;
 mod isolation;
 mod metrics;
 mod opwebhooks;
+mod ordering;
 mod paging;
 mod pipeline;
 mod portal;

@@ -29,13 +29,28 @@ const EVENTS_PER_MESSAGE: usize = 500;
 
 /// Publishes events of a workspace and waits for every confirm.
 pub async fn publish(state: &AppState, ws: &str, events: &[Event]) -> Result<(), ApiError> {
+    let ordered = state.ordered(ws).await;
     try_join_all(
         events
             .chunks(EVENTS_PER_MESSAGE)
-            .map(|chunk| state.publisher.events(ws, chunk)),
+            .map(|chunk| publish_chunk(state, ws, chunk, ordered)),
     )
     .await?;
     Ok(())
+}
+
+/// One message of a workspace's events, to the ordered events queue when `ordered`.
+async fn publish_chunk(
+    state: &AppState,
+    ws: &str,
+    events: &[Event],
+    ordered: bool,
+) -> Result<(), herald_shared::amqp::PublishError> {
+    if ordered {
+        state.publisher.events_ordered(ws, events).await
+    } else {
+        state.publisher.events(ws, events).await
+    }
 }
 
 fn validate(envelope: Envelope) -> Result<Event, ApiError> {
@@ -90,9 +105,10 @@ pub async fn create(
     }
     let event = validate(envelope).inspect_err(|_| reject("invalid"))?;
     let uuid = event.uuid.clone();
+    let ordered = state.ordered(&ws).await;
     state
         .batcher
-        .publish(&ws, event)
+        .publish(&ws, event, ordered)
         .await
         .inspect_err(|_| reject("broker_unavailable"))?;
     metrics::counter!("herald_events_accepted_total").increment(1);
@@ -200,10 +216,11 @@ pub async fn bulk(
         // those events are accepted (they will be delivered) and the others are answered as
         // unavailable, so the client sends again exactly those. None confirmed: 503.
         let started = std::time::Instant::now();
+        let ordered = state.ordered(&ws).await;
         let confirmed = join_all(
             accepted
                 .chunks(EVENTS_PER_MESSAGE)
-                .map(|chunk| state.publisher.events(&ws, chunk)),
+                .map(|chunk| publish_chunk(&state, &ws, chunk, ordered)),
         )
         .await;
         metrics::histogram!("herald_intake_confirm_seconds")

@@ -179,6 +179,18 @@ pub enum HttpMethodSchema {
     Patch,
 }
 
+/// In what order a connection's deliveries go out (see the README's "Ordered delivery").
+#[derive(ToSchema)]
+#[schema(as = DeliveryOrder, rename_all = "snake_case")]
+pub enum DeliveryOrderSchema {
+    /// As fast as they come, many at once (the default).
+    None,
+    /// One at a time per `resource` and `resource_id`, in the order intake accepted them.
+    PerResource,
+    /// One at a time for the whole connection, in the order intake accepted them.
+    PerConnection,
+}
+
 /// How requests are signed.
 #[derive(ToSchema)]
 #[schema(as = SignatureScheme, rename_all = "snake_case")]

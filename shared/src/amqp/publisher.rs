@@ -11,8 +11,8 @@ use lapin::BasicProperties;
 use serde::Serialize;
 
 use super::topology::{
-    DEAD_EXCHANGE, EVENTS_EXCHANGE, EVENTS_WAIT_QUEUE, JOBS_EXCHANGE, QUARANTINE_EXCHANGE,
-    RETRY_EXCHANGE,
+    DEAD_EXCHANGE, EVENTS_EXCHANGE, EVENTS_ORDERED_EXCHANGE, EVENTS_WAIT_QUEUE, JOBS_EXCHANGE,
+    QUARANTINE_EXCHANGE, RETRY_EXCHANGE,
 };
 use super::{Broker, BrokerError, Rejection, QUEUE_HEADER, REASON_HEADER, WORKSPACE_HEADER};
 use crate::model::JobGroup;
@@ -108,6 +108,17 @@ impl Publisher {
             .await
     }
 
+    /// Events of one workspace whose order matters (it has an ordered connection), as one
+    /// message for the router that holds the ordered queue.
+    pub async fn events_ordered<E: Serialize>(
+        &self,
+        workspace_id: &str,
+        events: &[E],
+    ) -> Result<(), PublishError> {
+        self.events_to(EVENTS_ORDERED_EXCHANGE, workspace_id, workspace_id, events)
+            .await
+    }
+
     /// Events of one workspace that another router is expanding right now: they wait a moment
     /// in their own queue, then come back to the events queue.
     pub async fn events_later<E: Serialize>(
@@ -143,6 +154,24 @@ impl Publisher {
         Ok(self
             .broker
             .publish(JOBS_EXCHANGE, source.routing_key(), &body, json_props())
+            .await?)
+    }
+
+    /// Heads of ordered sequences, as their sequences hold them (one-job groups, JSON), in one
+    /// jobs message for the deliverers.
+    pub async fn ordered_heads(&self, bodies: &[String]) -> Result<(), PublishError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let body = format!("[{}]", bodies.join(","));
+        Ok(self
+            .broker
+            .publish(
+                JOBS_EXCHANGE,
+                JobsSource::Routed.routing_key(),
+                body.as_bytes(),
+                json_props(),
+            )
             .await?)
     }
 

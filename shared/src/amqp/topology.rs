@@ -3,6 +3,9 @@
 //!
 //! ```text
 //! herald.events (topic) --#--> [herald.events] --> router
+//! herald.events.ordered (topic) --#--> [herald.events.ordered] --> one router at a time
+//!                                  (single active consumer: events of workspaces with an
+//!                                  ordered connection, routed in the order they arrived)
 //! herald.jobs   (topic) --#--> [herald.jobs]   --> deliverer
 //! herald.ladder (topic) --bits of the delay--> [herald.ladder.<2^k>s] --TTL--> herald.ladder.after.<k>
 //!     ... down the ladder, lowest set bit last ...  --> [herald.jobs]
@@ -38,6 +41,11 @@ use crate::retry::LADDER_BITS;
 pub const EVENTS_EXCHANGE: &str = "herald.events";
 /// The router consumes events from here.
 pub const EVENTS_QUEUE: &str = "herald.events";
+/// Producers publish events here when their order matters (workspaces with an ordered
+/// connection): one router at a time consumes them, one message at a time.
+pub const EVENTS_ORDERED_EXCHANGE: &str = "herald.events.ordered";
+/// The queue of [`EVENTS_ORDERED_EXCHANGE`] (`x-single-active-consumer`).
+pub const EVENTS_ORDERED_QUEUE: &str = "herald.events.ordered";
 /// Events another router is expanding right now wait here a moment, then go back to
 /// [`EVENTS_EXCHANGE`] (so a router never holds a prefetch slot while it waits).
 pub const EVENTS_WAIT_QUEUE: &str = "herald.events.wait";
@@ -76,6 +84,7 @@ fn after_exchange(bit: u32) -> String {
 pub fn all_queues() -> Vec<String> {
     let mut q = vec![
         EVENTS_QUEUE.to_string(),
+        EVENTS_ORDERED_QUEUE.to_string(),
         EVENTS_WAIT_QUEUE.to_string(),
         JOBS_QUEUE.to_string(),
         DEAD_QUEUE.to_string(),
@@ -283,6 +292,7 @@ pub async fn declare(
     };
     for (name, kind) in [
         (EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (EVENTS_ORDERED_EXCHANGE, ExchangeKind::Topic),
         (JOBS_EXCHANGE, ExchangeKind::Topic),
         (DEAD_EXCHANGE, ExchangeKind::Fanout),
         (QUARANTINE_EXCHANGE, ExchangeKind::Fanout),
@@ -310,6 +320,14 @@ pub async fn declare(
             .await
             .map_err(err(name))?;
     }
+    // One router at a time takes the ordered events (the others stand by), so they are routed
+    // in the order the queue holds them.
+    let mut ordered_args = queue_args(queue_type);
+    ordered_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    channel
+        .queue_declare(EVENTS_ORDERED_QUEUE, queue, ordered_args)
+        .await
+        .map_err(err(EVENTS_ORDERED_QUEUE))?;
     let mut dead_args = queue_args(queue_type);
     dead_args.insert(
         "x-message-ttl".into(),
@@ -351,6 +369,12 @@ pub async fn declare(
             .map_err(err(&format!("binding {queue} to {exchange}")))
     };
     bind(EVENTS_QUEUE.into(), EVENTS_EXCHANGE.into(), "#".into()).await?;
+    bind(
+        EVENTS_ORDERED_QUEUE.into(),
+        EVENTS_ORDERED_EXCHANGE.into(),
+        "#".into(),
+    )
+    .await?;
     bind(JOBS_QUEUE.into(), JOBS_EXCHANGE.into(), "#".into()).await?;
     bind(DEAD_QUEUE.into(), DEAD_EXCHANGE.into(), String::new()).await?;
     bind(

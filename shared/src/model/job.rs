@@ -45,6 +45,22 @@ pub struct JobItem {
     /// history holds no newer attempt: the deliverer that ran it died before recording one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stand_in: bool,
+    /// Set when its connection delivers in order: the key it is sequenced under. Such a job
+    /// is published only as the head of its key's sequence, and sent only while it still is
+    /// (see `store::ordering`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderSlot>,
+}
+
+/// Where an ordered job stands in its connection's sequences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSlot {
+    /// The key (`r:<resource>:<resource_id>`, or `c` for the whole connection).
+    pub key: String,
+    /// The key's backlog was full when the router came to it: the job is dead-lettered at
+    /// once (it can be replayed) instead of waiting without bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overflow: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -61,6 +77,7 @@ impl JobItem {
             deferrals: 0,
             replay: false,
             stand_in: false,
+            order: None,
         }
     }
 }

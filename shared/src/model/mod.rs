@@ -10,7 +10,7 @@ pub mod workspace;
 pub use attempt::{Attempt, Delivery, DeliveryStatus};
 pub use connection::{Auth, Connection, DeliveryOrder, HttpMethod};
 pub use envelope::{Envelope, Event};
-pub use job::{JobGroup, JobItem};
+pub use job::{JobGroup, JobItem, OrderSlot};
 pub use rule::Rule;
 pub use workspace::{ApiKey, KeyScope, Workspace};
 

@@ -102,6 +102,7 @@ pub mod history;
 pub mod locator;
 mod migrate;
 pub mod operational;
+pub mod ordering;
 mod paging;
 pub mod record;
 pub mod replays;

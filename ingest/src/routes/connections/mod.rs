@@ -24,8 +24,8 @@ use crate::error::ApiError;
 use crate::extract::{not_null, ApiJson, ApiQuery, NoQuery};
 use crate::openapi::{ListOf, Refused};
 use crate::schemas::{
-    AuthSchema, DestinationUrl, Headers, HttpMethodSchema, Name, PublicKey, Secret,
-    SignatureSchemeSchema,
+    AuthSchema, DeliveryOrderSchema, DestinationUrl, Headers, HttpMethodSchema, Name, PublicKey,
+    Secret, SignatureSchemeSchema,
 };
 use crate::state::AppState;
 
@@ -67,6 +67,11 @@ pub struct NewConnection {
     /// Most requests per second to this destination; unlimited when left out or `null`.
     #[schema(minimum = 1, maximum = 100000)]
     rate_limit_per_s: Option<u32>,
+    /// `none` (default): as fast as they come; `per_resource`: one at a time per `resource`
+    /// and `resource_id`, in the order intake accepted them; `per_connection`: one at a time
+    /// for the whole connection.
+    #[schema(value_type = Option<DeliveryOrderSchema>)]
+    ordering: Option<DeliveryOrder>,
     /// Disabled connections get no new deliveries; `true` by default.
     enabled: Option<bool>,
 }
@@ -120,6 +125,11 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit_per_s: Option<Option<u32>>,
+    /// `none`, `per_resource` or `per_connection`; the routers follow a change within a
+    /// second, and jobs already queued finish as they were queued.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = DeliveryOrderSchema, required = false)]
+    ordering: Option<DeliveryOrder>,
     /// Disabled connections get no new deliveries. `true` on a connection Herald disabled
     /// clears `disabled_reason` and `disabled_at` and restarts its failing clock.
     #[serde(default, deserialize_with = "not_null")]
@@ -214,6 +224,9 @@ pub struct ConnectionView {
     timeout_ms: u64,
     /// Most requests per second to this destination, if limited.
     rate_limit_per_s: Option<u32>,
+    /// `none`, `per_resource` or `per_connection`.
+    #[schema(value_type = DeliveryOrderSchema)]
+    ordering: DeliveryOrder,
     /// Disabled connections get no new deliveries.
     enabled: bool,
     /// `failing` when Herald disabled it because every attempt failed for
@@ -297,6 +310,7 @@ pub fn view(c: &Connection) -> ConnectionView {
         tls,
         timeout_ms: c.timeout_ms,
         rate_limit_per_s: c.rate_limit_per_s,
+        ordering: c.ordering,
         enabled: c.enabled,
         disabled_reason: c.disabled_reason.clone(),
         disabled_at: c.disabled_at,
@@ -368,7 +382,7 @@ pub async fn create(
         tls,
         timeout_ms: body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         rate_limit_per_s: body.rate_limit_per_s,
-        ordering: DeliveryOrder::None,
+        ordering: body.ordering.unwrap_or_default(),
         enabled: body.enabled.unwrap_or(true),
         disabled_reason: None,
         disabled_at: None,
@@ -527,6 +541,9 @@ pub async fn update(
     }
     if let Some(v) = patch.rate_limit_per_s {
         c.rate_limit_per_s = v;
+    }
+    if let Some(v) = patch.ordering {
+        c.ordering = v;
     }
     let was_enabled = c.enabled;
     if let Some(v) = patch.enabled {

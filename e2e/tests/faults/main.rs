@@ -8,6 +8,7 @@ mod archive_outage;
 mod broker_kill;
 mod kills;
 mod observe;
+mod ordered_kills;
 mod outages;
 mod poison;
 mod redis_failover;

@@ -71,6 +71,12 @@ enum Scenario {
     /// cursor (the workspace's, or with --list-console the console's search): page 1, page 50
     /// and the last page timed, and each event checked to be listed once.
     Paging,
+    /// One connection delivering in order (`"ordering": "per_resource"`) over --keys
+    /// resources (default 1,000): --events (default 20,000) sent in bulk requests one after
+    /// the other (so intake's order is the order sent), the receiver taking
+    /// --receiver-delay-ms (default 5) per request. Deliveries/s end to end, and every key
+    /// checked at the receiver to arrive complete and in order.
+    Ordered,
     /// Only the raw broker hop.
     Hop,
 }
@@ -123,6 +129,13 @@ struct Args {
     /// Events sent (scaleout 20000 per phase, memory 2000, replay 10000, paging 100000).
     #[arg(long)]
     events: Option<u64>,
+    /// Resources the ordered scenario's events are spread over (each its own ordered key).
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// The ordered scenario's connection's `ordering` (`none` gives the same traffic
+    /// unordered, to compare; its arrivals out of order are counted, not warned about).
+    #[arg(long, default_value = "per_resource")]
+    ordering: String,
     /// Deliverer processes (the first phase of scaleout always uses one).
     #[arg(long, default_value_t = 1)]
     deliverers: usize,
@@ -212,6 +225,7 @@ impl Scenario {
             Scenario::Soak => (180.0, 0),
             Scenario::Replay | Scenario::Paging => (0.0, 0),
             Scenario::Latency | Scenario::Hop => (30.0, 0),
+            Scenario::Ordered => (0.0, 5),
         }
     }
 }
@@ -305,6 +319,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Scenario::Soak => scenarios::soak::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Replay => scenarios::replay::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Paging => scenarios::paging::run(&mut ctx, &mut stack, &producer).await?,
+        Scenario::Ordered => scenarios::ordered::run(&mut ctx, &mut stack, &producer).await?,
         Scenario::Hop => {}
     }
     stack.check_alive()?;

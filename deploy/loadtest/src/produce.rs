@@ -74,6 +74,21 @@ pub fn body(batch: usize, payload_bytes: usize) -> Bytes {
     Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(",")))
 }
 
+/// A bulk request of the ordered scenario: events `first..first + batch` of the run, event `g`
+/// for key `g % keys` with number `g / keys` in that key (`{"key", "seq"}` in its payload).
+pub fn ordered_body(first: u64, batch: u64, keys: u64, payload_bytes: usize) -> Bytes {
+    let note = "x".repeat(payload_bytes.saturating_sub(40));
+    let events: Vec<String> = (first..first + batch)
+        .map(|g| {
+            let (key, seq) = (g % keys.max(1), g / keys.max(1));
+            format!(
+                r#"{{"event":"load.tick","resource":"order","resource_id":"k{key}","payload":{{"key":"k{key}","seq":{seq},"note":"{note}"}}}}"#
+            )
+        })
+        .collect();
+    Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(",")))
+}
+
 impl Producer {
     /// A producer with its own connection pool.
     pub fn new(api_url: &str, key: &str, clock: Instant) -> anyhow::Result<Self> {

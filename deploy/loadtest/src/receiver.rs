@@ -48,6 +48,12 @@ pub struct Receiver {
     require_bearer: bool,
     /// The URL to configure as the destination.
     pub url: String,
+    /// Whether each key's events are checked to arrive in order (the ordered scenario).
+    check_order: AtomicBool,
+    /// Per key, the number of the next event expected.
+    next_seq: Mutex<HashMap<String, u64>>,
+    /// Arrivals that were neither the next event of their key nor the last one again.
+    pub out_of_order: AtomicU64,
 }
 
 struct InFlight<'a>(&'a Receiver);
@@ -86,6 +92,9 @@ impl Receiver {
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             require_bearer,
+            check_order: AtomicBool::new(false),
+            next_seq: Mutex::new(HashMap::new()),
+            out_of_order: AtomicU64::new(0),
             url: match tls {
                 Some(_) => format!("https://localhost:{}/hook", addr.port()),
                 None => format!("http://{addr}/hook"),
@@ -128,6 +137,37 @@ impl Receiver {
     /// Answers 500 to every request while `on` (dead letters for the replay scenario).
     pub fn set_failing(&self, on: bool) {
         self.failing.store(on, Ordering::Relaxed);
+    }
+
+    /// From now on each key's events (`{"key", "seq"}` payloads) are checked to arrive in
+    /// order, counting those that do not in [`Receiver::out_of_order`].
+    pub fn check_order(&self) {
+        self.check_order.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes an arrival of the ordered scenario: the next of its key, or its last again (a
+    /// head sent twice), or out of order.
+    fn note_order(&self, body: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Tagged {
+            key: String,
+            seq: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            payload: Tagged,
+        }
+        let Ok(e) = serde_json::from_slice::<Envelope>(body) else {
+            self.out_of_order.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut next = self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let expected = next.entry(e.payload.key).or_insert(0);
+        if e.payload.seq == *expected {
+            *expected += 1;
+        } else if e.payload.seq + 1 != *expected {
+            self.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Distinct deliveries received with a 2xx answer.
@@ -223,6 +263,9 @@ async fn receive(
     if r.failing.load(Ordering::Relaxed) || r.refuse_attempt(&key) {
         r.refused.fetch_add(1, Ordering::Relaxed);
         return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    if r.check_order.load(Ordering::Relaxed) {
+        r.note_order(&body);
     }
     let seen_before = match r.lock().entry(key) {
         std::collections::hash_map::Entry::Occupied(_) => true,

@@ -103,6 +103,10 @@ impl<'a> Setup<'a> {
                 (Some(config), extra)
             }
         };
+        let mut extra = extra;
+        if args.scenario == Scenario::Ordered {
+            extra["ordering"] = json!(args.ordering);
+        }
         let require_bearer = tokens.is_some();
         let receiver =
             Receiver::start(clock, args.delay(), args.fail_first, tls, require_bearer).await?;

@@ -10,6 +10,7 @@
 //! - [`soak`]: a steady rate for minutes, sampling Redis's memory and the services' RSS.
 //! - [`replay`]: thousands of dead letters replayed by one filtered request.
 //! - [`paging`]: a long event list walked by cursor, its first, 50th and last pages timed.
+//! - [`ordered`]: one connection delivering in order over many keys (or one), checked.
 //! - [`measure`]: the CPU window, waiting for deliveries, the intake and delivery figures, and
 //!   the burst phase scaleout and memory share.
 
@@ -18,6 +19,7 @@ pub mod intake;
 pub mod latency;
 pub mod measure;
 pub mod memory;
+pub mod ordered;
 pub mod paging;
 pub mod replay;
 pub mod scaleout;

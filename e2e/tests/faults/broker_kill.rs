@@ -13,10 +13,10 @@ use crate::{run_quiet, serial};
 
 /// The machine's RabbitMQ node, killed with SIGKILL as a crash would; started again when
 /// dropped, even if the test fails half-way.
-struct BrokerKilled;
+pub(crate) struct BrokerKilled;
 
 impl BrokerKilled {
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         assert!(
             run_quiet("pkill", &["-9", "-x", "beam.smp"]),
             "kill -9 beam.smp"

@@ -134,6 +134,7 @@ try {
   await shot(page, "portal-connection-error");
 
   await form.getByLabel("Endpoint URL").fill(RECEIVER);
+  await form.getByLabel("Delivery order").selectOption("per_resource");
   await form.getByRole("button", { name: "Create connection" }).click();
   const secretBox = portal.locator("#secret-once");
   await secretBox.waitFor();
@@ -147,6 +148,16 @@ try {
   const after = await portal.locator("body").innerText();
   expect(!after.includes(secret), "the secret is never shown again");
   step("connection created; its secret shown once");
+
+  // The delivery order chosen in the form is kept, and shown when editing the connection.
+  await portal.locator("#connections-table").getByRole("button", { name: "Edit Orders endpoint" }).click();
+  const editForm = portal.locator("form#edit-connection");
+  await editForm.waitFor();
+  const order = await editForm.getByLabel("Delivery order").inputValue();
+  expect(order === "per_resource", `the delivery order chosen is kept (${order})`);
+  await shot(page, "portal-connection-ordering");
+  await editForm.getByRole("button", { name: "Cancel" }).click();
+  step("delivery order chosen and shown");
 
   // Rules, by keyboard: arrow keys move between tabs.
   await portal.getByRole("tab", { name: "Connections" }).focus();

@@ -241,6 +241,23 @@ function confirmButton(label, aria, action) {
   return b;
 }
 
+// The delivery order of a connection (see the README, "Ordered delivery").
+const ORDERINGS = [
+  ["none", "As fast as possible (no order)"],
+  ["per_resource", "In order per resource"],
+  ["per_connection", "In order for the whole connection"],
+];
+
+function orderingSelect(value) {
+  return h("select", {}, ORDERINGS.map(([v, label]) => {
+    const o = h("option", { value: v }, label);
+    if (v === value) o.selected = true;
+    return o;
+  }));
+}
+
+const ORDERING_HINT = "In order: one request at a time per resource (or for the whole connection), in the order the events were accepted; a failing event holds back the later ones until it is delivered or dead-lettered";
+
 function newConnectionForm() {
   const secretMode = h("select", {},
     h("option", { value: "generate" }, "Generate one for me"),
@@ -256,6 +273,7 @@ function newConnectionForm() {
     field("new-connection", "secret_mode", "Signing secret", secretMode),
     secretRow,
     field("new-connection", "headers", "Custom headers", h("textarea", { rows: 3, placeholder: "X-Team: billing" }), "One per line, as Name: value"),
+    field("new-connection", "ordering", "Delivery order", orderingSelect("none"), ORDERING_HINT),
     h("p", { class: "error", "data-error-for": "form", role: "alert" }),
     h("button", { type: "submit", class: "primary" }, "Create connection"));
   form.addEventListener("submit", async (e) => {
@@ -267,6 +285,7 @@ function newConnectionForm() {
       const headers = parseHeaders(f.headers.value);
       if (Object.keys(headers).length) body.headers = headers;
       if (f.secret_mode.value === "own") body.secret = f.secret.value.trim();
+      if (f.ordering.value !== "none") body.ordering = f.ordering.value;
       const created = await call("POST", "/v1/connections", body);
       form.reset();
       secretRow.hidden = true;
@@ -284,6 +303,7 @@ function editConnection(c) {
     h("h3", { id: "edit-connection-title" }, `Edit ${c.name}`),
     field("edit-connection", "url", "Endpoint URL", h("input", { type: "text", inputmode: "url", value: c.url })),
     field("edit-connection", "headers", "Custom headers", h("textarea", { rows: 3 }), "One per line; a value shown as ******** stays as it is"),
+    field("edit-connection", "ordering", "Delivery order", orderingSelect(c.ordering || "none"), ORDERING_HINT),
     h("p", { class: "error", "data-error-for": "form", role: "alert" }),
     h("button", { type: "submit", class: "primary" }, "Save"), " ",
     h("button", { type: "button", onclick: () => renderConnections() }, "Cancel"));
@@ -292,7 +312,7 @@ function editConnection(c) {
     e.preventDefault();
     clearErrors(form);
     try {
-      await call("PATCH", `/v1/connections/${c.id}`, { url: form.elements.url.value.trim(), headers: parseHeaders(form.elements.headers.value) });
+      await call("PATCH", `/v1/connections/${c.id}`, { url: form.elements.url.value.trim(), headers: parseHeaders(form.elements.headers.value), ordering: form.elements.ordering.value });
       await showConnections();
     } catch (err) { showError(form, err); resize(); }
   });

@@ -51,8 +51,9 @@ pub struct Done {
     /// An attempt was made (a request, or a refusal by the breaker): it moves the
     /// connection's failing clock.
     pub attempted: bool,
-    /// An ordered job whose key's sequence moves on once it is settled (see `worker`).
-    pub leased: bool,
+    /// An ordered job's copy token that holds its key: the sequence moves on once the job
+    /// is settled (see `worker`).
+    pub holds: Option<String>,
     /// Its retry, deferral, dead letter or hand-back is confirmed by the broker.
     published: AtomicBool,
 }
@@ -65,7 +66,7 @@ impl Done {
             job,
             next,
             attempted: false,
-            leased: false,
+            holds: None,
             published: AtomicBool::new(false),
         }
     }
@@ -352,8 +353,10 @@ impl Settler {
     /// left holding its key would be sent again when its lease ran out.
     async fn move_sequences(&self, batch: &[Done]) {
         let now = herald_shared::now_ms();
-        for d in batch.iter().filter(|d| d.leased) {
-            let Some(order) = &d.job.order else { continue };
+        for d in batch {
+            let (Some(order), Some(held)) = (&d.job.order, &d.holds) else {
+                continue;
+            };
             let (ws, conn, uuid) = (
                 d.group.workspace_id.as_str(),
                 d.job.connection_id.as_str(),
@@ -367,17 +370,29 @@ impl Settler {
                 Next::HandBack => Some(now),
                 Next::Superseded => continue,
             };
+            // A job coming back is stored as it now stands (with its attempts): the copy the
+            // sweep may publish in its place goes on from there.
+            let body = match back_at {
+                Some(_) => match serde_json::to_string(&d.alone()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode an ordered job; its lease runs out");
+                        continue;
+                    }
+                },
+                None => String::new(),
+            };
             let mut wait = Duration::from_millis(100);
             loop {
                 let moved = match back_at {
                     None => self
                         .store
-                        .finish_ordered(ws, conn, &order.key, uuid, now)
+                        .finish_ordered(ws, conn, &order.key, uuid, held, now)
                         .await
                         .map(|next| next.into_iter().collect::<Vec<_>>()),
                     Some(at) => self
                         .store
-                        .release_ordered(ws, conn, &order.key, uuid, at)
+                        .release_ordered(ws, conn, &order.key, uuid, held, &order.copy, &body, at)
                         .await
                         .map(|()| Vec::new()),
                 };

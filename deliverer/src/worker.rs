@@ -11,7 +11,7 @@ use tracing::Instrument;
 use herald_shared::model::{Connection, JobGroup, JobItem};
 use herald_shared::opwebhooks;
 use herald_shared::store::health::BreakerChange;
-use herald_shared::store::ordering::{Take, BACKLOG};
+use herald_shared::store::ordering::{new_copy, Take, BACKLOG};
 use herald_shared::store::{StoreError, WorkspaceConfig};
 
 use crate::admit::{deferral_delay, Admission, DeferReason};
@@ -23,7 +23,7 @@ use crate::settle::{Done, Next};
 use crate::state::Deliverer;
 
 /// How much longer than its admission wait and request timeout an ordered job holds its key.
-const LEASE_MARGIN: Duration = Duration::from_secs(15);
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Where one job of a flight stands, shared between the flight and the job's turn.
 #[derive(Default)]
@@ -35,9 +35,18 @@ pub struct JobState {
     pub sending: AtomicBool,
     /// The request's timeout in ms, once it is being sent: its stand-in waits a little longer.
     pub timeout_ms: AtomicU64,
-    /// An ordered job whose sequence settling moves on (it took its key's lease, or its
-    /// connection is gone and every job of the key is dead-lettered in turn).
-    pub leased: AtomicBool,
+    /// An ordered job's copy token that holds its key, which settling moves on (it took its
+    /// key's lease, or its connection is gone and every job of the key is dead-lettered in
+    /// turn).
+    pub holds: std::sync::Mutex<Option<String>>,
+}
+
+impl JobState {
+    fn hold(&self, copy: String) {
+        if let Ok(mut h) = self.holds.lock() {
+            *h = Some(copy);
+        }
+    }
 }
 
 impl Deliverer {
@@ -54,7 +63,7 @@ impl Deliverer {
         let attempted = job.attempts.len() > before;
         let mut done = Done::new(group, job, next);
         done.attempted = attempted;
-        done.leased = state.leased.load(Ordering::SeqCst);
+        done.holds = state.holds.lock().ok().and_then(|mut h| h.take());
         done
     }
 
@@ -96,7 +105,9 @@ impl Deliverer {
             Ok(Lookup::Stop(reason)) => {
                 tracing::warn!(reason, "dead-lettering");
                 // Its key's next job comes once this one is final, and goes the same way.
-                state.leased.store(job.order.is_some(), Ordering::SeqCst);
+                if let Some(order) = &job.order {
+                    state.hold(order.copy.clone());
+                }
                 return Next::Attempted(Outcome::DeadLetter {
                     reason: reason.to_string(),
                 });
@@ -108,11 +119,12 @@ impl Deliverer {
             }
         };
 
-        if let Some(order) = &job.order {
+        if let Some(order) = job.order.as_mut() {
             // Only the head of its key goes out, one copy at a time, for as long as its
-            // admission and request can take.
+            // admission and request can take (twice the timeout: an OAuth2 token fetched
+            // first, or again after a 401).
             let lease = self.settings.connection_wait
-                + Duration::from_millis(conn.timeout_ms)
+                + 2 * Duration::from_millis(conn.timeout_ms)
                 + LEASE_MARGIN;
             let taken = self
                 .settler
@@ -122,12 +134,18 @@ impl Deliverer {
                     &conn.id,
                     &order.key,
                     &group.event.uuid,
+                    &order.copy,
                     herald_shared::now_ms(),
                     lease,
                 )
                 .await;
             match taken {
-                Ok(Take::Send) => state.leased.store(true, Ordering::SeqCst),
+                Ok(Take::Send) => {
+                    // What follows this attempt (a retry, a deferral) is a new copy: the
+                    // sequence names it when this one lets go of the key.
+                    let held = std::mem::replace(&mut order.copy, new_copy());
+                    state.hold(held);
+                }
                 Ok(Take::Busy) => return self.defer(job, DeferReason::OrderBusy),
                 Ok(Take::Stale) => {
                     metrics::counter!("herald_ordered_stale_total").increment(1);

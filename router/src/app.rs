@@ -13,13 +13,13 @@ use herald_shared::amqp::{
     self, ByteBudget, Handled, JobsSource, Message, Origin, PublishError, Publisher,
 };
 use herald_shared::config::RouterSettings;
-use herald_shared::model::{JobGroup, JobItem, OrderSlot};
+use herald_shared::model::{Event, JobGroup, JobItem, OrderSlot};
 use herald_shared::ops::QueueDepths;
 use herald_shared::service::{start_worker, Running, WorkerSpec};
 use herald_shared::store::history::Routed;
-use herald_shared::store::ordering::{Added, Sequenced, BACKLOG};
+use herald_shared::store::ordering::{new_copy, Added, Sequenced, BACKLOG};
 use herald_shared::store::routing::Claim;
-use herald_shared::store::{ConfigCache, Store, StoreError};
+use herald_shared::store::{ConfigCache, Store, StoreError, WorkspaceConfig};
 
 use crate::expand;
 use crate::intake::{self, Rejection};
@@ -161,6 +161,34 @@ impl Router {
             .claim_for_routing(ws, &uuids, ROUTING_LEASE)
             .await
             .map_err(store_error("claiming events"))?;
+        let taken: Vec<String> = uuids
+            .iter()
+            .zip(&claims)
+            .filter(|(_, c)| **c == Claim::Taken)
+            .map(|(u, _)| u.to_string())
+            .collect();
+        drop(uuids);
+        let handled = self.expand(message, ws, &config, events, claims).await;
+        if !matches!(handled, Ok(Handled::Ack)) {
+            // What this try claimed and did not finish is free at once for the next try (the
+            // ordered queue retries this very message first), not only after the lease.
+            let taken: Vec<&str> = taken.iter().map(String::as_str).collect();
+            if let Err(e) = self.store.release_claims(ws, &taken).await {
+                tracing::debug!(error = %e, "cannot release claims; they run out by themselves");
+            }
+        }
+        handled
+    }
+
+    /// Expands claimed events into jobs, publishes them and marks the events expanded.
+    async fn expand(
+        &self,
+        message: &Message,
+        ws: &str,
+        config: &WorkspaceConfig,
+        events: Vec<Event>,
+        claims: Vec<Claim>,
+    ) -> Result<Handled, RouteError> {
         let serial = message.queue == EVENTS_ORDERED_QUEUE;
         if serial && claims.contains(&Claim::Contested) {
             // Ordered events never go round the waiting queue (they would come back behind
@@ -173,7 +201,7 @@ impl Router {
         let routed: Vec<Routed> = events
             .iter()
             .map(|event| {
-                let (connection_ids, skipped) = expand::route(&config, event);
+                let (connection_ids, skipped) = expand::route(config, event);
                 Routed {
                     workspace_id: ws,
                     event,
@@ -243,6 +271,7 @@ impl Router {
                 job.order = Some(OrderSlot {
                     key,
                     overflow: false,
+                    copy: new_copy(),
                 });
                 sequenced.push(JobGroup {
                     workspace_id: ws.to_string(),
@@ -313,18 +342,18 @@ impl Router {
         for g in &sequenced {
             let body = serde_json::to_string(g).map_err(RouteError::Encode)?;
             let job = &g.jobs[0];
-            let key = job.order.as_ref().map_or("", |o| o.key.as_str());
-            jobs.push((job.connection_id.as_str(), key, g.event.uuid.as_str(), body));
-        }
-        let jobs: Vec<Sequenced> = jobs
-            .into_iter()
-            .map(|(connection_id, key, uuid, body)| Sequenced {
-                connection_id,
+            let (key, copy) = job
+                .order
+                .as_ref()
+                .map_or(("", ""), |o| (o.key.as_str(), o.copy.as_str()));
+            jobs.push(Sequenced {
+                connection_id: job.connection_id.as_str(),
                 key,
-                uuid,
+                uuid: g.event.uuid.as_str(),
+                copy,
                 body,
-            })
-            .collect();
+            });
+        }
         let added = self
             .store
             .add_ordered(ws, &jobs, herald_shared::now_ms(), BACKLOG)
@@ -376,12 +405,51 @@ async fn sweep_ordered(store: Store, publisher: Publisher, cancel: CancellationT
                 Ok(heads) => {
                     tracing::info!(workspace_id = %ws, count = heads.len(), "publishing overdue ordered jobs again");
                     metrics::counter!("herald_ordered_resent_total").increment(heads.len() as u64);
-                    if let Err(e) = publisher.ordered_heads(&heads).await {
-                        tracing::warn!(error = %e, "cannot publish overdue ordered jobs; next sweep");
+                    // A message of at most 50 jobs and 4 MiB, as the deliverers expect.
+                    for chunk in chunks(&heads, 50, 4 << 20) {
+                        if let Err(e) = publisher.ordered_heads(chunk).await {
+                            tracing::warn!(error = %e, "cannot publish overdue ordered jobs; next sweep");
+                        }
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot sweep ordered jobs"),
             }
         }
+    }
+}
+
+/// `bodies` in runs of at most `count` and (unless one alone is larger) `bytes`.
+fn chunks(bodies: &[String], count: usize, bytes: usize) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, b) in bodies.iter().enumerate() {
+        if i > start && (i - start >= count || size + b.len() > bytes) {
+            out.push(&bodies[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += b.len();
+    }
+    if start < bodies.len() {
+        out.push(&bodies[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn sweep_messages_are_bounded_by_count_and_bytes() {
+        let bodies: Vec<String> = (0..7).map(|i| "x".repeat(10 + i)).collect();
+        let sizes = |c: Vec<&[String]>| c.iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(chunks(&bodies, 3, 1 << 20)), vec![3, 3, 1]);
+        assert_eq!(sizes(chunks(&bodies, 50, 25)), vec![2, 2, 1, 1, 1]);
+        assert_eq!(
+            sizes(chunks(&bodies, 50, 1)),
+            vec![1; 7],
+            "one alone may exceed the bytes"
+        );
+        assert!(chunks(&[], 50, 1).is_empty());
     }
 }

@@ -217,12 +217,30 @@ pub async fn bulk(
         // unavailable, so the client sends again exactly those. None confirmed: 503.
         let started = std::time::Instant::now();
         let ordered = state.ordered(&ws).await;
-        let confirmed = join_all(
-            accepted
-                .chunks(EVENTS_PER_MESSAGE)
-                .map(|chunk| publish_chunk(&state, &ws, chunk, ordered)),
-        )
-        .await;
+        let confirmed = if ordered {
+            // One message after the other, and none after one that failed: the client sends
+            // the refused events again, and they come after those accepted, as in the array.
+            let mut confirmed = Vec::new();
+            for chunk in accepted.chunks(EVENTS_PER_MESSAGE) {
+                if confirmed.iter().any(Result::is_err) {
+                    confirmed.push(Err(herald_shared::amqp::PublishError::Broker(
+                        herald_shared::amqp::BrokerError::Unavailable(
+                            "an earlier part of this ordered request was not confirmed".into(),
+                        ),
+                    )));
+                } else {
+                    confirmed.push(publish_chunk(&state, &ws, chunk, true).await);
+                }
+            }
+            confirmed
+        } else {
+            join_all(
+                accepted
+                    .chunks(EVENTS_PER_MESSAGE)
+                    .map(|chunk| publish_chunk(&state, &ws, chunk, false)),
+            )
+            .await
+        };
         metrics::histogram!("herald_intake_confirm_seconds")
             .record(started.elapsed().as_secs_f64());
         let chunk_ok: Vec<bool> = confirmed.iter().map(Result::is_ok).collect();

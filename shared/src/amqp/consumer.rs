@@ -274,7 +274,9 @@ async fn set_aside_after_panic(
     } + 1;
     headers.insert(PANICS_HEADER.into(), AMQPValue::LongLongInt(panics));
     let properties = message.properties.clone().with_headers(headers);
-    if panics < 2 {
+    // Published again, a message of the ordered events queue would go behind later ones: it is
+    // set aside at its first crash.
+    if panics < 2 && queue != super::topology::EVENTS_ORDERED_QUEUE {
         tracing::error!(
             queue,
             "message handler panicked; trying the message once more"

@@ -61,6 +61,12 @@ pub struct OrderSlot {
     /// once (it can be replayed) instead of waiting without bound.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overflow: bool,
+    /// Which copy of the job this is. Whoever publishes the head of a key again (the next
+    /// head, a retry, the sweep) gives it a new copy token, and only the copy its sequence
+    /// names may be sent: an older copy (a retry the sweep replaced, a deferred duplicate) is
+    /// dropped instead of starting a second chain of attempts.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub copy: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -11,10 +11,17 @@
 //! that was not taken in time (its publisher died between the two) is published again by the
 //! routers' sweep.
 //!
+//! Every publish of a head (the first, a retry, the next after a finish, the sweep's) is a
+//! new copy with a token of its own, and the sequence names the one copy that may be sent:
+//! a copy the sweep replaced, or a deferred duplicate of one that was retried since, is
+//! dropped when it turns up, so a job never has two chains of attempts. Only the holder of
+//! the named copy moves the sequence on (release or finish).
+//!
 //! Keys of sequence K (connection `c`, key `k`), all in the workspace's slot:
 //! - `{p}:ws:{<ws>}:ord:<c>:<k>:q`: ZSET of event uuids, scored by their place.
 //! - `...:b`: HASH uuid -> the job as published (a one-job group, JSON).
-//! - `...:h`: HASH `n` (the last place given), `lease` (Unix ms until which the head is taken).
+//! - `...:h`: HASH `n` (the last place given), `lease` (Unix ms until which the head is taken),
+//!   `copy` (the token of the head's copy that may be sent).
 //! - `...:d`: ZSET of uuids finished in the last [`TOMBSTONE`], so a router that routes an
 //!   event again after a crash does not add a finished job once more.
 //! - `{p}:ws:{<ws>}:ord:due`: ZSET of sequences with a head, scored by when that head must
@@ -22,8 +29,8 @@
 //! - `{p}:ordered`: SET of workspaces that ever had a sequence (one per workspace): where the
 //!   sweep looks.
 //!
-//! Bounds: a sequence holds at most the backlog cap of jobs (`HERALD_ORDERING_BACKLOG`; a job
-//! beyond it is dead-lettered at once); it and its keys are deleted when it empties, but for
+//! Bounds: a sequence holds at most the backlog cap of jobs ([`BACKLOG`]; a job beyond it is
+//! dead-lettered at once); it and its keys are deleted when it empties, but for
 //! its tombstones, which expire [`TOMBSTONE`] after the last.
 
 use std::time::Duration;
@@ -31,6 +38,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::{Store, StoreError};
+use crate::model::JobGroup;
 
 /// How long a head may wait to be taken (or past its retry's due time) before the sweep
 /// publishes it again.
@@ -50,6 +58,8 @@ pub struct Sequenced<'a> {
     pub key: &'a str,
     /// Its event.
     pub uuid: &'a str,
+    /// The copy token its body carries (see [`crate::model::OrderSlot::copy`]).
+    pub copy: &'a str,
     /// The job as it is published (a one-job group, JSON).
     pub body: String,
 }
@@ -57,9 +67,10 @@ pub struct Sequenced<'a> {
 /// What became of a job added to its sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
-    /// It is the head and nobody holds it: publish it now.
+    /// It is the head: publish it now.
     Publish,
-    /// It waits behind the head.
+    /// It waits behind the head, or was in its sequence already (added again after a router
+    /// crash: if it is the head and nobody took it, the sweep publishes it).
     Queued,
     /// It was finished already (added again after a router crash): nothing to do.
     Finished,
@@ -70,13 +81,38 @@ pub enum Added {
 /// Whether a deliverer may send an ordered job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
-    /// It is the head and now this deliverer's until the lease ends.
+    /// It is the head and now this copy's until the lease ends.
     Send,
-    /// It is the head, but another copy of it is being sent: try again later.
+    /// It is the head, but this copy of it is being sent already (a redelivery, a stand-in):
+    /// try again later.
     Busy,
-    /// It is not the head (finished, or waiting behind it): this copy is dropped; the
-    /// sequence publishes the job itself when its turn comes.
+    /// Not to be sent: it is not the head (finished, or waiting behind it), or another copy
+    /// of it replaced this one. This copy is dropped; the sequence publishes the job itself
+    /// when its turn comes.
     Stale,
+}
+
+/// A new copy token.
+pub fn new_copy() -> String {
+    crate::ids::random_base62(12)
+}
+
+/// A job's body as its sequence holds it, with `copy` as its copy token: what is published.
+/// `None` (logged) when the body is not a one-job group, which only a bug could store.
+pub fn stamp(body: &str, copy: &str) -> Option<String> {
+    let stamped = serde_json::from_str::<JobGroup>(body).and_then(|mut g| {
+        if let Some(order) = g.jobs.first_mut().and_then(|j| j.order.as_mut()) {
+            order.copy = copy.to_string();
+        }
+        serde_json::to_string(&g)
+    });
+    match stamped {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "an ordered job's stored body does not parse; skipping it");
+            None
+        }
+    }
 }
 
 impl Store {
@@ -114,7 +150,8 @@ impl Store {
             invocation
                 .arg(job.uuid)
                 .arg(&job.body)
-                .arg(member(job.connection_id, job.key));
+                .arg(member(job.connection_id, job.key))
+                .arg(job.copy);
         }
         let words: Vec<String> = invocation.invoke_async(&mut self.conn()).await?;
         Ok(words
@@ -128,15 +165,17 @@ impl Store {
             .collect())
     }
 
-    /// Takes the head of a sequence for `lease` (a deliverer about to send it). A job its
-    /// sequence does not know at all (its state was lost with a Redis that kept nothing) is
-    /// sent rather than dropped: losing it would be worse than sending it out of order.
+    /// Takes the head of a sequence for `lease`: copy `copy` of it is about to be sent. A job
+    /// its sequence does not know at all (its state was lost with a Redis that kept nothing)
+    /// is sent rather than dropped: losing it would be worse than sending it out of order.
+    #[allow(clippy::too_many_arguments)]
     pub async fn take_ordered(
         &self,
         ws: &str,
         connection_id: &str,
         key: &str,
         uuid: &str,
+        copy: &str,
         now_ms: i64,
         lease: Duration,
     ) -> Result<Take, StoreError> {
@@ -150,6 +189,7 @@ impl Store {
             .arg(lease.as_millis() as u64)
             .arg(GRACE.as_millis() as u64)
             .arg(member(connection_id, key))
+            .arg(copy)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(match word.as_str() {
@@ -159,38 +199,51 @@ impl Store {
         })
     }
 
-    /// The head was taken but is not final: it comes back (a retry, a deferral) at `back_at`
-    /// (Unix ms). Its lease ends now.
+    /// Copy `copy` of the head was taken and is not final: it comes back (a retry, a deferral)
+    /// at `back_at` (Unix ms) as copy `next_copy`, whose body (with its attempts) is `body`.
+    /// The lease ends now. Nothing happens unless `copy` still holds the head.
+    #[allow(clippy::too_many_arguments)]
     pub async fn release_ordered(
         &self,
         ws: &str,
         connection_id: &str,
         key: &str,
         uuid: &str,
+        copy: &str,
+        next_copy: &str,
+        body: &str,
         back_at_ms: i64,
     ) -> Result<(), StoreError> {
         let _: i64 = RELEASE_SCRIPT
             .key(self.sequence_key(ws, connection_id, key, "q"))
             .key(self.sequence_key(ws, connection_id, key, "h"))
             .key(self.due_key(ws))
+            .key(self.sequence_key(ws, connection_id, key, "b"))
             .arg(uuid)
             .arg(back_at_ms + GRACE.as_millis() as i64)
             .arg(member(connection_id, key))
+            .arg(copy)
+            .arg(next_copy)
+            .arg(body)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(())
     }
 
-    /// The head is final: it leaves its sequence, and the next head (if any) is answered, to
-    /// be published by the caller. Finishing a job that is not the head does nothing.
+    /// Copy `copy` of the head is final: the job leaves its sequence, and the next head (if
+    /// any) is answered as a new copy, to be published by the caller. Nothing happens unless
+    /// `copy` still holds the head.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_ordered(
         &self,
         ws: &str,
         connection_id: &str,
         key: &str,
         uuid: &str,
+        copy: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
+        let next_copy = new_copy();
         let next: Option<String> = FINISH_SCRIPT
             .key(self.sequence_key(ws, connection_id, key, "q"))
             .key(self.sequence_key(ws, connection_id, key, "b"))
@@ -202,9 +255,11 @@ impl Store {
             .arg(TOMBSTONE.as_millis() as u64)
             .arg(GRACE.as_millis() as u64)
             .arg(member(connection_id, key))
+            .arg(copy)
+            .arg(&next_copy)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(next)
+        Ok(next.and_then(|body| stamp(&body, &next_copy)))
     }
 
     /// Notes that a workspace has sequences, so the sweep looks at it. Bound: one member per
@@ -220,8 +275,9 @@ impl Store {
     }
 
     /// Heads of a workspace's sequences that were due to be taken before `now_ms` and are not:
-    /// answered (at most `limit`) for the caller to publish again, and due [`GRACE`] later, so
-    /// of several sweeping routers one publishes each.
+    /// answered (at most `limit`) as new copies for the caller to publish (older copies of
+    /// them, if any turn up, are dropped), and due [`GRACE`] later, so of several sweeping
+    /// routers one publishes each.
     pub async fn overdue_ordered(
         &self,
         ws: &str,
@@ -241,6 +297,7 @@ impl Store {
             let Some((connection_id, key)) = m.split_once(':') else {
                 continue;
             };
+            let copy = new_copy();
             let head: Option<String> = HEAD_SCRIPT
                 .key(self.sequence_key(ws, connection_id, key, "q"))
                 .key(self.sequence_key(ws, connection_id, key, "b"))
@@ -248,9 +305,10 @@ impl Store {
                 .key(&due)
                 .arg(now_ms)
                 .arg(&m)
+                .arg(&copy)
                 .invoke_async(&mut self.conn())
                 .await?;
-            heads.extend(head);
+            heads.extend(head.and_then(|body| stamp(&body, &copy)));
         }
         Ok(heads)
     }
@@ -261,22 +319,20 @@ fn member(connection_id: &str, key: &str) -> String {
     format!("{connection_id}:{key}")
 }
 
-/// KEYS: due, then per job q, b, d, h. ARGV: now, grace, cap, then per job uuid, body, member.
-/// Per job: `finished` (tombstoned), `publish` (it is the head and not taken: a new head, or
-/// the same job added again after a crash before its head was published), `queued`, `full`.
+/// KEYS: due, then per job q, b, d, h. ARGV: now, grace, cap, then per job uuid, body, member,
+/// copy. Per job: `finished` (tombstoned), `queued` (behind the head, or in the sequence
+/// already), `full`, or `publish` (a new head, whose copy is now the one to send).
 const ADD: &str = r"
 local now, grace, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for i = 0, (#KEYS - 1) / 4 - 1 do
   local q, b, d, h = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i]
-  local uuid, body, member = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  local uuid, body, member, copy = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
   local r
   if redis.call('ZSCORE', d, uuid) then
     r = 'finished'
   elseif redis.call('ZSCORE', q, uuid) then
-    local head = redis.call('ZRANGE', q, 0, 0)[1]
-    local lease = tonumber(redis.call('HGET', h, 'lease') or '0')
-    if head == uuid and lease <= now then r = 'publish' else r = 'queued' end
+    r = 'queued'
   elseif redis.call('ZCARD', q) >= cap then
     r = 'full'
   else
@@ -284,6 +340,7 @@ for i = 0, (#KEYS - 1) / 4 - 1 do
     redis.call('ZADD', q, place, uuid)
     redis.call('HSET', b, uuid, body)
     if redis.call('ZCARD', q) == 1 then
+      redis.call('HSET', h, 'copy', copy, 'lease', 0)
       redis.call('ZADD', KEYS[1], now + grace, member)
       r = 'publish'
     else
@@ -295,7 +352,7 @@ end
 return out
 ";
 
-/// KEYS: q, h, d, due. ARGV: uuid, now, lease ms, grace, member.
+/// KEYS: q, h, d, due. ARGV: uuid, now, lease ms, grace, member, copy.
 const TAKE: &str = r"
 local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if head ~= ARGV[1] then
@@ -304,6 +361,7 @@ if head ~= ARGV[1] then
   end
   return 'send'
 end
+if (redis.call('HGET', KEYS[2], 'copy') or '') ~= ARGV[6] then return 'stale' end
 local now = tonumber(ARGV[2])
 if tonumber(redis.call('HGET', KEYS[2], 'lease') or '0') > now then return 'busy' end
 local lease = now + tonumber(ARGV[3])
@@ -312,18 +370,21 @@ redis.call('ZADD', KEYS[4], lease + tonumber(ARGV[4]), ARGV[5])
 return 'send'
 ";
 
-/// KEYS: q, h, due. ARGV: uuid, due at, member.
+/// KEYS: q, h, due, b. ARGV: uuid, due at, member, copy, next copy, body.
 const RELEASE: &str = r"
 if redis.call('ZRANGE', KEYS[1], 0, 0)[1] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], 'lease', 0)
+if (redis.call('HGET', KEYS[2], 'copy') or '') ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[2], 'lease', 0, 'copy', ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 return 1
 ";
 
-/// KEYS: q, b, d, h, due. ARGV: uuid, now, tombstone ms, grace, member. Returns the next
-/// head's body, or nil.
+/// KEYS: q, b, d, h, due. ARGV: uuid, now, tombstone ms, grace, member, copy, next copy.
+/// Returns the next head's body, or nil.
 const FINISH: &str = r"
 if redis.call('ZRANGE', KEYS[1], 0, 0)[1] ~= ARGV[1] then return false end
+if (redis.call('HGET', KEYS[4], 'copy') or '') ~= ARGV[6] then return false end
 local now, tomb = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -332,7 +393,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tomb)
 redis.call('PEXPIRE', KEYS[3], tomb)
 local next = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if next then
-  redis.call('HSET', KEYS[4], 'lease', 0)
+  redis.call('HSET', KEYS[4], 'lease', 0, 'copy', ARGV[7])
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[5])
   return redis.call('HGET', KEYS[2], next)
 end
@@ -351,8 +412,8 @@ end
 return members
 ";
 
-/// KEYS: q, b, h, due. ARGV: now, member. The head's body if nobody holds it; an empty
-/// sequence leaves the due set.
+/// KEYS: q, b, h, due. ARGV: now, member, copy. The head's body if nobody holds it, `copy`
+/// becoming the copy to send; an empty sequence leaves the due set.
 const HEAD: &str = r"
 local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if not head then
@@ -360,6 +421,7 @@ if not head then
   return false
 end
 if tonumber(redis.call('HGET', KEYS[3], 'lease') or '0') > tonumber(ARGV[1]) then return false end
+redis.call('HSET', KEYS[3], 'copy', ARGV[3])
 return redis.call('HGET', KEYS[2], head)
 ";
 

@@ -67,6 +67,20 @@ impl Store {
             .collect())
     }
 
+    /// Drops the leases of events this router claimed but could not expand (Redis or the broker
+    /// failed part-way), so the next try takes them at once instead of after the lease.
+    pub async fn release_claims(&self, ws: &str, uuids: &[&str]) -> Result<(), StoreError> {
+        if uuids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for uuid in uuids {
+            pipe.del(self.lease_key(ws, uuid)).ignore();
+        }
+        let _: () = self.query(&pipe).await?;
+        Ok(())
+    }
+
     /// Marks events expanded (their jobs are confirmed by the broker) and drops their leases.
     pub async fn mark_expanded(&self, ws: &str, uuids: &[&str]) -> Result<(), StoreError> {
         if uuids.is_empty() {

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::measure::{delivery_figures, intake_figures, note_failures, wait_delivered, window};
+use super::measure::{deliveries_after, note_failures, window};
 use super::Ctx;
 use crate::produce::{self, Producer};
 use crate::report::Phase;
@@ -31,14 +31,14 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     )
     .await;
     let intake_seconds = started.elapsed().as_secs_f64();
-    let mut figures = intake_figures(ctx, &sent, intake_seconds, "intake events/s (single)");
-    eprintln!(
-        "herald-load: {} events accepted in {intake_seconds:.1} s; waiting for deliveries",
-        sent.accepted.len()
-    );
-    let complete = wait_delivered(ctx, stack, sent.accepted.len()).await?;
-    let d = delivery_figures(ctx, &sent);
-    figures.extend(d.figures);
+    let (figures, d, complete) = deliveries_after(
+        ctx,
+        stack,
+        &sent,
+        intake_seconds,
+        "intake events/s (single)",
+    )
+    .await?;
     note_failures(ctx, &sent, complete);
     ctx.report.phases.push(Phase {
         name: format!("e2e-single ({} clients)", args.clients),

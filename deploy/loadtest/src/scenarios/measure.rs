@@ -159,6 +159,27 @@ pub fn delivery_figures(ctx: &Ctx<'_>, sent: &Sent) -> Delivered {
     }
 }
 
+/// After a producer run of `intake_seconds`: its intake figures (the rate named
+/// `intake_name`), then every accepted event waited for and the delivery figures added to
+/// them. Answers the figures, the delivery counts and rates, and whether every event arrived.
+pub async fn deliveries_after(
+    ctx: &Ctx<'_>,
+    stack: &mut Stack,
+    sent: &Sent,
+    intake_seconds: f64,
+    intake_name: &str,
+) -> anyhow::Result<(Vec<Figure>, Delivered, bool)> {
+    let mut figures = intake_figures(ctx, sent, intake_seconds, intake_name);
+    eprintln!(
+        "herald-load: {} events accepted in {intake_seconds:.1} s; waiting for deliveries",
+        sent.accepted.len()
+    );
+    let complete = wait_delivered(ctx, stack, sent.accepted.len()).await?;
+    let mut d = delivery_figures(ctx, sent);
+    figures.append(&mut d.figures);
+    Ok((figures, d, complete))
+}
+
 /// Adds the phase's warnings: failed requests, events that never arrived, bad signatures.
 pub fn note_failures(ctx: &mut Ctx<'_>, sent: &Sent, complete: bool) {
     if let Some(e) = &sent.first_error {

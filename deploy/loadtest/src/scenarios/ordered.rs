@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::measure::{delivery_figures, intake_figures, note_failures, wait_delivered, window};
+use super::measure::{deliveries_after, note_failures, window};
 use super::Ctx;
 use crate::produce::{self, Producer, Sent};
 use crate::report::Phase;
@@ -42,14 +42,14 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
         first += n;
     }
     let intake_seconds = started.elapsed().as_secs_f64();
-    let mut figures = intake_figures(ctx, &sent, intake_seconds, "intake events/s (bulk, serial)");
-    eprintln!(
-        "herald-load: {} events accepted in {intake_seconds:.1} s; waiting for deliveries",
-        sent.accepted.len()
-    );
-    let complete = wait_delivered(ctx, stack, sent.accepted.len()).await?;
-    let d = delivery_figures(ctx, &sent);
-    figures.extend(d.figures);
+    let (figures, d, complete) = deliveries_after(
+        ctx,
+        stack,
+        &sent,
+        intake_seconds,
+        "intake events/s (bulk, serial)",
+    )
+    .await?;
     let mut counts = d.counts;
     let disorder = ctx.receiver.out_of_order.load(Ordering::Relaxed);
     counts.push(("keys".into(), keys));

@@ -221,3 +221,31 @@ async fn an_event_routed_only_to_disabled_connections_is_skipped() {
     assert!(receiver.received("off").is_empty());
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rule_test_to_a_disabled_connection_is_refused_and_sends_nothing() {
+    let stack = Stack::start().await;
+    let receiver = Receiver::start().await;
+    let (_, sk, _) = stack.workspace().await;
+    let (con, _) = stack
+        .connection(&sk, &receiver.url("off"), json!({"enabled": false}))
+        .await;
+    let rule = stack.rule(&sk, "order.*", "order", &con).await;
+
+    let (status, body) = stack
+        .call("POST", &format!("/v1/rules/{rule}/test"), &sk, None)
+        .await;
+
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{body}"
+    );
+    let (_, events) = stack.call("GET", "/v1/events", &sk, None).await;
+    assert_eq!(events["data"], json!([]), "nothing recorded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received("off").is_empty(), "nothing sent");
+    stack.stop().await;
+}

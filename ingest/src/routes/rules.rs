@@ -241,6 +241,14 @@ pub async fn test(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TestSent>), ApiError> {
     let rule = load(&state, &ws, &id).await?;
+    // The router sends a disabled connection nothing; a test would only queue a job that is
+    // dead-lettered at its turn.
+    let connection = state.store.get_connection(&ws, &rule.connection_id).await?;
+    if connection.is_some_and(|c| !c.enabled) {
+        return Err(ApiError::Conflict(
+            "the rule's connection is disabled: enable it to send a test event".into(),
+        ));
+    }
     let payload: Box<RawValue> = if is_blank(&body) {
         RawValue::from_string("{}".into()).map_err(anyhow::Error::from)?
     } else {

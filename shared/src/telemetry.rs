@@ -147,6 +147,22 @@ fn describe() {
         "Jobs still running when their message let go of its prefetch slot (each got a stand-in)."
     );
     describe_counter!(
+        "herald_router_ordered_jobs_total",
+        "Jobs of ordered connections published by the router: new heads of their key (the rest wait in Redis)."
+    );
+    describe_counter!(
+        "herald_ordered_resent_total",
+        "Heads of ordered keys the routers' sweep published again (nobody took them in time)."
+    );
+    describe_counter!(
+        "herald_ordered_stale_total",
+        "Copies of ordered jobs dropped: not the head of their key, or replaced by a newer copy."
+    );
+    describe_counter!(
+        "herald_ordered_overflows_total",
+        "Ordered jobs dead-lettered at once because their key's backlog was full."
+    );
+    describe_counter!(
         "herald_stand_ins_total",
         "Stand-ins that came back, by outcome: superseded (the attempt was recorded) or sent."
     );

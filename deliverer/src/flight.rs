@@ -123,6 +123,14 @@ impl Flight {
         !self.attempted_any && self.all_ran
     }
 
+    /// Ordered jobs of an untouched message let go of the keys they took (see
+    /// [`crate::settle::Settler::let_go_of_keys`]).
+    pub async fn let_go_of_keys(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        let deliverer = self.deliverer.clone();
+        deliverer.settler.let_go_of_keys(&ready).await;
+    }
+
     /// Settles what is left, holding on until it is written.
     pub async fn finish(mut self) {
         let mut batch = std::mem::take(&mut self.ready);
@@ -261,6 +269,7 @@ impl Deliverer {
         }
         if flight.untouched() {
             // Shutting down before any of it started: the whole message goes back as it was.
+            flight.let_go_of_keys().await;
             return Handled::Release;
         }
         flight.finish().await;

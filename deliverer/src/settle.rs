@@ -347,6 +347,38 @@ impl Settler {
         Ok(())
     }
 
+    /// Jobs handed back inside their whole message (shutting down before any was attempted)
+    /// let go of the keys they took: the message comes back as it was, with the same copies,
+    /// which may then go at once instead of after the lease. Best effort: a key not let go of
+    /// waits for its lease.
+    pub async fn let_go_of_keys(&self, batch: &[Done]) {
+        let now = herald_shared::now_ms();
+        for d in batch {
+            let (Some(order), Some(held)) = (&d.job.order, &d.holds) else {
+                continue;
+            };
+            let Ok(body) = serde_json::to_string(&d.alone()) else {
+                continue;
+            };
+            let released = self
+                .store
+                .release_ordered(
+                    &d.group.workspace_id,
+                    &d.job.connection_id,
+                    &order.key,
+                    &d.group.event.uuid,
+                    held,
+                    held,
+                    &body,
+                    now,
+                )
+                .await;
+            if let Err(e) = released {
+                tracing::debug!(error = %e, "cannot let go of an ordered key; its lease runs out");
+            }
+        }
+    }
+
     /// Once a batch's outcomes are written and what follows them confirmed: an ordered job that
     /// is final lets the next of its key go (published here), one that comes back later lets
     /// go of its key until then. Redis trouble is waited out, as for outcomes: a final head

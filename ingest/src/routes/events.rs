@@ -8,7 +8,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use futures::future::{join_all, try_join_all};
+use futures::future::join_all;
 use herald_shared::model::{Envelope, Event};
 use herald_shared::ratelimit::Decision;
 use herald_shared::store::history::{EventFilter, EVENT_STATUSES};
@@ -26,18 +26,6 @@ use crate::state::AppState;
 
 /// Most events in one broker message.
 const EVENTS_PER_MESSAGE: usize = 500;
-
-/// Publishes events of a workspace and waits for every confirm.
-pub async fn publish(state: &AppState, ws: &str, events: &[Event]) -> Result<(), ApiError> {
-    let ordered = state.ordered(ws).await;
-    try_join_all(
-        events
-            .chunks(EVENTS_PER_MESSAGE)
-            .map(|chunk| publish_chunk(state, ws, chunk, ordered)),
-    )
-    .await?;
-    Ok(())
-}
 
 /// One message of a workspace's events, to the ordered events queue when `ordered`.
 async fn publish_chunk(

@@ -81,6 +81,7 @@ fn workspace() -> WorkspaceConfig {
         exists: true,
         connections,
         rules,
+        ordered: false,
     }
 }
 

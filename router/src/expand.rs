@@ -194,6 +194,7 @@ mod tests {
             exists: true,
             connections,
             rules,
+            ordered: false,
         }
     }
 

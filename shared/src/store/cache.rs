@@ -19,6 +19,9 @@ pub struct WorkspaceConfig {
     pub connections: HashMap<String, Arc<Connection>>,
     /// All rules, enabled or not.
     pub rules: Vec<Rule>,
+    /// Whether any connection delivers in order (its events then go through the ordered
+    /// events queue), worked out once when loaded.
+    pub ordered: bool,
 }
 
 /// Whose turn it is to load a workspace, and how the last load went.

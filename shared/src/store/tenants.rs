@@ -280,10 +280,12 @@ impl Store {
             .map(|v| parse::<Rule>(&rules_key, v))
             .collect::<Result<Vec<_>, _>>()?;
         rules.sort_by(|a, b| a.id.cmp(&b.id));
+        let ordered = connections.values().any(|c| c.ordering.is_ordered());
         Ok(WorkspaceConfig {
             exists,
             connections,
             rules,
+            ordered,
         })
     }
 }

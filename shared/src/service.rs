@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::{consume, Broker, ByteBudget, Handled, Message, Publisher};
+use crate::amqp::{consume, Broker, ByteBudget, ConsumeFrom, Handled, Message, Publisher};
 use crate::config::CommonSettings;
 use crate::ops::QueueDepths;
 use crate::store::{ConfigCache, Store};
@@ -164,9 +164,12 @@ where
         let handler = handler.clone();
         consume(
             publisher.clone(),
-            queue,
-            1,
-            None,
+            ConsumeFrom {
+                queue,
+                prefetch: 1,
+                budget: None,
+                in_order: true,
+            },
             cancel.clone(),
             common.drain_timeout,
             move |m| handler(m),
@@ -174,9 +177,12 @@ where
     });
     let consuming = consume(
         publisher,
-        spec.queue,
-        spec.prefetch,
-        spec.budget,
+        ConsumeFrom {
+            queue: spec.queue,
+            prefetch: spec.prefetch,
+            budget: spec.budget,
+            in_order: false,
+        },
         cancel.clone(),
         common.drain_timeout,
         move |m| handler(m),

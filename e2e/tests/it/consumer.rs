@@ -1,5 +1,6 @@
-//! The consume loop on a real broker: a message that crashes its handler is tried once more,
-//! then set aside in quarantine with its reason; it neither loops nor blocks the queue. A byte
+//! The consume loop on a real broker: a message that crashes its handler is tried once more
+//! (at once set aside when its queue is consumed in order), then set aside in quarantine with
+//! its reason; it neither loops nor blocks the queue. A byte
 //! budget bounds the bodies handled at once, and a body larger than the budget still goes
 //! through.
 
@@ -8,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_e2e::{eventually, Vhost};
-use herald_shared::amqp::topology::{EVENTS_EXCHANGE, EVENTS_QUEUE, QUARANTINE_QUEUE};
+use herald_shared::amqp::topology::{
+    EVENTS_EXCHANGE, EVENTS_ORDERED_EXCHANGE, EVENTS_ORDERED_QUEUE, EVENTS_QUEUE, QUARANTINE_QUEUE,
+};
 use herald_shared::amqp::{
-    consume, header_str, Broker, ByteBudget, Handled, Publisher, REASON_HEADER,
+    consume, header_str, Broker, ByteBudget, ConsumeFrom, Handled, Publisher, REASON_HEADER,
 };
 use herald_shared::config::{CommonSettings, Source};
 use lapin::options::BasicGetOptions;
@@ -34,9 +37,12 @@ async fn a_message_that_crashes_its_handler_twice_is_quarantined_with_its_reason
         let (crashes, handled) = (crashes.clone(), handled.clone());
         tokio::spawn(consume(
             Publisher::new(broker.clone()),
-            EVENTS_QUEUE,
-            8,
-            None,
+            ConsumeFrom {
+                queue: EVENTS_QUEUE,
+                prefetch: 8,
+                budget: None,
+                in_order: false,
+            },
             cancel.clone(),
             Duration::from_secs(5),
             move |message| {
@@ -105,6 +111,91 @@ async fn a_message_that_crashes_its_handler_twice_is_quarantined_with_its_reason
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_of_a_queue_consumed_in_order_is_quarantined_at_its_first_crash() {
+    let vhost = Vhost::new();
+    let url = vhost.amqp_url(herald_e2e::vhost::AMQP_BASE);
+    let settings = CommonSettings::from_source(&Source::from_pairs([("HERALD_AMQP_URL", url)]))
+        .expect("settings");
+    let broker = Broker::new(&settings, "consumer-test");
+    broker.connection().await.expect("broker");
+
+    let crashes = Arc::new(AtomicUsize::new(0));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let cancel = CancellationToken::new();
+    let consuming = {
+        let (crashes, handled) = (crashes.clone(), handled.clone());
+        tokio::spawn(consume(
+            Publisher::new(broker.clone()),
+            ConsumeFrom {
+                queue: EVENTS_ORDERED_QUEUE,
+                prefetch: 1,
+                budget: None,
+                in_order: true,
+            },
+            cancel.clone(),
+            Duration::from_secs(5),
+            move |message| {
+                let (crashes, handled) = (crashes.clone(), handled.clone());
+                async move {
+                    if message.data == b"crash" {
+                        crashes.fetch_add(1, Ordering::SeqCst);
+                        panic!("a handler bug, on purpose");
+                    }
+                    handled.lock().expect("lock").push(message.data.clone());
+                    Handled::Ack
+                }
+            },
+        ))
+    };
+    for body in [&b"crash"[..], &b"after"[..]] {
+        broker
+            .publish(
+                EVENTS_ORDERED_EXCHANGE,
+                "test",
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("confirmed");
+    }
+
+    // Set aside at once: published again it would come back behind "after".
+    let connection = broker.connection().await.expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let set_aside = eventually(
+        "the crashing message in quarantine",
+        Duration::from_secs(20),
+        || async {
+            channel
+                .basic_get(QUARANTINE_QUEUE, BasicGetOptions::default())
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    assert_eq!(set_aside.delivery.data, b"crash");
+    let headers = set_aside.delivery.properties.headers();
+    assert_eq!(
+        header_str(headers, "herald-queue"),
+        Some(EVENTS_ORDERED_QUEUE)
+    );
+    eventually(
+        "the next message handled",
+        Duration::from_secs(20),
+        || async { (handled.lock().expect("lock").len() == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(crashes.load(Ordering::SeqCst), 1, "never tried again");
+    assert_eq!(*handled.lock().expect("lock"), vec![b"after".to_vec()]);
+
+    cancel.cancel();
+    let _ = consuming.await;
+    let _ = channel.close(200, "done").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_beyond_the_byte_budget_wait_and_one_larger_than_it_still_goes_through() {
     let vhost = Vhost::new();
     let url = vhost.amqp_url(herald_e2e::vhost::AMQP_BASE);
@@ -124,9 +215,12 @@ async fn bodies_beyond_the_byte_budget_wait_and_one_larger_than_it_still_goes_th
         let (in_flight, seen) = (in_flight.clone(), seen.clone());
         tokio::spawn(consume(
             Publisher::new(broker.clone()),
-            EVENTS_QUEUE,
-            32,
-            Some(budget.clone()),
+            ConsumeFrom {
+                queue: EVENTS_QUEUE,
+                prefetch: 32,
+                budget: Some(budget.clone()),
+                in_order: false,
+            },
             cancel.clone(),
             Duration::from_secs(5),
             move |message| {

@@ -34,6 +34,20 @@ pub struct Message {
     pub queue: &'static str,
 }
 
+/// The queue a consume loop takes from, and how.
+#[derive(Debug)]
+pub struct ConsumeFrom {
+    /// The queue.
+    pub queue: &'static str,
+    /// Unacknowledged messages held at once.
+    pub prefetch: u16,
+    /// Bytes of message bodies handled at once, when bounded.
+    pub budget: Option<ByteBudget>,
+    /// Its messages are handled one after the other, in queue order (prefetch 1): one that
+    /// crashed its handler is set aside at once, never published again behind later ones.
+    pub in_order: bool,
+}
+
 /// What should happen to a message once its handler is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
@@ -62,9 +76,7 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 /// then the message goes to quarantine with its reason.
 pub async fn consume<H, F>(
     publisher: Publisher,
-    queue: &'static str,
-    prefetch: u16,
-    budget: Option<ByteBudget>,
+    from: ConsumeFrom,
     cancel: CancellationToken,
     drain_timeout: Duration,
     handler: H,
@@ -72,6 +84,12 @@ pub async fn consume<H, F>(
     H: Fn(Arc<Message>) -> F + Send + Sync + 'static,
     F: Future<Output = Handled> + Send + 'static,
 {
+    let ConsumeFrom {
+        queue,
+        prefetch,
+        budget,
+        in_order,
+    } = from;
     let broker = publisher.broker().clone();
     let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
@@ -155,7 +173,7 @@ pub async fn consume<H, F>(
                         let handled = AssertUnwindSafe(handler(message.clone()))
                             .catch_unwind()
                             .await;
-                        settle(&publisher, &acker, &message, handled).await;
+                        settle(&publisher, &acker, &message, handled, in_order).await;
                         // The body's bytes go back to the budget once the message is settled.
                         drop(held);
                     });
@@ -200,6 +218,7 @@ async fn settle(
     acker: &Acker,
     message: &Message,
     handled: std::thread::Result<Handled>,
+    in_order: bool,
 ) {
     let queue = message.queue;
     let requeue = match handled {
@@ -231,7 +250,7 @@ async fn settle(
         Err(_) => {
             metrics::counter!("herald_handler_panics_total", "queue" => queue).increment(1);
             tokio::time::sleep(REQUEUE_PAUSE).await;
-            match set_aside_after_panic(publisher, message).await {
+            match set_aside_after_panic(publisher, message, in_order).await {
                 Ok(()) => false,
                 Err(e) => {
                     tracing::error!(queue, error = %e, "cannot set a crashing message aside; requeueing it");
@@ -260,10 +279,13 @@ async fn settle(
 /// A message whose handler panicked (a bug, not an outage). The first time it goes back to its
 /// queue with a count in a header (the crash may have been about this process); the second
 /// time it is set aside in quarantine with its reason, so it neither loops nor blocks others.
-/// Either way it is published (and confirmed) before the original is acked.
+/// A message of a queue consumed `in_order` is set aside at its first crash: published again,
+/// it would go behind later ones. Either way it is published (and confirmed) before the
+/// original is acked.
 async fn set_aside_after_panic(
     publisher: &Publisher,
     message: &Message,
+    in_order: bool,
 ) -> Result<(), PublishError> {
     let queue = message.queue;
     let mut headers = message.properties.headers().clone().unwrap_or_default();
@@ -274,9 +296,7 @@ async fn set_aside_after_panic(
     } + 1;
     headers.insert(PANICS_HEADER.into(), AMQPValue::LongLongInt(panics));
     let properties = message.properties.clone().with_headers(headers);
-    // Published again, a message of the ordered events queue would go behind later ones: it is
-    // set aside at its first crash.
-    if panics < 2 && queue != super::topology::EVENTS_ORDERED_QUEUE {
+    if panics < 2 && !in_order {
         tracing::error!(
             queue,
             "message handler panicked; trying the message once more"
@@ -287,11 +307,12 @@ async fn set_aside_after_panic(
     }
     tracing::error!(
         queue,
-        "message handler panicked again; setting the message aside"
+        panics,
+        "message handler panicked; setting the message aside"
     );
     let rejection = Rejection::new(
         "handler_panicked",
-        format!("the {queue} handler crashed on this message twice"),
+        format!("the {queue} handler crashed on this message ({panics} times)"),
     );
     let origin = Origin {
         queue,

@@ -15,7 +15,7 @@ pub mod topology;
 
 pub use budget::ByteBudget;
 pub use connection::{Broker, BrokerError};
-pub use consumer::{consume, Handled, Message};
+pub use consumer::{consume, ConsumeFrom, Handled, Message};
 pub use publisher::{JobsSource, Origin, PublishError, Publisher};
 
 use lapin::types::{AMQPValue, FieldTable};

@@ -116,8 +116,15 @@ pub fn stamp(body: &str, copy: &str) -> Option<String> {
 }
 
 impl Store {
-    fn sequence_key(&self, ws: &str, connection_id: &str, key: &str, part: &str) -> String {
-        self.ws_key(ws, &format!("ord:{connection_id}:{key}:{part}"))
+    fn sequence(&self, ws: &str, connection_id: &str, key: &str) -> SequenceKeys {
+        let part = |p: &str| self.ws_key(ws, &format!("ord:{connection_id}:{key}:{p}"));
+        SequenceKeys {
+            q: part("q"),
+            b: part("b"),
+            d: part("d"),
+            h: part("h"),
+            member: format!("{connection_id}:{key}"),
+        }
     }
 
     fn due_key(&self, ws: &str) -> String {
@@ -144,13 +151,12 @@ impl Store {
             .arg(GRACE.as_millis() as u64)
             .arg(cap.max(1));
         for job in jobs {
-            for part in ["q", "b", "d", "h"] {
-                invocation.key(self.sequence_key(ws, job.connection_id, job.key, part));
-            }
+            let seq = self.sequence(ws, job.connection_id, job.key);
+            invocation.key(seq.q).key(seq.b).key(seq.d).key(seq.h);
             invocation
                 .arg(job.uuid)
                 .arg(&job.body)
-                .arg(member(job.connection_id, job.key))
+                .arg(seq.member)
                 .arg(job.copy);
         }
         let words: Vec<String> = invocation.invoke_async(&mut self.conn()).await?;
@@ -179,16 +185,17 @@ impl Store {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Take, StoreError> {
+        let seq = self.sequence(ws, connection_id, key);
         let word: String = TAKE_SCRIPT
-            .key(self.sequence_key(ws, connection_id, key, "q"))
-            .key(self.sequence_key(ws, connection_id, key, "h"))
-            .key(self.sequence_key(ws, connection_id, key, "d"))
+            .key(seq.q)
+            .key(seq.h)
+            .key(seq.d)
             .key(self.due_key(ws))
             .arg(uuid)
             .arg(now_ms)
             .arg(lease.as_millis() as u64)
             .arg(GRACE.as_millis() as u64)
-            .arg(member(connection_id, key))
+            .arg(seq.member)
             .arg(copy)
             .invoke_async(&mut self.conn())
             .await?;
@@ -214,14 +221,15 @@ impl Store {
         body: &str,
         back_at_ms: i64,
     ) -> Result<(), StoreError> {
+        let seq = self.sequence(ws, connection_id, key);
         let _: i64 = RELEASE_SCRIPT
-            .key(self.sequence_key(ws, connection_id, key, "q"))
-            .key(self.sequence_key(ws, connection_id, key, "h"))
+            .key(seq.q)
+            .key(seq.h)
             .key(self.due_key(ws))
-            .key(self.sequence_key(ws, connection_id, key, "b"))
+            .key(seq.b)
             .arg(uuid)
             .arg(back_at_ms + GRACE.as_millis() as i64)
-            .arg(member(connection_id, key))
+            .arg(seq.member)
             .arg(copy)
             .arg(next_copy)
             .arg(body)
@@ -244,17 +252,18 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
         let next_copy = new_copy();
+        let seq = self.sequence(ws, connection_id, key);
         let next: Option<String> = FINISH_SCRIPT
-            .key(self.sequence_key(ws, connection_id, key, "q"))
-            .key(self.sequence_key(ws, connection_id, key, "b"))
-            .key(self.sequence_key(ws, connection_id, key, "d"))
-            .key(self.sequence_key(ws, connection_id, key, "h"))
+            .key(seq.q)
+            .key(seq.b)
+            .key(seq.d)
+            .key(seq.h)
             .key(self.due_key(ws))
             .arg(uuid)
             .arg(now_ms)
             .arg(TOMBSTONE.as_millis() as u64)
             .arg(GRACE.as_millis() as u64)
-            .arg(member(connection_id, key))
+            .arg(seq.member)
             .arg(copy)
             .arg(&next_copy)
             .invoke_async(&mut self.conn())
@@ -298,13 +307,14 @@ impl Store {
                 continue;
             };
             let copy = new_copy();
+            let seq = self.sequence(ws, connection_id, key);
             let head: Option<String> = HEAD_SCRIPT
-                .key(self.sequence_key(ws, connection_id, key, "q"))
-                .key(self.sequence_key(ws, connection_id, key, "b"))
-                .key(self.sequence_key(ws, connection_id, key, "h"))
+                .key(seq.q)
+                .key(seq.b)
+                .key(seq.h)
                 .key(&due)
                 .arg(now_ms)
-                .arg(&m)
+                .arg(seq.member)
                 .arg(&copy)
                 .invoke_async(&mut self.conn())
                 .await?;
@@ -314,9 +324,14 @@ impl Store {
     }
 }
 
-/// A sequence's member in the workspace's due set (connection ids hold no `:`).
-fn member(connection_id: &str, key: &str) -> String {
-    format!("{connection_id}:{key}")
+/// The keys of one sequence (see the module's top), and its member in the workspace's due set
+/// (`<connection>:<key>`; connection ids hold no `:`).
+struct SequenceKeys {
+    q: String,
+    b: String,
+    d: String,
+    h: String,
+    member: String,
 }
 
 /// KEYS: due, then per job q, b, d, h. ARGV: now, grace, cap, then per job uuid, body, member,

@@ -1,6 +1,6 @@
 //! Ordered delivery through SIGKILLs: deliverers killed while heads of keys are out, a router
-//! killed mid-stream, the broker killed and started again; every key still arrives complete
-//! and in the order intake accepted it.
+//! killed mid-stream, the broker or Redis killed and started again; every key still arrives
+//! complete and in the order intake accepted it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker_kill::BrokerKilled;
+use crate::outages::OwnRedis;
 use crate::serial;
 
 const KEYS: usize = 8;
@@ -20,7 +21,7 @@ const KEYS: usize = 8;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_keys_stay_in_order_through_sigkilled_deliverers_and_a_router() {
     let _turn = serial().await;
-    let (receiver, mut stack, pk) = ordered_stack("ordered-kills").await;
+    let (receiver, mut stack, pk) = ordered_stack("ordered-kills", &[]).await;
     let producers = OrderedProducers::start(&stack, &pk);
     for victim in [DELIVERER, ROUTER, DELIVERER] {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -37,7 +38,7 @@ async fn ordered_keys_stay_in_order_through_sigkilled_deliverers_and_a_router() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_keys_stay_in_order_through_a_sigkill_of_the_broker() {
     let _turn = serial().await;
-    let (receiver, stack, pk) = ordered_stack("ordered-broker-kill").await;
+    let (receiver, stack, pk) = ordered_stack("ordered-broker-kill", &[]).await;
     let producers = OrderedProducers::start(&stack, &pk);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     {
@@ -52,15 +53,37 @@ async fn ordered_keys_stay_in_order_through_a_sigkill_of_the_broker() {
     stack.stop().await;
 }
 
-/// A receiver failing one request in seven, and the services with a connection delivering
-/// per resource to it; answers the publishable key.
-async fn ordered_stack(test: &str) -> (Receiver, Processes, String) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_keys_stay_in_order_through_a_sigkill_of_redis() {
+    let _turn = serial().await;
+    // A Redis of the test's own, persisting every write as production runs it: the sequences
+    // live there.
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
+    let (receiver, stack, pk) =
+        ordered_stack("ordered-redis-kill", &[("HERALD_REDIS_URL", &url)]).await;
+    let producers = OrderedProducers::start(&stack, &pk);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.spawn();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let expected = producers.stop().await;
+    all_in_order(&receiver, &expected, "SIGKILL of Redis").await;
+    stack.stop().await;
+}
+
+/// A receiver failing one request in seven, and the services (with `extra` settings) with a
+/// connection delivering per resource to it; answers the publishable key.
+async fn ordered_stack(test: &str, extra: &[(&str, &str)]) -> (Receiver, Processes, String) {
     let receiver = Receiver::start().await;
     // One request in seven fails: heads wait in the retry ladder as well as in flight.
     receiver.set("ordered", Behaviour::FailEvery(7, 500));
     // A short admission wait and timeout: a killed deliverer's lease on its heads runs out
     // within 1 s + 2 s + 15 s.
-    let stack = Processes::start_for_test(test, &[("HERALD_CONNECTION_WAIT", "1s")]).await;
+    let mut settings = vec![("HERALD_CONNECTION_WAIT", "1s")];
+    settings.extend_from_slice(extra);
+    let stack = Processes::start_for_test(test, &settings).await;
     let (_, sk, pk) = stack.workspace().await;
     let (con, _) = stack
         .connection(

@@ -97,14 +97,14 @@ async fn a_broker_restart_mid_stream_answers_503_and_loses_nothing() {
 
 /// A Redis of the test's own, with persistence (as production runs it), that can be killed and
 /// started again on the same port and data folder.
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port")
@@ -121,11 +121,11 @@ impl OwnRedis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args([
                 "--bind",
@@ -154,7 +154,7 @@ impl OwnRedis {
     }
 
     /// SIGKILL: what Redis had written to its append-only file survives.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::measure::{deliveries_after, note_failures, window};
+use super::measure::{deliveries_after, note_failures, router_batching, window};
 use super::Ctx;
 use crate::produce::{self, Producer};
 use crate::report::Phase;
@@ -40,10 +40,12 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     )
     .await?;
     note_failures(ctx, &sent, complete);
+    let mut counts = d.counts;
+    counts.extend(router_batching(stack).await);
     ctx.report.phases.push(Phase {
         name: format!("e2e-single ({} clients)", args.clients),
         figures,
-        counts: d.counts,
+        counts,
         usage: usage.finish(),
         deliveries_per_second: d.per_second,
     });

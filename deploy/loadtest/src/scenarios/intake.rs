@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::measure::{intake_figures, note_failures, window};
+use super::measure::{intake_figures, note_failures, router_batching, window};
 use super::Ctx;
 use crate::produce::{self, Producer};
 use crate::report::Phase;
@@ -30,13 +30,15 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     let seconds = started.elapsed().as_secs_f64();
     let figures = intake_figures(ctx, &sent, seconds, "intake events/s (single)");
     note_failures(ctx, &sent, true);
+    let mut counts = vec![
+        ("events accepted".into(), sent.accepted.len() as u64),
+        ("failed requests".into(), sent.failed_requests),
+    ];
+    counts.extend(router_batching(stack).await);
     ctx.report.phases.push(Phase {
         name: format!("intake-single ({} clients)", args.clients),
         figures,
-        counts: vec![
-            ("events accepted".into(), sent.accepted.len() as u64),
-            ("failed requests".into(), sent.failed_requests),
-        ],
+        counts,
         usage: usage.finish(),
         deliveries_per_second: Vec::new(),
     });

@@ -232,3 +232,38 @@ pub async fn burst_phase(
     });
     Ok(d)
 }
+
+/// How the router saw the run's events: how many it expanded and in how many jobs messages, and
+/// so how many events the intake's group commit put in one broker message on average (its
+/// `/metrics`). Empty when there is no router or it does not answer.
+pub async fn router_batching(stack: &Stack) -> Vec<(String, u64)> {
+    let Some(router) = stack
+        .procs()
+        .iter()
+        .find(|p| p.binary == herald_e2e::procs::ROUTER)
+    else {
+        return Vec::new();
+    };
+    let Ok(response) = reqwest::get(format!("http://{}/metrics", router.addr)).await else {
+        return Vec::new();
+    };
+    let Ok(text) = response.text().await else {
+        return Vec::new();
+    };
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let events = value("herald_router_events_total");
+    let messages = value("herald_router_job_messages_total");
+    let mut counts = vec![
+        ("router events".into(), events),
+        ("router jobs messages".into(), messages),
+    ];
+    if let Some(per_message) = (events * 10).checked_div(messages) {
+        counts.push(("events per jobs message (x10)".into(), per_message));
+    }
+    counts
+}

@@ -167,3 +167,104 @@ async fn a_replays_bookkeeping_never_overwrites_a_newer_outcome() {
         .map(|d| d.dead_at);
     assert_eq!(kept, Some(30));
 }
+
+#[tokio::test]
+async fn one_claim_call_answers_each_event_of_a_message_for_itself() {
+    // Arrange: in one workspace, an event already expanded, one another router is expanding,
+    // and one nobody has seen.
+    let t = TestStore::new().await;
+    let store = &t.store;
+    let lease = Duration::from_secs(20);
+    let first = store
+        .claim_for_routing("ws_a", &["evt_done", "evt_busy"], lease)
+        .await
+        .expect("claimed");
+    assert_eq!(first, vec![Claim::Taken, Claim::Taken]);
+    store
+        .mark_expanded("ws_a", &["evt_done"])
+        .await
+        .expect("marked");
+
+    // Act: a message holding all three, the new one in the middle.
+    let claims = store
+        .claim_for_routing("ws_a", &["evt_done", "evt_new", "evt_busy"], lease)
+        .await
+        .expect("claimed");
+
+    // Assert
+    assert_eq!(claims, vec![Claim::Done, Claim::Taken, Claim::Contested]);
+    store
+        .mark_expanded("ws_a", &["evt_new", "evt_busy"])
+        .await
+        .expect("marked");
+    let after = store
+        .claim_for_routing("ws_a", &["evt_busy", "evt_new", "evt_other"], lease)
+        .await
+        .expect("claimed");
+    assert_eq!(after, vec![Claim::Done, Claim::Done, Claim::Taken]);
+}
+
+#[tokio::test]
+async fn an_outcome_changes_its_own_delivery_and_keeps_the_others_and_the_event() {
+    // Arrange: an event routed to three connections.
+    let t = TestStore::new().await;
+    let store = &t.store;
+    let e = event("evt_s");
+    store
+        .record_routed(&[Routed {
+            workspace_id: "ws_a",
+            event: &e,
+            connection_ids: vec!["con_1".into(), "con_2".into(), "con_3".into()],
+            skipped: Vec::new(),
+        }])
+        .await
+        .expect("routed");
+    let for_connection = |id: &str, status, attempts| Delivery {
+        connection_id: id.into(),
+        ..delivery(status, attempts, None)
+    };
+
+    // Act: the middle one retries, then is delivered; the last one is delivered at once.
+    let retrying = for_connection("con_2", DeliveryStatus::Retrying, vec![attempt(2, 500)]);
+    let delivered_2 = for_connection(
+        "con_2",
+        DeliveryStatus::Delivered,
+        vec![attempt(2, 500), attempt(9, 200)],
+    );
+    let delivered_3 = for_connection("con_3", DeliveryStatus::Delivered, vec![attempt(3, 200)]);
+    let row_of = |d| OutcomeRow {
+        workspace_id: "ws_a",
+        uuid: "evt_s",
+        time_created: 1,
+        delivery: d,
+    };
+    for d in [&retrying, &delivered_2, &delivered_3] {
+        store
+            .record_outcomes(&[row_of(d)], &[])
+            .await
+            .expect("recorded");
+    }
+
+    // Assert: each delivery as last written, in routing order, and the event unchanged.
+    let record = store
+        .get_event("ws_a", "evt_s")
+        .await
+        .expect("read")
+        .expect("found");
+    let seen: Vec<(&str, DeliveryStatus, usize)> = record
+        .deliveries
+        .iter()
+        .map(|d| (d.connection_id.as_str(), d.status, d.attempts.len()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("con_1", DeliveryStatus::Pending, 0),
+            ("con_2", DeliveryStatus::Delivered, 2),
+            ("con_3", DeliveryStatus::Delivered, 1),
+        ]
+    );
+    assert_eq!(record.event.uuid, "evt_s");
+    assert_eq!(record.event.resource_id, "ord_1");
+    assert_eq!(record.event.payload.get(), "{}");
+}

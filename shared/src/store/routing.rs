@@ -41,22 +41,25 @@ impl Store {
         uuids: &[&str],
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        let now = crate::now_ms();
-        let mut pipe = redis::pipe();
-        for uuid in uuids {
-            pipe.invoke_script(
-                super::script(super::ScriptName::Claim)
-                    .key(self.history_key(ws))
-                    .key(self.lease_key(ws, uuid))
-                    .key(self.idem_key(ws, uuid))
-                    .key(self.legacy_event_key(ws, uuid))
-                    .arg(uuid)
-                    .arg(lease.as_millis() as u64)
-                    .arg(now)
-                    .arg(self.dedup_window.as_millis() as u64),
-            );
+        if uuids.is_empty() {
+            return Ok(Vec::new());
         }
-        let codes: Vec<i64> = self.query(&pipe).await?;
+        let mut call = super::script(super::ScriptName::Claim);
+        call.key(self.history_key(ws));
+        for uuid in uuids {
+            call.key(self.lease_key(ws, uuid))
+                .key(self.idem_key(ws, uuid))
+                .key(self.legacy_event_key(ws, uuid));
+        }
+        call.arg(lease.as_millis() as u64)
+            .arg(crate::now_ms())
+            .arg(self.dedup_window.as_millis() as u64);
+        for uuid in uuids {
+            call.arg(*uuid);
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&call);
+        let (codes,): (Vec<i64>,) = self.query(&pipe).await?;
         Ok(codes
             .into_iter()
             .map(|code| match code {
@@ -90,19 +93,19 @@ impl Store {
         // Past the retention the record is trimmed, and the claim with it: a longer window
         // keeps a key of its own, which expires with the window.
         let keep_claim = self.dedup_window > self.retention;
-        let mut pipe = redis::pipe();
+        let mut call = super::script(super::ScriptName::Expanded);
+        call.key(self.history_key(ws)).key(self.log_key(ws));
         for uuid in uuids {
-            pipe.invoke_script(
-                super::script(super::ScriptName::Expanded)
-                    .key(self.history_key(ws))
-                    .key(self.lease_key(ws, uuid))
-                    .key(self.log_key(ws))
-                    .arg(uuid)
-                    .arg(now)
-                    .arg(now - super::history::INDEX_FLOOR_MS),
-            )
-            .ignore();
-            if keep_claim {
+            call.key(self.lease_key(ws, uuid));
+        }
+        call.arg(now).arg(now - super::history::INDEX_FLOOR_MS);
+        for uuid in uuids {
+            call.arg(*uuid);
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&call).ignore();
+        if keep_claim {
+            for uuid in uuids {
                 pipe.pset_ex(
                     self.idem_key(ws, uuid),
                     1,

@@ -71,14 +71,24 @@ return 0
 /// created, so an outcome is never lost, and indexed so that it is trimmed too).
 pub const OUTCOME: &str = r"
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
-local h, ds, ev = {ARGV[2], '-', '-'}, {}, nil
-if rec then h, ds, ev = parse(rec) end
-local found, had, was = false, 0, nil
-for _, d in ipairs(ds) do
-  if d[1] == ARGV[3] then had = tonumber(d[2]); was = d[3]; d[2] = ARGV[4]; d[3] = ARGV[5]; found = true end
+local line = 'D ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. #ARGV[5] .. '\n' .. ARGV[5]
+local had, was = 0, nil
+if rec then
+  -- Splice the one delivery line in place (or after the last), leaving the rest as it is:
+  -- the event part, most of the record, is copied but never split up or parsed.
+  local p = string.find(rec, '\n', 1, true) + 1
+  local at, after = nil, nil
+  while string.byte(rec, p) == 68 do
+    local cid, n, len, q = string.match(rec, '^D (%S+) (%d+) (%d+)\n()', p)
+    local e = q + tonumber(len)
+    if cid == ARGV[3] then had = tonumber(n); was = string.sub(rec, q, e - 1); at = p; after = e end
+    p = e
+  end
+  if not at then at = p; after = p end
+  redis.call('HSET', KEYS[1], ARGV[1], string.sub(rec, 1, at - 1) .. line .. string.sub(rec, after))
+else
+  redis.call('HSET', KEYS[1], ARGV[1], 'H ' .. ARGV[2] .. ' - -\n' .. line)
 end
-if not found then ds[#ds + 1] = {ARGV[3], ARGV[4], ARGV[5]} end
-redis.call('HSET', KEYS[1], ARGV[1], build(h, ds, ev))
 if was ~= ARGV[5] then
   local counted = false
   if ARGV[8] ~= '' and had < tonumber(ARGV[4]) then
@@ -119,38 +129,50 @@ end
 return 0
 ";
 
-/// Claims an event for expanding: `0` expanded within the dedup window, `1` claimed (a lease
-/// set), `2` another router holds the lease. KEYS: history, lease, the claim kept past the
-/// retention (see `routing`), the event's hash as earlier versions wrote it. ARGV: uuid, lease
-/// ms, now ms, dedup window ms.
+/// Claims events for expanding, one answer each: `0` expanded within the dedup window, `1`
+/// claimed (a lease set), `2` another router holds the lease. KEYS: history, then for each
+/// event its lease, the claim kept past the retention (see `routing`) and its hash as earlier
+/// versions wrote it. ARGV: lease ms, now ms, dedup window ms, then the uuids. One call per
+/// message, not per event: the call's own cost is paid once.
 pub const CLAIM: &str = r"
-local rec = redis.call('HGET', KEYS[1], ARGV[1])
-if rec then
-  local created, exp = string.match(rec, '^H (%S+) (%S+)')
-  if exp ~= '-' and tonumber(created) + tonumber(exp) + tonumber(ARGV[4]) > tonumber(ARGV[3]) then
-    return 0
+local out = {}
+for i = 4, #ARGV do
+  local k = 2 + (i - 4) * 3
+  local code = 2
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  local created, exp = nil, '-'
+  if rec then created, exp = string.match(rec, '^H (%S+) (%S+)') end
+  if exp ~= '-' and tonumber(created) + tonumber(exp) + tonumber(ARGV[3]) > tonumber(ARGV[2]) then
+    code = 0
+  elseif redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    code = 0
+  elseif redis.call('HEXISTS', KEYS[k + 2], 'expanded') == 1 then
+    code = 0
+  elseif redis.call('SET', KEYS[k], '1', 'NX', 'PX', ARGV[1]) then
+    code = 1
   end
+  out[#out + 1] = code
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-if redis.call('HEXISTS', KEYS[4], 'expanded') == 1 then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
-return 2
+return out
 ";
 
-/// Marks an event expanded at `now` and drops its lease. KEYS: history, lease, log. ARGV:
-/// uuid, now ms, floor. A record trimmed meanwhile is written again (head only, indexed), so
-/// the claim holds.
+/// Marks events expanded at `now` and drops their leases. KEYS: history, log, then each
+/// event's lease. ARGV: now ms, floor, then the uuids. A record trimmed meanwhile is written
+/// again (head only, indexed), so the claim holds.
 pub const EXPANDED: &str = r"
-local rec = redis.call('HGET', KEYS[1], ARGV[1])
-if rec then
-  local created, rest = string.match(rec, '^H (%S+) %S+ (.*)$')
-  local exp = string.format('%d', tonumber(ARGV[2]) - tonumber(created))
-  redis.call('HSET', KEYS[1], ARGV[1], 'H ' .. created .. ' ' .. exp .. ' ' .. rest)
-else
-  redis.call('HSET', KEYS[1], ARGV[1], 'H ' .. ARGV[2] .. ' 0 -\n')
-  index(KEYS[3], ARGV[2], ARGV[3], ARGV[1])
+for i = 3, #ARGV do
+  local uuid = ARGV[i]
+  local rec = redis.call('HGET', KEYS[1], uuid)
+  if rec then
+    local created, rest = string.match(rec, '^H (%S+) %S+ (.*)$')
+    local exp = string.format('%d', tonumber(ARGV[1]) - tonumber(created))
+    redis.call('HSET', KEYS[1], uuid, 'H ' .. created .. ' ' .. exp .. ' ' .. rest)
+  else
+    redis.call('HSET', KEYS[1], uuid, 'H ' .. ARGV[1] .. ' 0 -\n')
+    index(KEYS[2], ARGV[1], ARGV[2], uuid)
+  end
+  redis.call('DEL', KEYS[i])
 end
-redis.call('DEL', KEYS[2])
 return 0
 ";
 

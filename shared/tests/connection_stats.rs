@@ -152,3 +152,115 @@ async fn each_attempt_and_dead_letter_is_counted_once_however_often_it_is_writte
         assert!(ttl > 24 * 3600 && ttl <= TTL_SECS, "{key}: {ttl}");
     }
 }
+
+#[tokio::test]
+async fn one_write_of_many_outcomes_records_and_counts_each_as_written_alone() {
+    // Arrange: two events of ws_a routed to con_1 and con_2, one event of ws_b.
+    let t = TestStore::new().await;
+    let store = &t.store;
+    let event = |uuid: &str| Event {
+        uuid: uuid.into(),
+        event: "order.completed".into(),
+        resource: "order".into(),
+        resource_id: "ord_1".into(),
+        payload: serde_json::value::RawValue::from_string("{\"n\":1}".into()).expect("json"),
+        time_created: 1,
+    };
+    let (e1, e2, e3) = (event("evt_1"), event("evt_2"), event("evt_3"));
+    let both = vec!["con_1".to_string(), "con_2".to_string()];
+    store
+        .record_routed(&[
+            Routed {
+                workspace_id: "ws_a",
+                event: &e1,
+                connection_ids: both.clone(),
+                skipped: Vec::new(),
+            },
+            Routed {
+                workspace_id: "ws_b",
+                event: &e3,
+                connection_ids: vec!["con_1".into()],
+                skipped: Vec::new(),
+            },
+            Routed {
+                workspace_id: "ws_a",
+                event: &e2,
+                connection_ids: both,
+                skipped: Vec::new(),
+            },
+        ])
+        .await
+        .expect("routed");
+    let on = |connection: &str, d: &Delivery| Delivery {
+        connection_id: connection.into(),
+        ..d.clone()
+    };
+    let ok = delivery(DeliveryStatus::Delivered, vec![attempt(200, 7)]);
+    let failed = delivery(DeliveryStatus::Retrying, vec![attempt(500, 40)]);
+    let (ok_1, ok_2, failed_2) = (on("con_1", &ok), on("con_2", &ok), on("con_2", &failed));
+
+    // Act: one write of five outcomes over both workspaces, one of them twice.
+    let in_ws = |ws, uuid, d| OutcomeRow {
+        workspace_id: ws,
+        uuid,
+        time_created: 1,
+        delivery: d,
+    };
+    store
+        .record_outcomes(
+            &[
+                in_ws("ws_a", "evt_1", &ok_1),
+                in_ws("ws_a", "evt_1", &failed_2),
+                in_ws("ws_b", "evt_3", &ok_1),
+                in_ws("ws_a", "evt_2", &ok_2),
+                in_ws("ws_a", "evt_1", &failed_2),
+            ],
+            &[],
+        )
+        .await
+        .expect("recorded");
+
+    // Assert: each record holds its own outcomes and its event, and each attempt counts once.
+    let statuses = |record: herald_shared::store::history::EventRecord| {
+        assert_eq!(record.event.payload.get(), "{\"n\":1}");
+        record
+            .deliveries
+            .iter()
+            .map(|d| (d.connection_id.clone(), d.status))
+            .collect::<Vec<_>>()
+    };
+    let read = |ws: &'static str, uuid: &'static str| async move {
+        store
+            .get_event(ws, uuid)
+            .await
+            .expect("read")
+            .expect("found")
+    };
+    use DeliveryStatus::{Delivered, Pending, Retrying};
+    assert_eq!(
+        statuses(read("ws_a", "evt_1").await),
+        vec![("con_1".into(), Delivered), ("con_2".into(), Retrying)]
+    );
+    assert_eq!(
+        statuses(read("ws_a", "evt_2").await),
+        vec![("con_1".into(), Pending), ("con_2".into(), Delivered)]
+    );
+    assert_eq!(
+        statuses(read("ws_b", "evt_3").await),
+        vec![("con_1".into(), Delivered)]
+    );
+    let now = herald_shared::now_ms();
+    let counted = |ws: &'static str, connection: &'static str| async move {
+        let points = store
+            .connection_stats(ws, connection, now - KEPT_MS, 1)
+            .await
+            .expect("stats");
+        (
+            points.iter().map(|p| p.deliveries).sum::<u64>(),
+            points.iter().map(|p| p.failures).sum::<u64>(),
+        )
+    };
+    assert_eq!(counted("ws_a", "con_1").await, (1, 0));
+    assert_eq!(counted("ws_a", "con_2").await, (2, 1));
+    assert_eq!(counted("ws_b", "con_1").await, (1, 0));
+}

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::measure::{deliveries_after, note_failures, router_batching, window};
+use super::measure::{deliveries_after, note_failures, pipeline_counts, window};
 use super::Ctx;
 use crate::produce::{self, Producer};
 use crate::report::Phase;
@@ -41,7 +41,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
     .await?;
     note_failures(ctx, &sent, complete);
     let mut counts = d.counts;
-    counts.extend(router_batching(stack).await);
+    counts.extend(pipeline_counts(stack).await);
     ctx.report.phases.push(Phase {
         name: format!("e2e-single ({} clients)", args.clients),
         figures,

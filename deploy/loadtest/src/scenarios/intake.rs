@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::measure::{intake_figures, note_failures, router_batching, window};
+use super::measure::{intake_figures, note_failures, pipeline_counts, window};
 use super::Ctx;
 use crate::produce::{self, Producer};
 use crate::report::Phase;
@@ -34,7 +34,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
         ("events accepted".into(), sent.accepted.len() as u64),
         ("failed requests".into(), sent.failed_requests),
     ];
-    counts.extend(router_batching(stack).await);
+    counts.extend(pipeline_counts(stack).await);
     ctx.report.phases.push(Phase {
         name: format!("intake-single ({} clients)", args.clients),
         figures,

@@ -233,31 +233,37 @@ pub async fn burst_phase(
     Ok(d)
 }
 
-/// How the router saw the run's events: how many it expanded and in how many jobs messages, and
-/// so how many events the intake's group commit put in one broker message on average (its
-/// `/metrics`). Empty when there is no router or it does not answer.
-pub async fn router_batching(stack: &Stack) -> Vec<(String, u64)> {
-    let Some(router) = stack
-        .procs()
-        .iter()
-        .find(|p| p.binary == herald_e2e::procs::ROUTER)
-    else {
-        return Vec::new();
-    };
-    let Ok(response) = reqwest::get(format!("http://{}/metrics", router.addr)).await else {
-        return Vec::new();
-    };
-    let Ok(text) = response.text().await else {
-        return Vec::new();
-    };
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    };
-    let events = value("herald_router_events_total");
-    let messages = value("herald_router_job_messages_total");
+/// A counter's value in a Prometheus text page (0 when absent; labelled series are summed).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The `/metrics` page of each process of `binary`, joined (empty when none answers).
+async fn metrics_of(stack: &Stack, binary: &str) -> String {
+    let mut pages = String::new();
+    for p in stack.procs().iter().filter(|p| p.binary == binary) {
+        if let Ok(response) = reqwest::get(format!("http://{}/metrics", p.addr)).await {
+            pages.push_str(&response.text().await.unwrap_or_default());
+        }
+    }
+    pages
+}
+
+/// How the pipeline handled the run's events, from the services' `/metrics`: how many the
+/// router expanded and in how many jobs messages (so how many events the intake's group
+/// commit put in one broker message on average), and how many jobs the deliverers deferred or
+/// scheduled for a retry instead of sending (each goes round the broker again).
+pub async fn pipeline_counts(stack: &Stack) -> Vec<(String, u64)> {
+    let router = metrics_of(stack, herald_e2e::procs::ROUTER).await;
+    let deliverers = metrics_of(stack, herald_e2e::procs::DELIVERER).await;
+    let events = metric(&router, "herald_router_events_total");
+    let messages = metric(&router, "herald_router_job_messages_total");
     let mut counts = vec![
         ("router events".into(), events),
         ("router jobs messages".into(), messages),
@@ -265,5 +271,13 @@ pub async fn router_batching(stack: &Stack) -> Vec<(String, u64)> {
     if let Some(per_message) = (events * 10).checked_div(messages) {
         counts.push(("events per jobs message (x10)".into(), per_message));
     }
+    counts.push((
+        "jobs deferred".into(),
+        metric(&deliverers, "herald_jobs_deferred_total"),
+    ));
+    counts.push((
+        "retries scheduled".into(),
+        metric(&deliverers, "herald_retries_scheduled_total"),
+    ));
     counts
 }

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::measure::{delivery_figures, intake_figures, note_failures, wait_delivered, window};
+use super::measure::{
+    delivery_figures, intake_figures, note_failures, pipeline_counts, wait_delivered, window,
+};
 use super::Ctx;
 use crate::produce::{self, Producer};
 use crate::report::Phase;
@@ -44,6 +46,7 @@ pub async fn run(ctx: &mut Ctx<'_>, stack: &mut Stack, producer: &Producer) -> a
         let d = delivery_figures(ctx, &sent);
         figures.extend(d.figures);
         counts = d.counts;
+        counts.extend(pipeline_counts(stack).await);
         per_second = d.per_second;
     }
     note_failures(ctx, &sent, complete);

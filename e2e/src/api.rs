@@ -158,6 +158,21 @@ impl Api {
         body["uuid"].as_str().expect("uuid").into()
     }
 
+    /// Sends `events` (envelopes) in one bulk request, which must be accepted whole; returns
+    /// the answer's body.
+    pub async fn send_bulk(&self, key: &str, events: Vec<Value>) -> Value {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/events/bulk",
+                key,
+                Some(json!({ "events": events })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body
+    }
+
     /// Waits until the event's history satisfies `check`, and returns it.
     pub async fn event_when(
         &self,

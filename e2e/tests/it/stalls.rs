@@ -286,15 +286,7 @@ async fn the_jobs_a_message_lets_go_of_go_round_the_ladder_together() {
     // Act: 40 events in one bulk request, so one jobs message: 32 requests go out (the
     // connection's slots) and hang, 8 jobs wait; the message lets go of them all after 2 s.
     let events: Vec<Value> = (0..40).map(|i| event("hang.now", i)).collect();
-    let (status, body) = stack
-        .call(
-            "POST",
-            "/v1/events/bulk",
-            &sk,
-            Some(json!({ "events": events })),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    stack.send_bulk(&sk, events).await;
     receiver.wait_for("hang", 32).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
 

@@ -117,16 +117,6 @@ pub enum Publish {
     },
 }
 
-/// The jobs of a settle batch that wait as long, going round the ladder together.
-struct Rung<'a> {
-    /// How long they wait.
-    after: Duration,
-    /// Their indexes in the batch, with whether each is a retry (not a deferral).
-    jobs: &'a [(usize, bool)],
-    /// Their groups, one job each, in the same order.
-    groups: Vec<JobGroup>,
-}
-
 /// What one batch writes and publishes.
 #[derive(Debug)]
 pub struct Plan {
@@ -306,23 +296,15 @@ impl Settler {
                 .1
                 .push((job, retry));
         }
-        let rungs: Vec<Rung> = by_rung
-            .values()
-            .map(|(after, jobs)| Rung {
-                after: *after,
-                jobs,
-                groups: jobs.iter().map(|(j, _)| batch[*j].alone()).collect(),
-            })
-            .collect();
-        let messages: Vec<(&Rung, std::ops::Range<usize>)> = rungs
-            .iter()
-            .flat_map(|r| ladder_messages(&r.groups).into_iter().map(move |m| (r, m)))
-            .collect();
-        let ladder = join_all(messages.into_iter().map(|(rung, range)| async move {
-            let jobs = &rung.jobs[range.clone()];
-            self.publisher
-                .retry_all_after(&rung.groups[range], rung.after)
-                .await?;
+        let mut messages = Vec::new();
+        for (after, jobs) in by_rung.values() {
+            let groups: Vec<JobGroup> = jobs.iter().map(|(j, _)| batch[*j].alone()).collect();
+            for range in ladder_messages(&groups) {
+                messages.push((*after, &jobs[range.clone()], groups[range].to_vec()));
+            }
+        }
+        let ladder = join_all(messages.iter().map(|(after, jobs, groups)| async move {
+            self.publisher.retry_all_after(groups, *after).await?;
             let retries = jobs.iter().filter(|(_, retry)| *retry).count();
             metrics::counter!("herald_retries_scheduled_total").increment(retries as u64);
             jobs.iter().for_each(|(j, _)| batch[*j].mark_published());

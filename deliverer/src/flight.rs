@@ -6,7 +6,7 @@
 //! finish in the background. So any number of hanging destinations cannot fill the prefetch
 //! and starve healthy connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use herald_shared::amqp::{Handled, Message, PublishError, Rejection};
 use herald_shared::model::{JobGroup, JobItem};
-use herald_shared::retry::ladder_routing_key;
 
 use crate::settle::{Done, Next, SettleError};
 use crate::state::Deliverer;
@@ -184,23 +183,13 @@ impl Flight {
                 (stand_in, timeout + STAND_IN_MARGIN)
             })
             .collect();
-        // Stand-ins that wait as long go round the ladder together, a few messages in all.
-        let mut by_rung: BTreeMap<String, (Duration, Vec<JobGroup>)> = BTreeMap::new();
-        let count = stand_ins.len();
-        for (group, after) in stand_ins {
-            by_rung
-                .entry(ladder_routing_key(after))
-                .or_insert_with(|| (after, Vec::new()))
-                .1
-                .push(group);
-        }
         try_join_all(
-            by_rung
-                .values()
-                .map(|(after, groups)| publisher.retry_all_after(groups, *after)),
+            stand_ins
+                .iter()
+                .map(|(group, after)| publisher.retry_after(group, *after)),
         )
         .await?;
-        Ok(count)
+        Ok(stand_ins.len())
     }
 }
 

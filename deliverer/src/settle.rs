@@ -12,12 +12,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use herald_shared::amqp::publisher::ladder_messages;
 use herald_shared::amqp::{JobsSource, PublishError, Publisher};
 use herald_shared::model::job::delivery_id;
 use herald_shared::model::{Delivery, DeliveryStatus, JobGroup, JobItem};
 use herald_shared::opwebhooks::{self, Notifier};
-use herald_shared::retry::ladder_routing_key;
 use herald_shared::store::dead_letters::{DeadLetter, OutcomeRow};
 use herald_shared::store::Store;
 
@@ -115,6 +113,16 @@ pub enum Publish {
         /// Index of its dead letter.
         dead: usize,
     },
+}
+
+impl Publish {
+    fn job(&self) -> usize {
+        match self {
+            Publish::Retry { job, .. } | Publish::Defer { job, .. } | Publish::Dead { job, .. } => {
+                *job
+            }
+        }
+    }
 }
 
 /// What one batch writes and publishes.
@@ -277,48 +285,27 @@ impl Settler {
         }
 
         let dead = &plan.dead;
-        // Retries and deferrals that wait as long go round the ladder together: a batch of
-        // hundreds of jobs stepping aside is a few messages, not hundreds.
-        let mut by_rung: BTreeMap<String, (Duration, Vec<(usize, bool)>)> = BTreeMap::new();
-        let mut letters = Vec::new();
-        for p in &plan.publish {
-            let (job, after, retry) = match p {
-                Publish::Retry { job, after } => (*job, *after, true),
-                Publish::Defer { job, after } => (*job, *after, false),
-                Publish::Dead { job, dead } => {
-                    letters.push((*job, *dead));
-                    continue;
+        let results = join_all(plan.publish.iter().map(|p| async move {
+            let d = &batch[p.job()];
+            match p {
+                Publish::Retry { after, .. } => {
+                    self.publisher.retry_after(&d.alone(), *after).await?;
+                    metrics::counter!("herald_retries_scheduled_total").increment(1);
                 }
-            };
-            by_rung
-                .entry(ladder_routing_key(after))
-                .or_insert_with(|| (after, Vec::new()))
-                .1
-                .push((job, retry));
-        }
-        let mut messages = Vec::new();
-        for (after, jobs) in by_rung.values() {
-            let groups: Vec<JobGroup> = jobs.iter().map(|(j, _)| batch[*j].alone()).collect();
-            for range in ladder_messages(&groups) {
-                messages.push((*after, &jobs[range.clone()], groups[range].to_vec()));
+                Publish::Defer { after, .. } => {
+                    self.publisher.retry_after(&d.alone(), *after).await?;
+                }
+                Publish::Dead {
+                    dead: dead_index, ..
+                } => {
+                    self.publisher.dead_letter(&dead[*dead_index]).await?;
+                    metrics::counter!("herald_dead_letters_total").increment(1);
+                }
             }
-        }
-        let ladder = join_all(messages.iter().map(|(after, jobs, groups)| async move {
-            self.publisher.retry_all_after(groups, *after).await?;
-            let retries = jobs.iter().filter(|(_, retry)| *retry).count();
-            metrics::counter!("herald_retries_scheduled_total").increment(retries as u64);
-            jobs.iter().for_each(|(j, _)| batch[*j].mark_published());
+            d.mark_published();
             Ok::<_, PublishError>(())
-        }));
-        let dead_letters = join_all(letters.iter().map(|(job, dead_index)| async move {
-            self.publisher.dead_letter(&dead[*dead_index]).await?;
-            metrics::counter!("herald_dead_letters_total").increment(1);
-            batch[*job].mark_published();
-            Ok::<_, PublishError>(())
-        }));
-        let (ladder, dead_letters) = futures::join!(ladder, dead_letters);
-        let results: Vec<Result<(), PublishError>> =
-            ladder.into_iter().chain(dead_letters).collect();
+        }))
+        .await;
         // Dead letters published by this call (what an earlier try published is not in the
         // plan), per connection, towards their minute's `delivery.dead_lettered`.
         let mut dead_per_connection: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();

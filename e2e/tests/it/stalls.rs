@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use herald_e2e::{eventually, Behaviour, Receiver, Stack};
-use herald_shared::amqp::topology::delay_queue;
-use herald_shared::amqp::Broker;
-use herald_shared::config::{CommonSettings, Source};
+use herald_shared::config::CommonSettings;
 use herald_shared::store::Store;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -266,38 +264,5 @@ async fn a_connection_the_deliverers_cache_has_not_seen_yet_is_not_dead_lettered
         .await;
     assert_eq!(history["deliveries"][0]["status"], "delivered", "{history}");
     assert_eq!(receiver.received("second").len(), 1);
-    stack.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_jobs_a_message_lets_go_of_go_round_the_ladder_together() {
-    // Arrange: a connection whose endpoint hangs past its 30 s timeout, so that a stand-in
-    // for each request waits 35 s, its first rung the 32 s queue.
-    let stack = Stack::start().await;
-    let receiver = Receiver::start().await;
-    let (_, sk, _) = stack.workspace().await;
-    receiver.set("hang", Behaviour::Slow(Duration::from_secs(60)));
-    let (id, _) = stack
-        .connection(&sk, &receiver.url("hang"), json!({"timeout_ms": 30000}))
-        .await;
-    stack.rule(&sk, "hang.*", "*", &id).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // Act: 40 events in one bulk request, so one jobs message: 32 requests go out (the
-    // connection's slots) and hang, 8 jobs wait; the message lets go of them all after 2 s.
-    let events: Vec<Value> = (0..40).map(|i| event("hang.now", i)).collect();
-    stack.send_bulk(&sk, events).await;
-    receiver.wait_for("hang", 32).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-
-    // Assert: the 32 stand-ins wait in the ladder as one message, not 32.
-    let settings =
-        CommonSettings::from_source(&Source::from_pairs([("HERALD_AMQP_URL", stack.amqp_url())]))
-            .expect("settings");
-    let broker = Broker::new(&settings, "ladder-depth");
-    broker.connection().await.expect("broker");
-    let rung = delay_queue(5);
-    let depths = broker.queue_depths(std::slice::from_ref(&rung)).await;
-    assert_eq!(depths, Some(vec![(rung, 1)]), "stand-ins in the 32 s rung");
     stack.stop().await;
 }

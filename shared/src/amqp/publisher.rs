@@ -35,36 +35,6 @@ pub enum PublishError {
     Broker(#[from] BrokerError),
 }
 
-/// Most jobs in one message of [`Publisher::retry_all_after`], as many as the router puts in a
-/// jobs message by default.
-pub const LADDER_MESSAGE_JOBS: usize = 100;
-/// Most bytes of payload in one message of [`Publisher::retry_all_after`] (a message over it
-/// holds one group).
-pub const LADDER_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Where `groups` are cut into messages of at most [`LADDER_MESSAGE_JOBS`] jobs and
-/// [`LADDER_MESSAGE_BYTES`] of payload: the ranges of each message, in order. A group is never
-/// split; one over either bound is a message of its own.
-pub fn ladder_messages(groups: &[JobGroup]) -> Vec<std::ops::Range<usize>> {
-    let mut messages: Vec<std::ops::Range<usize>> = Vec::new();
-    let (mut jobs, mut bytes) = (0, 0);
-    for (i, group) in groups.iter().enumerate() {
-        let (n, size) = (group.jobs.len(), group.event.payload.get().len());
-        match messages.last_mut() {
-            Some(m) if jobs + n <= LADDER_MESSAGE_JOBS && bytes + size <= LADDER_MESSAGE_BYTES => {
-                m.end = i + 1;
-            }
-            _ => {
-                messages.push(i..i + 1);
-                (jobs, bytes) = (0, 0);
-            }
-        }
-        jobs += n;
-        bytes += size;
-    }
-    messages
-}
-
 /// Why a jobs message is published to the jobs queue; it is its routing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobsSource {
@@ -208,30 +178,16 @@ impl Publisher {
     /// One group (a single job, so it retries on its own) back to the jobs queue after `after`,
     /// through the delay ladder: a retry, or a deferral of a job whose connection had no room.
     pub async fn retry_after(&self, group: &JobGroup, after: Duration) -> Result<(), PublishError> {
-        self.retry_all_after(std::slice::from_ref(group), after)
-            .await
-    }
-
-    /// Groups that all wait `after` (the same rung of the ladder), in as few messages as
-    /// [`ladder_messages`] cuts them into, published at once and each confirmed (an error if
-    /// any was not; call it per message, as settling does, to know which were). A message that lets go of hundreds of jobs costs a few publishes, not hundreds
-    /// (each with its confirm, its encoding and its frames in flight at the same time).
-    pub async fn retry_all_after(
-        &self,
-        groups: &[JobGroup],
-        after: Duration,
-    ) -> Result<(), PublishError> {
-        let key = ladder_routing_key(after);
-        let bodies = ladder_messages(groups)
-            .into_iter()
-            .map(|range| encode("retry", &&groups[range]))
-            .collect::<Result<Vec<_>, _>>()?;
-        futures::future::try_join_all(bodies.iter().map(|body| {
-            self.broker
-                .publish(RETRY_EXCHANGE, &key, body, json_props())
-        }))
-        .await?;
-        Ok(())
+        let body = encode("retry", &[group])?;
+        Ok(self
+            .broker
+            .publish(
+                RETRY_EXCHANGE,
+                &ladder_routing_key(after),
+                &body,
+                json_props(),
+            )
+            .await?)
     }
 
     /// A delivery whose schedule ran out (or that was stopped), to the dead-letter archive.
@@ -287,46 +243,5 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         Ok(self.broker.publish("", queue, body, properties).await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Event, JobItem};
-
-    fn group(jobs: usize, payload_bytes: usize) -> JobGroup {
-        let payload = format!("\"{}\"", "x".repeat(payload_bytes.saturating_sub(2)));
-        JobGroup {
-            workspace_id: "ws".into(),
-            event: Event {
-                uuid: "evt".into(),
-                event: "e.x".into(),
-                resource: "r".into(),
-                resource_id: "1".into(),
-                payload: serde_json::value::RawValue::from_string(payload).expect("json"),
-                time_created: 1,
-            },
-            jobs: (0..jobs)
-                .map(|i| JobItem::new(format!("con_{i}")))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn ladder_messages_hold_at_most_100_jobs_and_4_mib_and_never_split_a_group() {
-        // 250 one-job groups: 100, 100, 50.
-        let small: Vec<JobGroup> = (0..250).map(|_| group(1, 10)).collect();
-        assert_eq!(ladder_messages(&small), vec![0..100, 100..200, 200..250]);
-        // Groups of 3 jobs: 33 fit in 100.
-        let triples: Vec<JobGroup> = (0..40).map(|_| group(3, 10)).collect();
-        assert_eq!(ladder_messages(&triples), vec![0..33, 33..40]);
-        // 1.5 MiB payloads: two fit in 4 MiB; one over the bound goes alone.
-        let big: Vec<JobGroup> = [1_500_000, 1_500_000, 1_500_000, 5_000_000, 10]
-            .iter()
-            .map(|b| group(1, *b))
-            .collect();
-        assert_eq!(ladder_messages(&big), vec![0..2, 2..3, 3..4, 4..5]);
-        assert!(ladder_messages(&[]).is_empty());
     }
 }

@@ -21,6 +21,7 @@
 pub mod api;
 pub mod cluster;
 pub mod cut;
+pub mod metrics;
 pub mod oauth;
 pub mod ordered;
 pub mod pg;

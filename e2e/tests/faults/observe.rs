@@ -6,30 +6,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use herald_e2e::metrics::sum as metric;
 use herald_e2e::procs::{DELIVERER, ROUTER};
 use herald_e2e::{eventually, Behaviour, Processes, Receiver};
 
 use crate::serial;
-
-/// The sum of a metric's samples whose labels include every `labels` pair.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric_name, rest) = match series.split_once('{') {
-                Some((n, r)) => (n, r),
-                None => (series, ""),
-            };
-            (metric_name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
 
 async fn scrape(stack: &Processes, base: &str) -> String {
     stack

@@ -37,15 +37,7 @@ async fn send_orders(stack: &Stack, pk: &str, events: &[(&str, Value)]) -> Vec<S
                    "resource_id": resource_id, "payload": payload})
         })
         .collect();
-    let (status, body) = stack
-        .call(
-            "POST",
-            "/v1/events/bulk",
-            pk,
-            Some(json!({ "events": events })),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let body = stack.send_bulk(pk, events).await;
     body["results"]
         .as_array()
         .expect("results")

@@ -87,15 +87,7 @@ async fn ordered_connections_deliver_each_key_in_intake_order_through_retries_an
         .flat_map(|seq| keys.iter().map(move |k| (k.clone(), seq)))
         .collect();
     let events: Vec<Value> = bulk.iter().map(|(k, s)| envelope(k, *s, false)).collect();
-    let (status, body) = stack
-        .call(
-            "POST",
-            "/v1/events/bulk",
-            &pk,
-            Some(json!({"events": events})),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    stack.send_bulk(&pk, events).await;
 
     let expected: BTreeMap<String, u64> = keys.iter().map(|k| (k.clone(), 2 * SINGLE)).collect();
     let total = KEYS * 2 * SINGLE as usize;

@@ -281,18 +281,11 @@ async fn a_bulk_request_the_broker_confirms_in_part_answers_each_event_for_itsel
         .collect();
 
     // Act
-    let (status, body) = stack
-        .call(
-            "POST",
-            "/v1/events/bulk",
-            &w.pk,
-            Some(json!({ "events": events })),
-        )
-        .await;
+    let body = stack.send_bulk(&w.pk, events).await;
 
-    // Assert: 202; one whole message's events have their uuid, every other event is answered
-    // `unavailable` with its own field, so a client sends again exactly those.
-    assert_eq!(status, 202, "{body}");
+    // Assert: 202 (`send_bulk` checks it); one whole message's events have their uuid, every
+    // other event is answered `unavailable` with its own field, so a client sends again exactly
+    // those.
     let results = body["results"].as_array().expect("results");
     let accepted: Vec<(usize, String)> = results
         .iter()

@@ -233,15 +233,9 @@ pub async fn burst_phase(
     Ok(d)
 }
 
-/// A counter's value in a Prometheus text page (0 when absent; labelled series are summed).
+/// A counter's value in a `/metrics` page (its series summed; 0 when absent).
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
-        .sum::<f64>() as u64
+    herald_e2e::metrics::sum(text, name, &[]) as u64
 }
 
 /// The `/metrics` page of each process of `binary`, joined (empty when none answers).

@@ -1,6 +1,7 @@
 //! API keys as intake sees them: looked up in Redis and trusted for `HERALD_CONFIG_REFRESH`
 //! (250 ms) so a busy producer does not cost a Redis read per request, and remembered so intake
-//! keeps accepting from known keys while Redis is away. A key rolled through this ingest stops
+//! keeps accepting from known keys while Redis is away, without waiting more than
+//! [`KNOWN_KEY_WAIT`] for it. A key rolled through this ingest stops
 //! working here at once; other ingest replicas refuse it within the refresh interval.
 
 use std::collections::HashMap;
@@ -21,6 +22,11 @@ pub struct KeyCache {
 
 /// How long after a failed read known keys skip Redis.
 const UNREACHABLE_HOLD: Duration = Duration::from_secs(1);
+
+/// How long a known key's read may wait for Redis before the key is honoured anyway. Right
+/// after Redis goes away, its client spends seconds on reconnection attempts, and every read
+/// waits for them: a producer whose key is known must not.
+pub const KNOWN_KEY_WAIT: Duration = Duration::from_millis(250);
 
 impl KeyCache {
     /// An empty cache whose entries are trusted for `fresh`.
@@ -48,7 +54,15 @@ impl KeyCache {
                 return Ok(Some(key.clone()));
             }
         }
-        match store.lookup_key(token).await {
+        let read = store.lookup_key(token);
+        let answer = if cached.is_some() {
+            tokio::time::timeout(KNOWN_KEY_WAIT, read)
+                .await
+                .unwrap_or_else(|_| Err(no_answer_in_time()))
+        } else {
+            read.await
+        };
+        match answer {
             Ok(Some(key)) => {
                 self.entries().insert(hash, (key.clone(), Instant::now()));
                 Ok(Some(key))
@@ -79,6 +93,16 @@ impl KeyCache {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The error of a read that got no answer within [`KNOWN_KEY_WAIT`]: Redis is treated as
+/// unreachable.
+pub fn no_answer_in_time() -> StoreError {
+    StoreError::Redis(redis::RedisError::from((
+        redis::ErrorKind::IoError,
+        "no answer from Redis in time",
+        format!("{} ms", KNOWN_KEY_WAIT.as_millis()),
+    )))
 }
 
 /// Redis could not be reached (as opposed to refusing the command).

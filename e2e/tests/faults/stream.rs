@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_e2e::{eventually, Receiver};
 use serde_json::{json, Value};
@@ -17,6 +17,20 @@ pub struct Sent {
     pub unavailable: usize,
     /// Requests that got no answer (the ingest process was down) or another status.
     pub failed: usize,
+    /// When each request was sent and how long its answer took, in order.
+    pub answers: Vec<(Instant, Duration)>,
+}
+
+impl Sent {
+    /// The longest any request sent in `from..until` waited for its answer.
+    pub fn slowest_between(&self, from: Instant, until: Instant) -> Duration {
+        self.answers
+            .iter()
+            .filter(|(sent, _)| (from..until).contains(sent))
+            .map(|(_, took)| *took)
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// Sends `batch` events per request (bulk when > 1) every `pause` until stopped.
@@ -52,6 +66,7 @@ impl Producer {
                     } else {
                         ("/v1/events/bulk", json!({ "events": events }))
                     };
+                    let sent_at = Instant::now();
                     let answer = http
                         .post(format!("{api}{path}"))
                         .bearer_auth(&key)
@@ -64,6 +79,7 @@ impl Producer {
                     };
                     {
                         let mut s = sent.lock().expect("lock");
+                        s.answers.push((sent_at, sent_at.elapsed()));
                         match answer {
                             Some((202, Some(body))) => {
                                 if let Some(uuid) = body["uuid"].as_str() {

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::auth::{AnyKey, Reader};
 use crate::error::ApiError;
 use crate::extract::{parse_object, ApiQuery, RawBody};
+use crate::keys::{no_answer_in_time, KNOWN_KEY_WAIT};
 use crate::openapi::{ErrorDetail, ListOf, Refused};
 use crate::paging::{filter_token, list as list_body, page};
 use crate::schemas::{Cursor, EnvelopeSchema, EventRecordSchema, EventStatus, TokenFilter};
@@ -46,7 +47,7 @@ fn validate(envelope: Envelope) -> Result<Event, ApiError> {
 }
 
 /// Counts `events` against the key's intake limit (`HERALD_INTAKE_RATE_LIMIT_PER_S`). When
-/// Redis cannot be asked, intake goes on: an outage of the limiter must not refuse events the
+/// Redis cannot be asked within [`KNOWN_KEY_WAIT`], intake goes on: an outage of the limiter must not refuse events the
 /// broker could take. That is logged and counted in `herald_rate_limiter_errors_total`.
 async fn limit_intake(state: &AppState, key_hash: &str, events: usize) -> Result<(), ApiError> {
     let per_second = state.settings.intake_rate_limit_per_s;
@@ -54,10 +55,11 @@ async fn limit_intake(state: &AppState, key_hash: &str, events: usize) -> Result
         return Ok(());
     }
     let cost = u32::try_from(events).unwrap_or(u32::MAX);
-    match state
-        .limiter
-        .check(&format!("intake:{key_hash}"), per_second, cost)
+    let key = format!("intake:{key_hash}");
+    let check = state.limiter.check(&key, per_second, cost);
+    match tokio::time::timeout(KNOWN_KEY_WAIT, check)
         .await
+        .unwrap_or_else(|_| Err(no_answer_in_time()))
     {
         Ok(Decision::Allowed) => Ok(()),
         Ok(Decision::Limited { retry_after }) => {

@@ -228,6 +228,8 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
 
 impl Deliverer {
     /// Runs every job of a jobs message and settles them; says what to do with the message.
+    /// Every await but the first drive is boxed: a prefetched message's task is as large as
+    /// its largest state, and all of them wait in that drive at once.
     pub async fn handle(self: &Arc<Self>, message: &Message) -> Handled {
         let groups: Vec<JobGroup> = match serde_json::from_slice(&message.data) {
             Ok(g) => g,
@@ -252,12 +254,12 @@ impl Deliverer {
             // Some jobs still run (a slow or hanging destination): they must not hold this
             // message's prefetch slot. Once each has a stand-in confirmed by the broker, the
             // message is acknowledged and they finish in the background.
-            match flight.let_go().await {
+            match Box::pin(flight.let_go()).await {
                 Ok(n) => {
                     metrics::counter!("herald_jobs_detached_total").increment(n as u64);
                     self.detached.spawn(async move {
                         flight.drive(None).await;
-                        flight.finish().await;
+                        Box::pin(flight.finish()).await;
                     });
                     return Handled::Ack;
                 }
@@ -269,10 +271,10 @@ impl Deliverer {
         }
         if flight.untouched() {
             // Shutting down before any of it started: the whole message goes back as it was.
-            flight.let_go_of_keys().await;
+            Box::pin(flight.let_go_of_keys()).await;
             return Handled::Release;
         }
-        flight.finish().await;
+        Box::pin(flight.finish()).await;
         Handled::Ack
     }
 }

@@ -173,7 +173,9 @@ pub async fn consume<H, F>(
                         let handled = AssertUnwindSafe(handler(message.clone()))
                             .catch_unwind()
                             .await;
-                        settle(&publisher, &acker, &message, handled, in_order).await;
+                        // Boxed: the task of every prefetched message would otherwise carry
+                        // room for settling while its handler runs.
+                        Box::pin(settle(&publisher, &acker, &message, handled, in_order)).await;
                         // The body's bytes go back to the budget once the message is settled.
                         drop(held);
                     });

@@ -9,6 +9,7 @@ use std::time::Duration;
 use backoff::backoff::Backoff;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
@@ -23,6 +24,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// counts as failed. The message may still be confirmed later: the caller's retry makes a
 /// duplicate, never a loss.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The largest frame a connection asks the broker for, unless the URL names one
+/// (`?frame_max=`). lapin keeps 32 frames of buffer each way per connection, zeroed when the
+/// connection opens: at RabbitMQ's default of 128 KiB that is 8 MiB resident in every process,
+/// at 32 KiB 2 MiB. A larger body goes as several frames.
+pub const FRAME_MAX: u32 = 32 * 1024;
 
 /// How often a publish waiting for its confirm looks whether the broker blocked the connection.
 const BLOCKED_CHECK: Duration = Duration::from_millis(50);
@@ -115,12 +122,15 @@ impl Broker {
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio)
             .with_connection_name(self.name.clone().into());
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(self.url.expose_secret(), props),
-        )
-        .await
-        .map_err(|_| BrokerError::Unavailable("connection attempt timed out".into()))??;
+        let mut uri: AMQPUri = self
+            .url
+            .expose_secret()
+            .parse()
+            .map_err(|e| BrokerError::Unavailable(format!("invalid broker URL: {e}")))?;
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props))
+            .await
+            .map_err(|_| BrokerError::Unavailable("connection attempt timed out".into()))??;
         Self::bounded("declaring the topology", async {
             super::topology::declare(&connection, self.queue_type, self.dead_retention).await?;
             Ok(())
@@ -363,6 +373,7 @@ impl Broker {
 mod tests {
     use super::*;
     use crate::config::Source;
+    use lapin::types::FieldTable;
 
     /// A vhost of the test's own on the local broker, deleted on drop (also when it fails).
     struct TestVhost(String);
@@ -428,5 +439,53 @@ mod tests {
             .expect("the publish finished once the lock was free")
             .expect("the publishing task");
         published.expect("the broker confirmed the message");
+    }
+    /// Connections ask the broker for frames of [`FRAME_MAX`] (its buffers are 32 frames each
+    /// way), unless the URL names a size; a body larger than a frame arrives whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_ask_for_small_frames_unless_the_url_names_a_size() {
+        let vhost = TestVhost::new();
+        let base = format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.0);
+        for (url, expected) in [
+            (base.clone(), FRAME_MAX),
+            (format!("{base}?frame_max=65536"), 65_536),
+        ] {
+            let settings =
+                CommonSettings::from_source(&Source::from_pairs([("HERALD_AMQP_URL", url)]))
+                    .expect("settings");
+            let broker = Broker::new(&settings, "unit-test");
+            let connection = broker.connection().await.expect("connected");
+            assert_eq!(connection.configuration().frame_max(), expected);
+
+            let channel = connection.create_channel().await.expect("channel");
+            let queue = channel
+                .queue_declare(
+                    "",
+                    lapin::options::QueueDeclareOptions {
+                        exclusive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue");
+            let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            broker
+                .publish("", queue.name().as_str(), &body, BasicProperties::default())
+                .await
+                .expect("confirmed");
+            let got = channel
+                .basic_get(
+                    queue.name().as_str(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await
+                .expect("get")
+                .expect("the message");
+            assert_eq!(
+                got.delivery.data, body,
+                "a body of several frames arrives whole"
+            );
+        }
     }
 }
